@@ -33,12 +33,19 @@ class Layer:
     param_names : list of str
         ``ParamSpec.name`` per blob ('' when the blob is not shared); a shared
         name means the blob is stored once and reused.
+    storage : list of str
+        How each blob was stored in its source file: ``"float32"`` (``data``),
+        ``"float64"`` (``double_data``, rounded to float32 on read as Caffe's
+        float build does) or ``"float16"`` (OpenCV/NVCaffe ``raw_data``). Empty
+        means float32. Writers use it only on request (``keep_fp16``); the
+        arrays in ``blobs`` are always float32.
     """
 
     name: str
     type: str | None
     blobs: list[np.ndarray] = field(default_factory=list)
     param_names: list[str] = field(default_factory=list)
+    storage: list[str] = field(default_factory=list)
 
     @property
     def num_params(self) -> int:

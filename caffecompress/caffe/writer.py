@@ -1,0 +1,251 @@
+"""Write a :class:`~caffecompress.model.Model` as a dense V2 binary ``.caffemodel``.
+
+Every blob is written the way BVLC Caffe's float build writes it
+(``Blob::ToProto``): packed float32 ``data`` (field 5) then ``shape`` (field
+7), nothing else; so BVLC Caffe, pycaffe and OpenCV 4.x all load the file.
+With ``keep_fp16=True`` blobs that were stored as fp16 ``raw_data`` in the
+source (``Layer.storage``) are written that way again (OpenCV/NVCaffe only).
+
+Everything else comes from ``model.skeleton`` (the source NetParameter with
+blob values removed), copied at the wire level in its own field order: the
+blob placeholders of each layer record are replaced by the encoded arrays at
+the same position. A canonical V2 source (fields ascending) is thus
+rewritten byte for byte. Without a skeleton, minimal LayerParameter records
+are synthesized from each layer's name, type, ``param_names`` and blobs.
+
+No protobuf is needed here; payloads are streamed from the arrays' memory
+(no ``tobytes`` copy of a whole blob).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import FormatError, OutputExistsError
+from ..model import Layer, Model
+from . import wire
+from .wire import LEN
+
+__all__ = ["write_caffemodel", "caffemodel_bytes", "encode_blob", "MAX_CAFFEMODEL_BYTES"]
+
+# Caffe and OpenCV read at most INT_MAX bytes (kProtoReadBytesLimit).
+MAX_CAFFEMODEL_BYTES = (1 << 31) - 1
+
+_LAYER = 100  # NetParameter.layer
+_BLOBS = 7  # LayerParameter.blobs
+
+
+def _payload(arr: np.ndarray, dtype: str) -> memoryview:
+    a = np.ascontiguousarray(arr, dtype=dtype)  # no copy when already contiguous <f4
+    return memoryview(a.reshape(-1)).cast("B")
+
+
+def encode_blob(arr, *, fp16: bool = False) -> list:
+    """Encode one array as a BlobProto; return its chunks (bytes / memoryviews).
+
+    Dense: packed float32 ``data`` (omitted when empty) then ``shape`` (omitted
+    for a 0-d array, as Caffe writes a 0-axis blob). ``fp16=True``: ``shape``,
+    ``raw_data_type = FLOAT16``, ``raw_data`` (OpenCV's shrinkCaffeModel layout).
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind != "f" and arr.dtype.kind not in "iub":
+        raise TypeError(f"blob of dtype {arr.dtype} cannot be written as float")
+    dims = b"".join(wire.encode_varint(int(d)) for d in arr.shape)
+    shape = b""
+    if arr.ndim:
+        inner = wire.encode_len_field(1, len(dims)) + dims
+        shape = wire.encode_len_field(7, len(inner)) + inner
+    if fp16:
+        data = _payload(arr, "<f2")
+        return [shape + b"\x50\x02" + wire.encode_len_field(12, len(data)), data]
+    if arr.size == 0:
+        return [shape]
+    data = _payload(arr, "<f4")
+    return [wire.encode_len_field(5, len(data)), data, shape]
+
+
+def _size(chunks) -> int:
+    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+
+
+def _blob_records(layer: Layer, keep_fp16: bool) -> list:
+    out = []
+    storage = list(layer.storage) + ["float32"] * len(layer.blobs)
+    for i, arr in enumerate(layer.blobs):
+        body = encode_blob(arr, fp16=keep_fp16 and storage[i] == "float16")
+        out.append(wire.encode_len_field(_BLOBS, _size(body)))
+        out.extend(body)
+    return out
+
+
+def _synth_layer(layer: Layer, keep_fp16: bool) -> list:
+    head = []
+    name = layer.name.encode()
+    head.append(wire.encode_len_field(1, len(name)) + name)
+    if layer.type:
+        t = layer.type.encode()
+        head.append(wire.encode_len_field(2, len(t)) + t)
+    if any(layer.param_names):
+        for pn in layer.param_names:
+            pb_name = pn.encode()
+            inner = wire.encode_len_field(1, len(pb_name)) + pb_name if pn else b""
+            head.append(wire.encode_len_field(6, len(inner)) + inner)
+    return [b"".join(head), *_blob_records(layer, keep_fp16)]
+
+
+def _skeleton_layer(skel, rec, layer: Layer, keep_fp16: bool) -> list:
+    fields = list(wire.iter_fields(skel, rec.a, rec.b))
+    # blobs go where the first placeholder was, else in field-number order
+    at = next((k for k, f in enumerate(fields) if f.number == _BLOBS), None)
+    if at is None:
+        at = next((k for k, f in enumerate(fields) if f.number > _BLOBS), len(fields))
+    out = [bytes(skel[f.tag : f.b]) for f in fields[:at] if f.number != _BLOBS]
+    out += _blob_records(layer, keep_fp16)
+    out += [bytes(skel[f.tag : f.b]) for f in fields[at:] if f.number != _BLOBS]
+    return out
+
+
+def _record_name(skel, rec) -> str:
+    for f in wire.iter_fields(skel, rec.a, rec.b):
+        if f.number == 1 and f.wtype == LEN:
+            return bytes(skel[f.a : f.b]).decode("utf-8", errors="replace")
+    return ""
+
+
+def _has_placeholders(skel, rec) -> bool:
+    return any(f.number == _BLOBS for f in wire.iter_fields(skel, rec.a, rec.b))
+
+
+def net_chunks(model: Model, keep_fp16: bool = False, path=None) -> list:
+    """The whole NetParameter as a list of chunks."""
+    out = []
+    skel = model.skeleton
+    if not skel:
+        if model.name:
+            n = model.name.encode()
+            out.append(wire.encode_len_field(1, len(n)) + n)
+        for lay in model.layers:
+            body = _synth_layer(lay, keep_fp16)
+            out.append(wire.encode_len_field(_LAYER, _size(body)))
+            out.extend(body)
+        return out
+    try:
+        top = list(wire.iter_fields(skel, 0, len(skel)))
+    except wire.WireError as e:
+        raise FormatError(f"model skeleton is corrupt: {e}", path=path) from None
+    pending: dict[str, list] = {}
+    for lay in model.layers:
+        pending.setdefault(lay.name, []).append(lay)
+    for f in top:
+        if f.number == _LAYER and f.wtype == LEN:
+            name = _record_name(skel, f)
+            queue = pending.get(name)
+            if queue:
+                body = _skeleton_layer(skel, f, queue.pop(0), keep_fp16)
+                out.append(wire.encode_len_field(_LAYER, _size(body)))
+                out.extend(body)
+                continue
+            if _has_placeholders(skel, f):
+                raise FormatError("the model has no layer for this skeleton record with blobs", path=path,
+                                  layer=name)
+        elif f.number == 2:
+            raise FormatError("model skeleton is not V2 (has 'layers' records)", path=path)
+        out.append(bytes(skel[f.tag : f.b]))
+    left = [n for n, q in pending.items() if q]
+    if left:
+        raise FormatError(f"layers not in the model skeleton: {left[:5]}", path=path, layer=left[0])
+    return out
+
+
+def caffemodel_bytes(model: Model, *, keep_fp16: bool = False) -> bytes:
+    """The dense V2 ``.caffemodel`` of ``model`` in memory (e.g. for ``cv2.dnn.readNetFromCaffe``)."""
+    chunks = net_chunks(model, keep_fp16)
+    total = _size(chunks)
+    if total > MAX_CAFFEMODEL_BYTES:
+        raise FormatError(_too_big(total))
+    return b"".join(chunks)
+
+
+def _too_big(total: int) -> str:
+    return (
+        f"the caffemodel would be {total} bytes; Caffe and OpenCV cannot read a binary "
+        f"caffemodel over 2 GiB - 1. Write Caffe's HDF5 format instead "
+        f"(write_caffemodel_h5, a .caffemodel.h5 path)"
+    )
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def atomic_write(path, chunks) -> None:
+    """Write chunks to a temporary file beside ``path``, then rename it into place."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                f.write(c)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def check_output_path(model: Model, path) -> None:
+    """Refuse to write onto the model's own source file, or into a directory."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise FormatError("output path is a directory", path=p)
+    if model.source and os.path.exists(p) and _same_file(p, model.source):
+        raise OutputExistsError("refusing to overwrite the input file", path=p)
+
+
+def write_caffemodel(model: Model, path, *, keep_fp16: bool = False) -> None:
+    """Write ``model`` as a dense V2 binary ``.caffemodel`` at ``path``.
+
+    A path ending in ``.h5`` writes Caffe's HDF5 weights instead
+    (:func:`~caffecompress.caffe.hdf5.write_caffemodel_h5`).
+
+    Parameters
+    ----------
+    model : Model
+        Layers and blobs (any float dtype; written as float32), plus the skeleton.
+    path : str or os.PathLike
+        Output file. Written to a temporary name in the same folder, then renamed.
+    keep_fp16 : bool
+        Write blobs whose source storage was fp16 ``raw_data`` as fp16 again
+        (OpenCV/NVCaffe only: BVLC Caffe cannot read those).
+
+    Raises
+    ------
+    FormatError
+        The file would exceed 2 GiB - 1 (use ``.caffemodel.h5``), or the model's
+        layers disagree with its skeleton.
+    OutputExistsError
+        ``path`` is the model's own source file.
+    """
+    p = os.fspath(path)
+    if p.endswith(".h5"):
+        from .hdf5 import write_caffemodel_h5
+
+        return write_caffemodel_h5(model, p)
+    check_output_path(model, p)
+    chunks = net_chunks(model, keep_fp16, path=p)
+    total = _size(chunks)
+    if total > MAX_CAFFEMODEL_BYTES:
+        raise FormatError(_too_big(total), path=p)
+    atomic_write(p, chunks)
