@@ -1,0 +1,583 @@
+"""Canonical, length-limited Huffman coding of symbol streams, decodable in parallel.
+
+The stream format (all bit strings MSB first):
+
+* ``lengths`` -- uint8[nsym], the code length of every symbol (0 = absent).
+  Only lengths are stored: codes are rebuilt canonically (sorted by
+  ``(length, symbol)``, consecutive integers, left-aligned), so a decoding
+  table is one ``np.repeat``.
+* ``payload`` -- the concatenated codes, packed into bytes, zero padded to a
+  whole byte.
+* ``offsets`` -- uint64[nchunks + 1]: the bit offset where every chunk of
+  ``chunk`` symbols starts, plus the total bit count as a sentinel. Chunks are
+  contiguous (a chunk ends exactly where the next begins), so the offsets cost
+  nothing but their own bytes and let every chunk be decoded independently:
+  the NumPy decoder advances all chunks one symbol per step (lock-step), the
+  CUDA decoder runs one thread per chunk, the compiled CPU decoder one loop.
+
+Code lengths come from package-merge (Larmore & Hirschberg), which gives the
+exact minimum total length among prefix codes whose lengths do not exceed
+``max_len``. A stream with one distinct symbol gets a 1-bit code; an empty
+stream has an empty payload and ``offsets == [0]``.
+
+Decoding validates everything it reads before trusting it: the lengths form a
+complete prefix code (Kraft sum exactly one) or a single 1-bit code, the
+offsets start at zero, increase within the bounds the lengths allow, the
+payload has exactly the bytes the sentinel needs, and every chunk ends
+exactly at the next chunk's offset. Any failure raises
+:class:`~caffecompress.errors.CorruptDataError`; damage that still passes
+these checks (a flipped payload bit that happens to keep every chunk's
+length) decodes to wrong symbols without crashing -- the container's CRC32
+catches those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from ..errors import CorruptDataError
+
+__all__ = [
+    "HuffmanStream",
+    "MAX_SYMBOLS",
+    "MAX_CODE_LEN",
+    "auto_max_len",
+    "code_lengths",
+    "canonical_codes",
+    "decode_table",
+    "encode",
+    "decode",
+    "decode_numpy",
+    "have_compiled",
+    "coded_bits",
+]
+
+#: Largest alphabet (12-bit labels).
+MAX_SYMBOLS = 4096
+#: Longest code a stream may use: keeps the 2**L decoding table <= 4 MiB and a
+#: code plus a 7-bit misalignment inside one 32-bit window.
+MAX_CODE_LEN = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class HuffmanStream:
+    """A Huffman-coded symbol stream (all fields plain NumPy).
+
+    Attributes
+    ----------
+    lengths : numpy.ndarray
+        uint8[nsym], code length per symbol, 0 for an absent symbol.
+    payload : numpy.ndarray
+        uint8 bit stream, MSB first, zero padded to a byte.
+    offsets : numpy.ndarray
+        uint64[ceil(n / chunk) + 1], bit offset of every chunk start followed
+        by the total bit count.
+    n : int
+        Number of symbols.
+    chunk : int
+        Symbols per chunk (the last chunk may be shorter).
+    """
+
+    lengths: np.ndarray
+    payload: np.ndarray
+    offsets: np.ndarray
+    n: int
+    chunk: int
+
+    @property
+    def nsym(self) -> int:
+        """Alphabet size."""
+        return int(self.lengths.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of everything stored: lengths + payload + offsets (+ two ints)."""
+        return int(self.lengths.nbytes + self.payload.nbytes + self.offsets.nbytes + 16)
+
+    @property
+    def nbits(self) -> int:
+        """Payload bits actually used (the sentinel offset)."""
+        return int(self.offsets[-1]) if self.offsets.size else 0
+
+
+# --------------------------------------------------------------------------
+# code construction (host, tiny: O(max_len * nsym log nsym))
+# --------------------------------------------------------------------------
+
+
+def auto_max_len(nused: int) -> int:
+    """Default length limit for an alphabet of ``nused`` present symbols.
+
+    12 bits keeps the decoding table at 4096 entries (16 KiB, in L1 / GPU
+    shared memory); larger alphabets get two bits of slack above the
+    fixed-length code so skewed distributions still gain.
+    """
+    need = max(1, math.ceil(math.log2(max(nused, 1))))
+    return int(min(MAX_CODE_LEN, max(12, need + 2)))
+
+
+def code_lengths(counts, max_len: int) -> np.ndarray:
+    """Optimal length-limited code lengths for symbol ``counts`` (package-merge).
+
+    Parameters
+    ----------
+    counts : array_like of int
+        Non-negative occurrence count of every symbol.
+    max_len : int
+        Longest allowed code, 1..MAX_CODE_LEN; must satisfy
+        ``2**max_len >= number of present symbols``.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 lengths, 0 for absent symbols; minimal ``sum(counts * lengths)``
+        over all prefix codes within the limit. One present symbol gets 1.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 1:
+        raise ValueError("counts must be 1-D")
+    if counts.size and counts.min() < 0:
+        raise ValueError("counts must be non-negative")
+    if not 1 <= max_len <= MAX_CODE_LEN:
+        raise ValueError(f"max_len must be in 1..{MAX_CODE_LEN}, got {max_len}")
+    counts = counts.astype(np.int64)
+    out = np.zeros(counts.size, np.uint8)
+    used = np.flatnonzero(counts)
+    m = used.size
+    if m == 0:
+        return out
+    if m == 1:
+        out[used] = 1
+        return out
+    if m > (1 << max_len):
+        raise ValueError(f"{m} symbols cannot be coded in at most {max_len} bits")
+    # Leaves ascending by weight, ties by symbol (stable): the leaves selected
+    # at any level are then always a prefix of this order.
+    order = used[np.argsort(counts[used], kind="stable")]
+    leaves = counts[order]
+    # Build the merged lists from the deepest level up, remembering for each
+    # list how many leaves lie in every prefix. A package of the list below
+    # is the sum of an adjacent pair.
+    cum_leaf = []  # per level (deepest first): cumulative leaf count of the merged list
+    prev = leaves
+    cum_leaf.append(np.arange(1, m + 1))
+    for _ in range(max_len - 1):
+        pk = prev[: prev.size // 2 * 2].reshape(-1, 2).sum(axis=1)
+        w = np.concatenate([leaves, pk])
+        is_leaf = np.concatenate([np.ones(m, bool), np.zeros(pk.size, bool)])
+        srt = np.argsort(w, kind="stable")  # leaves win ties: still optimal
+        prev = w[srt]
+        cum_leaf.append(np.cumsum(is_leaf[srt]))
+    # Walk back from the top level (level 1): take the first 2m-2 items; a
+    # selected package means its two children are selected one level deeper.
+    take = 2 * m - 2
+    nleaf = np.empty(max_len, np.int64)
+    for lev, cl in enumerate(reversed(cum_leaf)):
+        nl = int(cl[take - 1]) if take else 0
+        nleaf[lev] = nl
+        take = 2 * (take - nl)
+    # Leaf j's code length = number of levels whose selected prefix covers it.
+    lens_sorted = np.zeros(m + 1, np.int64)
+    np.add.at(lens_sorted, nleaf, 1)
+    lens_sorted = np.cumsum(lens_sorted[::-1])[::-1][1:]
+    out[order] = lens_sorted
+    return out
+
+
+def _check_lengths(lengths: np.ndarray) -> tuple[np.ndarray, int]:
+    """Validate stored code lengths; return (symbols in canonical order, max length)."""
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.dtype != np.uint8:
+        raise CorruptDataError("Huffman lengths must be a 1-D uint8 array")
+    if lengths.size > MAX_SYMBOLS:
+        raise CorruptDataError(f"Huffman table has {lengths.size} symbols (> {MAX_SYMBOLS})")
+    L = int(lengths.max()) if lengths.size else 0
+    if L > MAX_CODE_LEN:
+        raise CorruptDataError(f"Huffman code length {L} exceeds {MAX_CODE_LEN}")
+    used = np.flatnonzero(lengths)
+    if used.size == 0:
+        return used, 0
+    if used.size == 1:
+        if L != 1:
+            raise CorruptDataError("a single-symbol Huffman code must have length 1")
+        return used, 1
+    kraft = int((np.int64(1) << (L - lengths[used].astype(np.int64))).sum())
+    if kraft != (1 << L):
+        raise CorruptDataError("Huffman code lengths do not form a complete prefix code")
+    order = used[np.lexsort((used, lengths[used]))]
+    return order, L
+
+
+def canonical_codes(lengths) -> np.ndarray:
+    """Canonical codes (uint32, right-aligned) for valid ``lengths``; 0 where absent.
+
+    Symbols sorted by ``(length, symbol)`` get consecutive codes: the code of
+    the i-th is the Kraft prefix sum of the previous ones, scaled to its length.
+    """
+    lengths = np.asarray(lengths, np.uint8)
+    order, L = _check_lengths(lengths)
+    codes = np.zeros(lengths.size, np.uint32)
+    if order.size == 0:
+        return codes
+    ln = lengths[order].astype(np.int64)
+    span = np.int64(1) << (L - ln)
+    start = np.concatenate([[0], np.cumsum(span)[:-1]])
+    codes[order] = (start >> (L - ln)).astype(np.uint32)
+    return codes
+
+
+def decode_table(lengths) -> tuple[np.ndarray, int]:
+    """The 2**L lookup table ``(length << 16) | symbol`` (uint32) and L.
+
+    Canonical codes occupy consecutive ranges of the L-bit table, so the table
+    is a repeat of the sorted symbols. Entries no code reaches (only possible
+    for a single-symbol code) hold length 0.
+    """
+    order, L = _check_lengths(np.asarray(lengths))
+    if order.size == 0:
+        return np.zeros(1, np.uint32), 0
+    lengths = np.asarray(lengths)
+    ln = lengths[order].astype(np.int64)
+    entry = (ln.astype(np.uint32) << 16) | order.astype(np.uint32)
+    table = np.zeros(1 << L, np.uint32)
+    rep = np.repeat(entry, np.int64(1) << (L - ln))
+    table[: rep.size] = rep
+    return table, L
+
+
+def coded_bits(counts, lengths) -> int:
+    """Total payload bits of a stream with these symbol ``counts`` and code ``lengths``."""
+    return int((np.asarray(counts, np.int64) * np.asarray(lengths, np.int64)).sum())
+
+
+# --------------------------------------------------------------------------
+# encoding (vectorised; table lookup, cumsum, word assembly)
+# --------------------------------------------------------------------------
+
+
+def _host(a):
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def encode(
+    symbols, *, nsym: int, max_len: int | None = None, chunk: int = 4096, xp=np, engine: str = "auto"
+) -> HuffmanStream:
+    """Huffman-code a stream of integer symbols in ``[0, nsym)``.
+
+    Parameters
+    ----------
+    symbols : array_like
+        1-D integer symbols (NumPy, or CuPy when ``xp`` is cupy).
+    nsym : int
+        Alphabet size, 1..4096.
+    max_len : int, optional
+        Code length limit (default :func:`auto_max_len` of the symbols present).
+    chunk : int
+        Symbols per independently decodable chunk.
+    xp : module
+        numpy or cupy; the code table is built on the host either way.
+    engine : {"auto", "numpy", "compiled"}
+        Host packer: the vectorised NumPy reference, or the numba-compiled
+        loop ("auto": compiled when numba is installed). Same bytes either way.
+
+    Returns
+    -------
+    HuffmanStream
+        Plain NumPy arrays, identical for both backends.
+    """
+    if not 1 <= nsym <= MAX_SYMBOLS:
+        raise ValueError(f"nsym must be in 1..{MAX_SYMBOLS}, got {nsym}")
+    if chunk < 1 or chunk > (1 << 30):
+        raise ValueError(f"chunk must be in 1..2**30, got {chunk}")
+    sym = xp.asarray(symbols)
+    if sym.ndim != 1:
+        sym = sym.reshape(-1)
+    if sym.dtype.kind not in "ui":
+        raise TypeError(f"symbols must be integers, got {sym.dtype}")
+    n = int(sym.size)
+    if n == 0:
+        return HuffmanStream(
+            np.zeros(nsym, np.uint8), np.zeros(0, np.uint8), np.zeros(1, np.uint64), 0, chunk
+        )
+    counts = _host(xp.bincount(sym.astype(xp.int64) if sym.dtype.kind == "i" else sym, minlength=nsym))
+    if counts.size > nsym or (sym.dtype.kind == "i" and int(sym.min()) < 0):
+        raise ValueError(f"symbols must lie in [0, {nsym})")
+    nused = int(np.count_nonzero(counts))
+    lim = auto_max_len(nused) if max_len is None else int(max_len)
+    lengths = code_lengths(counts, lim)
+    codes = canonical_codes(lengths)
+    nbits = coded_bits(counts, lengths)
+    run = _numba_encoder() if (xp is np and engine != "numpy") else None
+    if engine == "compiled" and run is None:
+        raise RuntimeError("the compiled encoder needs numba (pip install 'caffecompress[fast]')")
+    if run is not None:
+        payload = np.zeros((nbits + 7) // 8, np.uint8)
+        offsets = np.empty(-(-n // chunk) + 1, np.uint64)
+        offsets[-1] = nbits
+        run(np.ascontiguousarray(sym), lengths, codes, int(chunk), payload, offsets)
+    else:
+        payload, offsets = _pack(sym, lengths, codes, n, nbits, int(chunk), xp)
+    return HuffmanStream(lengths, payload, offsets, n, int(chunk))
+
+
+def _pack(sym, lengths, codes, n: int, nbits: int, chunk: int, xp):
+    """Vectorised packing (NumPy reference, also the CuPy path); return (payload, offsets)."""
+    pdt = xp.uint32 if nbits < (1 << 32) - 64 else xp.uint64
+    ln = xp.asarray(lengths)[sym]
+    pos = xp.empty(n + 1, pdt)
+    pos[0] = 0
+    xp.cumsum(ln, dtype=pdt, out=pos[1:])
+    del ln
+    starts = pos[:-1]
+    offsets = np.concatenate([_host(starts[::chunk]).astype(np.uint64), np.array([nbits], np.uint64)])
+    # Each code (<= 20 bits) starting at bit p lies inside the 64-bit window
+    # that begins at 32-bit word p >> 5. Codes do not overlap, so summing the
+    # shifted codes of a word equals OR-ing them.
+    shift = xp.asarray((64 - lengths.astype(np.int64)).astype(np.uint8))[sym]
+    shift -= (starts & pdt(31)).astype(xp.uint8)
+    v = xp.asarray(codes.astype(np.uint64))[sym] << shift.astype(xp.uint64)
+    del shift
+    word = starts >> pdt(5)
+    nw = int(word[-1]) + 1
+    if xp is np:
+        # Every word holds at least one code start (codes are shorter than a
+        # word), so the groups of the sorted word indices are words 0..nw-1.
+        first = np.zeros(nw, np.int64)
+        np.cumsum(np.bincount(word, minlength=nw)[:-1], out=first[1:])
+        g = np.add.reduceat(v, first)
+    else:  # device: integer atomics are order-free, so this is deterministic
+        g = xp.zeros(nw, xp.uint64)
+        xp.add.at(g, word, v)
+    del v, word, pos
+    nw32 = (nbits + 31) // 32
+    out = xp.zeros(nw32 + 1, xp.uint32)
+    out[:nw] = (g >> xp.uint64(32)).astype(xp.uint32)
+    out[1 : nw + 1] |= (g & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+    payload = _host(out[:nw32]).astype(">u4").view(np.uint8)[: (nbits + 7) // 8].copy()
+    return payload, offsets
+
+
+@functools.cache
+def _numba_encoder():
+    """Compile the sequential encoder with numba (None without numba)."""
+    try:
+        import numba  # noqa: PLC0415  (optional extra)
+    except Exception:  # pragma: no cover
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def run(sym, lengths, codes, chunk, payload, offsets):  # pragma: no cover - compiled
+        acc = np.uint64(0)
+        have = 0
+        bit = 0
+        o = 0
+        for i in range(sym.size):
+            if i % chunk == 0:
+                offsets[i // chunk] = bit
+            s = sym[i]
+            ln = np.int64(lengths[s])
+            acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+            have += ln
+            bit += ln
+            while have >= 8:
+                have -= 8
+                payload[o] = np.uint8((acc >> np.uint64(have)) & np.uint64(0xFF))
+                o += 1
+        if have:
+            payload[o] = np.uint8((acc << np.uint64(8 - have)) & np.uint64(0xFF))
+
+    return run
+
+
+# --------------------------------------------------------------------------
+# decoding
+# --------------------------------------------------------------------------
+
+
+def _validate(stream: HuffmanStream):
+    """Check a stream's structure; return (table, L, starts, ends, out dtype)."""
+    if not isinstance(stream, HuffmanStream):
+        raise TypeError("decode expects a HuffmanStream")
+    n, chunk = int(stream.n), int(stream.chunk)
+    if n < 0 or chunk < 1:
+        raise CorruptDataError(f"bad Huffman stream header (n={n}, chunk={chunk})")
+    payload = np.asarray(stream.payload)
+    offsets = np.asarray(stream.offsets)
+    if payload.ndim != 1 or payload.dtype != np.uint8:
+        raise CorruptDataError("Huffman payload must be a 1-D uint8 array")
+    if offsets.ndim != 1 or offsets.dtype != np.uint64:
+        raise CorruptDataError("Huffman offsets must be a 1-D uint64 array")
+    lengths = np.asarray(stream.lengths)
+    table, L = decode_table(lengths)
+    nch = -(-n // chunk)
+    if offsets.size != nch + 1:
+        raise CorruptDataError(f"Huffman stream has {offsets.size} offsets, expected {nch + 1}")
+    if offsets[0] != 0:
+        raise CorruptDataError("first Huffman chunk offset is not 0")
+    nbits = int(offsets[-1])
+    if (nbits + 7) // 8 != payload.size:
+        raise CorruptDataError(
+            f"Huffman payload has {payload.size} bytes, offsets say {nbits} bits"
+        )
+    if n == 0:
+        return table, L, offsets, nch
+    if L == 0:
+        raise CorruptDataError("non-empty Huffman stream with an empty code")
+    # every chunk spans at least min_len and at most L bits per symbol
+    sizes = np.full(nch, chunk, np.int64)
+    sizes[-1] = n - (nch - 1) * chunk
+    span = np.diff(offsets.astype(np.int64)) if nbits < (1 << 62) else None
+    lmin = int(lengths[lengths > 0].min())
+    if span is None or (span < sizes * lmin).any() or (span > sizes * L).any():
+        raise CorruptDataError("Huffman chunk offsets are out of order or out of range")
+    return table, L, offsets, nch
+
+
+def _out_dtype(nsym: int):
+    return np.uint8 if nsym <= 256 else np.uint16
+
+
+def _windows(payload: np.ndarray) -> np.ndarray:
+    """uint32 big-endian window starting at every byte (zero past the end)."""
+    p = np.concatenate([payload, np.zeros(4, np.uint8)]).astype(np.uint32)
+    return (p[:-3] << 24) | (p[1:-2] << 16) | (p[2:-1] << 8) | p[3:]
+
+
+def decode_numpy(stream: HuffmanStream) -> np.ndarray:
+    """Reference decoder: all chunks advance one symbol per step (lock-step).
+
+    This is the NumPy twin of the CUDA kernel: the same table, the same
+    window read, the same end-of-chunk check. Steps = chunk length, so its
+    speed grows with the number of chunks.
+    """
+    table, L, offsets, nch = _validate(stream)
+    dt = _out_dtype(stream.nsym)
+    n, chunk = int(stream.n), int(stream.chunk)
+    if n == 0:
+        return np.zeros(0, dt)
+    win = _windows(np.asarray(stream.payload)).astype(np.int64)
+    last = win.size - 1
+    tab = table.astype(np.int64)
+    # an unreachable table entry (single-symbol code) jumps far past every
+    # chunk end, so the final position check fails instead of looping forever
+    bad = np.int64(8 * win.size + 1) << 16
+    tab[(tab >> 16) == 0] = bad
+    tsym = (tab & 0xFFFF).astype(dt)
+    tlen = tab >> 16
+    pos = offsets[:-1].astype(np.int64)
+    sh = np.int64(32 - L)
+    mask = np.int64((1 << L) - 1)
+    out = np.zeros((chunk, nch), dt)
+    tail = n - (nch - 1) * chunk
+    for step in range(chunk):
+        p = pos if step < tail else pos[: nch - 1]
+        w = win[np.minimum(p >> 3, last)]
+        idx = (w >> (sh - (p & 7))) & mask
+        out[step, : p.size] = tsym[idx]
+        p += tlen[idx]
+    if not np.array_equal(pos, offsets[1:].astype(np.int64)):
+        raise CorruptDataError("Huffman chunk does not end where the next begins")
+    return np.ascontiguousarray(out.T).reshape(-1)[:n]
+
+
+@functools.cache
+def _numba_decoder():
+    """Compile the sequential per-chunk decoder with numba (None without numba)."""
+    try:
+        import numba  # noqa: PLC0415  (optional extra)
+    except Exception:  # pragma: no cover - exercised where numba is absent
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def run(payload, starts, ends, table, L, n, chunk, out):  # pragma: no cover - compiled
+        nb = payload.size
+        nch = starts.size
+        mask = (1 << L) - 1
+        for c in range(nch):
+            pos = np.int64(starts[c])
+            i0 = c * chunk
+            i1 = min(i0 + chunk, n)
+            # a 64-bit bit buffer refilled a byte at a time
+            b = pos >> 3
+            acc = np.uint64(0)
+            have = 0
+            while have <= 48:
+                byte = payload[b] if b < nb else 0
+                acc = (acc << np.uint64(8)) | np.uint64(byte)
+                b += 1
+                have += 8
+            drop = pos & 7
+            have -= drop
+            acc &= (np.uint64(1) << np.uint64(have)) - np.uint64(1)
+            for i in range(i0, i1):
+                if have < L:
+                    while have <= 48:
+                        byte = payload[b] if b < nb else 0
+                        acc = (acc << np.uint64(8)) | np.uint64(byte)
+                        b += 1
+                        have += 8
+                e = table[np.int64(acc >> np.uint64(have - L)) & mask]
+                ln = e >> 16
+                if ln == 0:
+                    return c
+                out[i] = e & 0xFFFF
+                have -= ln
+                acc &= (np.uint64(1) << np.uint64(have)) - np.uint64(1)
+                pos += ln
+            if pos != np.int64(ends[c]):
+                return c
+        return -1
+
+    return run
+
+
+def have_compiled() -> bool:
+    """True when the compiled (numba) CPU decoder is available."""
+    return _numba_decoder() is not None
+
+
+def decode(stream: HuffmanStream, *, xp=np, engine: str = "auto"):
+    """Decode a :class:`HuffmanStream` to its symbols (uint8, or uint16 past 256 symbols).
+
+    Parameters
+    ----------
+    stream : HuffmanStream
+        As made by :func:`encode` (possibly read back from a file).
+    xp : module
+        numpy: decode on the host; cupy: the raw CUDA kernel, one thread per
+        chunk, result left on the device.
+    engine : {"auto", "numpy", "compiled"}
+        Host decoder: the lock-step NumPy reference, or the numba-compiled
+        sequential loop ("auto" picks compiled when numba is installed).
+
+    Raises
+    ------
+    CorruptDataError
+        Any structural check fails (see the module docstring).
+    """
+    if xp is not np:
+        from .huffman_cuda import decode_gpu  # noqa: PLC0415
+
+        return decode_gpu(stream, xp=xp)
+    if engine not in ("auto", "numpy", "compiled"):
+        raise ValueError(f"unknown engine {engine!r}")
+    run = _numba_decoder() if engine != "numpy" else None
+    if engine == "compiled" and run is None:
+        raise RuntimeError("the compiled decoder needs numba (pip install 'caffecompress[fast]')")
+    if run is None:
+        return decode_numpy(stream)
+    table, L, offsets, nch = _validate(stream)
+    dt = _out_dtype(stream.nsym)
+    n = int(stream.n)
+    out = np.empty(n, dt)
+    if n == 0:
+        return out
+    offs = offsets.astype(np.int64)
+    bad = run(np.asarray(stream.payload), offs[:-1], offs[1:], table, L, n, int(stream.chunk), out)
+    if bad >= 0:
+        raise CorruptDataError(f"Huffman chunk {bad} does not decode to its stated end")
+    return out
