@@ -1,0 +1,69 @@
+"""Writer vs real zoo files: byte equality, round trips, OpenCV outputs, BVLC-only blobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caffecompress.caffe import caffemodel_bytes, read_caffemodel, write_caffemodel
+from fixtures import needs_upgrade, bits, blob_fields, fixed_input, opencv_forward, zoo_input_shape, zoo_models, zoo_pair, zoo_v2_models
+
+cv2 = pytest.importorskip("cv2")
+
+
+@pytest.mark.parametrize("rel", zoo_v2_models())
+def test_v2_zoo_rewritten_byte_for_byte(zoo, rel, tmp_path):
+    needs_upgrade(rel)
+    out = tmp_path / "w.caffemodel"
+    write_caffemodel(read_caffemodel(zoo / rel), out)
+    assert out.read_bytes() == (zoo / rel).read_bytes()
+
+
+@pytest.mark.parametrize("rel", zoo_models())
+def test_read_write_read_identical(zoo, rel, tmp_path):
+    needs_upgrade(rel)
+    a = read_caffemodel(zoo / rel)
+    out = tmp_path / "w.caffemodel"
+    write_caffemodel(a, out)
+    b = read_caffemodel(out)
+    assert b.format == "V2"
+    assert [(x.name, x.type, x.param_names) for x in a.layers] == [(y.name, y.type, y.param_names) for y in b.layers]
+    for x, y in zip(a.layers, b.layers):
+        assert [u.shape for u in x.blobs] == [v.shape for v in y.blobs]
+        for u, v in zip(x.blobs, y.blobs):
+            assert np.array_equal(bits(u), bits(v))
+    # a second generation is a fixed point
+    assert caffemodel_bytes(b) == out.read_bytes()
+
+
+@pytest.mark.parametrize("rel", zoo_models())
+def test_written_file_gives_identical_opencv_outputs(zoo, rel, tmp_path):
+    needs_upgrade(rel)
+    proto = zoo_pair(rel)
+    x = fixed_input(zoo_input_shape(rel))
+    ref = opencv_forward(cv2.dnn.readNetFromCaffe(str(proto), str(zoo / rel)), x)
+    out = tmp_path / "w.caffemodel"
+    write_caffemodel(read_caffemodel(zoo / rel), out)
+    got = opencv_forward(cv2.dnn.readNetFromCaffe(str(proto), str(out)), x)
+    assert len(ref) == len(got)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape and np.array_equal(bits(r), bits(g))
+    # and from memory, as cv2.dnn.readNetFromCaffe(bufferProto, bufferModel)
+    mem = cv2.dnn.readNetFromCaffe(np.frombuffer(proto.read_bytes(), np.uint8),
+                                   np.frombuffer(caffemodel_bytes(read_caffemodel(zoo / rel)), np.uint8))
+    for r, g in zip(ref, opencv_forward(mem, x)):
+        assert np.array_equal(bits(r), bits(g))
+
+
+@pytest.mark.parametrize("rel", zoo_models())
+def test_written_blobs_use_only_bvlc_fields(zoo, rel):
+    needs_upgrade(rel)
+    from caffecompress.caffe.wire import LEN
+
+    used = blob_fields(caffemodel_bytes(read_caffemodel(zoo / rel)))
+    blob = {(n, w) for kind, n, w in used if kind == "blob"}
+    shape = {(n, w) for kind, n, w in used if kind == "shape"}
+    net = {n for kind, n, w in used if kind == "net"}
+    assert blob <= {(5, LEN), (7, LEN)}  # packed float data, shape
+    assert shape <= {(1, LEN)}  # packed dims
+    assert 2 not in net and 100 in net  # V2 'layer' only
