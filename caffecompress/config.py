@@ -1,0 +1,292 @@
+"""Compression settings: presets, per-kind flags, per-layer overrides, TOML files.
+
+A :class:`Settings` holds what the user asked for; :func:`plan_blob` turns it
+into the concrete treatment of one blob (lossless, or bits + pruning + init).
+Which blobs are compressed is decided by *role*: the weight blob of a
+parametric layer (convolution, inner product, embedding, recurrent weights)
+above a size floor. Everything else (biases, BatchNorm/Scale statistics,
+PReLU slopes) is stored losslessly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+__all__ = [
+    "PRESETS",
+    "CONV_TYPES",
+    "FC_TYPES",
+    "RECURRENT_TYPES",
+    "Settings",
+    "BlobPlan",
+    "blob_kind",
+    "plan_blob",
+    "load_toml",
+    "make_settings",
+]
+
+PRESETS = ("lossless", "default", "deep-compression")
+
+CONV_TYPES = frozenset(
+    {"Convolution", "Deconvolution", "ConvolutionDepthwise", "DepthwiseConvolution"}
+)
+FC_TYPES = frozenset({"InnerProduct", "Embed"})
+RECURRENT_TYPES = frozenset({"LSTM", "RNN"})
+
+# Deep Compression (Han et al. 2016, Table 4, AlexNet) without retraining:
+# fraction of weights pruned per kind. The first conv layer is fragile (84 %
+# kept), later conv layers keep ~37 %, the big fc layers 9 %, the classifier 25 %.
+DC_PRUNE = {"first_conv": 0.16, "conv": 0.63, "fc": 0.91, "last_fc": 0.75}
+DC_BITS = {"conv": 8, "fc": 5}
+
+# The default preset: data-free, near-lossless at the output. Per blob, the
+# smallest bit width whose weight SQNR reaches the target. 30 dB kept every
+# zoo model's outputs within 0.05 relative L2 error through OpenCV (see
+# benchmarks/zoo_ratios.py and the report of the end-to-end issue).
+DEFAULT_SQNR_DB = 30.0
+DEFAULT_MIN_BITS = 3
+DEFAULT_MAX_BITS = 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user asked for; all fields optional on top of a preset.
+
+    Parameters
+    ----------
+    preset : str
+        ``lossless``, ``default`` or ``deep-compression``.
+    bits, conv_bits, fc_bits : int or None
+        Fixed bit width for every compressed blob / conv kinds / fc kinds
+        (overrides the preset's SQNR-driven choice).
+    prune : float or None
+        Fraction of weights of every compressed blob set to zero.
+    init : str or None
+        k-means initialisation (``linear``, ``density``, ``random``, ``optimal``).
+    sqnr_target : float or None
+        Weight SQNR (dB) the default preset reaches per blob.
+    min_size : int
+        Blobs with fewer elements are stored losslessly.
+    layers : dict
+        Per-layer overrides ``{name_or_glob: {bits, prune, init, lossless}}``;
+        the first matching pattern (in insertion order; exact names first) wins.
+    backend : str
+        ``cpu | gpu | hybrid | auto``.
+    """
+
+    preset: str = "default"
+    bits: int | None = None
+    conv_bits: int | None = None
+    fc_bits: int | None = None
+    prune: float | None = None
+    init: str | None = None
+    sqnr_target: float | None = None
+    min_size: int = 256
+    layers: dict = field(default_factory=dict)
+    backend: str = "cpu"
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for name in ("bits", "conv_bits", "fc_bits"):
+            _check_bits(getattr(self, name), name)
+        _check_prune(self.prune, "prune")
+        for pat, ov in self.layers.items():
+            if not isinstance(ov, dict):
+                raise ValueError(f"override for layer {pat!r} must be a table, got {ov!r}")
+            unknown = set(ov) - _OVERRIDE_KEYS
+            if unknown:
+                raise ValueError(
+                    f"override for layer {pat!r}: unknown key(s) {', '.join(sorted(unknown))}"
+                    f" (allowed: {', '.join(sorted(_OVERRIDE_KEYS))})"
+                )
+            _check_bits(ov.get("bits"), f"layers.{pat}.bits")
+            _check_prune(ov.get("prune"), f"layers.{pat}.prune")
+
+
+_OVERRIDE_KEYS = frozenset({"bits", "prune", "init", "lossless", "sqnr_target"})
+
+
+def _check_bits(v, name):
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 12:
+        raise ValueError(f"{name} must be an integer from 1 to 12, got {v!r}")
+
+
+def _check_prune(v, name):
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
+
+
+@dataclass(frozen=True)
+class BlobPlan:
+    """The treatment of one blob.
+
+    ``lossless`` blobs are stored as their exact bytes. Otherwise ``bits`` is a
+    fixed bit width, or None with ``sqnr_target`` set: the pipeline searches the
+    smallest width in ``[min_bits, max_bits]`` reaching the target.
+    """
+
+    lossless: bool
+    bits: int | None = None
+    prune: float = 0.0
+    init: str = "linear"
+    sqnr_target: float | None = None
+    min_bits: int = DEFAULT_MIN_BITS
+    max_bits: int = DEFAULT_MAX_BITS
+    kind: str = "other"
+
+
+def blob_kind(layer_type: str | None, blob_index: int, shape: tuple) -> str:
+    """Role of a blob: ``conv``, ``fc`` (weights to compress) or ``other``.
+
+    Weight blobs are blob 0 of convolution / inner-product / embedding layers
+    and the >= 2-D blobs of recurrent layers. With no type known (a
+    ``.caffemodel.h5`` read without prototxt), blob 0 of >= 2 dimensions
+    counts: 4-D as conv, 2-D as fc.
+    """
+    ndim = len(shape)
+    if layer_type in CONV_TYPES:
+        return "conv" if blob_index == 0 else "other"
+    if layer_type in FC_TYPES:
+        return "fc" if blob_index == 0 else "other"
+    if layer_type in RECURRENT_TYPES:
+        return "fc" if ndim >= 2 else "other"
+    if layer_type is None and blob_index == 0 and ndim >= 2:
+        return "conv" if ndim == 4 else "fc"
+    return "other"
+
+
+def _match_override(layers: dict, name: str) -> dict:
+    if name in layers:
+        return layers[name]
+    for pat, ov in layers.items():
+        if fnmatch.fnmatchcase(name, pat):
+            return ov
+    return {}
+
+
+def plan_blob(
+    settings: Settings,
+    layer_name: str,
+    layer_type: str | None,
+    blob_index: int,
+    shape: tuple,
+    *,
+    position: str = "",
+) -> BlobPlan:
+    """Decide how one blob is stored.
+
+    Parameters
+    ----------
+    position : str
+        ``"first_conv"`` / ``"last_fc"`` when the blob is the net's first conv or
+        last fc weight (the deep-compression preset prunes those less).
+    """
+    kind = blob_kind(layer_type, blob_index, shape)
+    size = math.prod(shape) if shape else 1
+    ov = _match_override(settings.layers, layer_name)
+    if kind == "other" or ov.get("lossless") or (size < settings.min_size and "bits" not in ov):
+        return BlobPlan(lossless=True, kind=kind)
+    if ov.get("lossless") is False:
+        pass  # an explicit "lossless = false" just means: follow the rest
+    preset = settings.preset
+    if preset == "lossless" and not ov and settings.bits is None and settings.prune is None \
+            and settings.conv_bits is None and settings.fc_bits is None:
+        return BlobPlan(lossless=True, kind=kind)
+
+    kind_bits = settings.conv_bits if kind == "conv" else settings.fc_bits
+    bits = ov.get("bits", kind_bits if kind_bits is not None else settings.bits)
+    prune = ov.get("prune", settings.prune)
+    init = ov.get("init", settings.init)
+    target = ov.get("sqnr_target", settings.sqnr_target)
+
+    if preset == "deep-compression":
+        if bits is None:
+            bits = DC_BITS[kind]
+        if prune is None:
+            prune = DC_PRUNE[position] if position in DC_PRUNE else DC_PRUNE[kind]
+    elif preset == "lossless" and bits is None:
+        # lossless preset with only pruning asked: prune, keep values exact-ish
+        # at the widest grid
+        bits = 12
+    if bits is None and target is None:
+        target = DEFAULT_SQNR_DB
+    return BlobPlan(
+        lossless=False,
+        bits=bits,
+        prune=float(prune or 0.0),
+        init=init or "linear",
+        sqnr_target=None if bits is not None else float(target),
+        kind=kind,
+    )
+
+
+def load_toml(path) -> dict:
+    """Read a TOML config file into keyword arguments for :class:`Settings`.
+
+    Top-level keys: ``preset, bits, conv_bits, fc_bits, prune, init,
+    sqnr_target, min_size, backend``; a ``[layers]`` table maps layer names or
+    globs to ``{bits, prune, init, lossless, sqnr_target}``. Dashes in keys
+    are accepted for underscores (``conv-bits``).
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    allowed = {f.name for f in fields(Settings)}
+    out = {}
+    for key, val in data.items():
+        k = key.replace("-", "_")
+        if k not in allowed:
+            raise ValueError(f"{path}: unknown setting {key!r} (allowed: {', '.join(sorted(allowed))})")
+        out[k] = val
+    if "layers" in out:
+        out["layers"] = {
+            pat: {kk.replace("-", "_"): vv for kk, vv in ov.items()} if isinstance(ov, dict) else ov
+            for pat, ov in out["layers"].items()
+        }
+    return out
+
+
+def make_settings(preset: str | None = None, config=None, **overrides) -> Settings:
+    """Build :class:`Settings` from a preset, a TOML file and keyword overrides.
+
+    Later sources win: preset < config file < keyword arguments; ``None``
+    keyword values are ignored, ``layers`` dicts are merged (keyword patterns
+    first).
+    """
+    kw = {}
+    if config is not None:
+        kw.update(load_toml(config) if isinstance(config, (str, Path)) else dict(config))
+    if preset is not None:
+        kw["preset"] = preset
+    layers = dict(kw.get("layers") or {})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k == "layers":
+            layers = {**dict(v), **{p: o for p, o in layers.items() if p not in v}}
+            continue
+        kw[k] = v
+    if layers:
+        kw["layers"] = layers
+    allowed = {f.name for f in fields(Settings)}
+    bad = set(kw) - allowed
+    if bad:
+        raise TypeError(f"unknown compression option(s): {', '.join(sorted(bad))}")
+    return Settings(**kw)
+
+
+def with_preset(settings: Settings, preset: str) -> Settings:
+    """Copy of ``settings`` with another preset."""
+    return replace(settings, preset=preset)
