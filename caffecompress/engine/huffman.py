@@ -54,6 +54,9 @@ __all__ = [
     "decode_numpy",
     "have_compiled",
     "coded_bits",
+    "stream_parts",
+    "stream_from_parts",
+    "stream_nbytes",
 ]
 
 #: Largest alphabet (12-bit labels).
@@ -581,3 +584,42 @@ def decode(stream: HuffmanStream, *, xp=np, engine: str = "auto"):
     if bad >= 0:
         raise CorruptDataError(f"Huffman chunk {bad} does not decode to its stated end")
     return out
+
+
+# --------------------------------------------------------------------------
+# flat storage (for codecs that keep parts as plain arrays + scalar meta)
+# --------------------------------------------------------------------------
+
+
+def stream_parts(stream: HuffmanStream, prefix: str = "") -> tuple[dict, dict]:
+    """Split a stream into ``(meta, parts)``: plain ints and 1-D arrays.
+
+    Offsets are stored as uint32 when the stream is shorter than 2**32 bits
+    (always, in practice), halving their cost.
+    """
+    off = stream.offsets
+    if stream.nbits < (1 << 32):
+        off = off.astype(np.uint32)
+    meta = {prefix + "n": int(stream.n), prefix + "chunk": int(stream.chunk)}
+    parts = {prefix + "lengths": stream.lengths, prefix + "payload": stream.payload, prefix + "offsets": off}
+    return meta, parts
+
+
+def stream_from_parts(meta: dict, parts: dict, prefix: str = "") -> HuffmanStream:
+    """Inverse of :func:`stream_parts`; raises CorruptDataError on missing or mistyped parts."""
+    try:
+        n, chunk = int(meta[prefix + "n"]), int(meta[prefix + "chunk"])
+        lengths = np.asarray(parts[prefix + "lengths"])
+        payload = np.asarray(parts[prefix + "payload"])
+        off = np.asarray(parts[prefix + "offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptDataError(f"Huffman stream {prefix!r} is incomplete: {exc}") from exc
+    if off.dtype not in (np.uint32, np.uint64):
+        raise CorruptDataError(f"Huffman offsets must be uint32/uint64, got {off.dtype}")
+    return HuffmanStream(lengths, payload, off.astype(np.uint64), n, chunk)
+
+
+def stream_nbytes(counts, lengths, n: int, chunk: int = 4096) -> int:
+    """Stored bytes of a stream with these ``counts`` and ``lengths`` (uint32 offsets), without encoding it."""
+    nbits = coded_bits(counts, lengths)
+    return (nbits + 7) // 8 + len(lengths) + 4 * (-(-n // chunk) + 1)
