@@ -95,6 +95,16 @@ def read_caffemodel(path, prototxt=None) -> Model:
 
         netdef = read_prototxt(prototxt)
         model = pair_with_prototxt(model, netdef, os.fspath(path), os.fspath(prototxt))
+    for lay in model.layers:
+        if any(b is None for b in lay.blobs):
+            from ..errors import FormatError
+
+            raise FormatError(
+                "a blob is missing (a shared parameter stored only in its owner layer): "
+                "pass the prototxt so it can be filled",
+                path=os.fspath(path),
+                layer=lay.name,
+            )
     return model
 
 

@@ -649,6 +649,37 @@ def _check_shapes(lp, arrays, where) -> None:
             )
 
 
+def _adopt_prototxt_structure(model: Model, netdef, files) -> None:
+    """For weights without structure (HDF5): prototxt order, param names, shared blobs, skeleton."""
+    from .proto import pb
+
+    by_name = {lay.name: lay for lay in model.layers}
+    owners = {}
+    ordered = []
+    for lp in netdef.net.layer:
+        lay = by_name.pop(lp.name, None)
+        if lay is None:
+            lay = Layer(lp.name, lp.type, [], [])
+        names = [lp.param[i].name if i < len(lp.param) else "" for i in range(len(lay.blobs))]
+        for i, pname in enumerate(names):
+            if pname and lay.blobs[i] is not None:
+                owners.setdefault(pname, lay.blobs[i])
+            elif pname and pname in owners:
+                lay.blobs[i] = owners[pname]  # Caffe stores a shared blob only in its owner
+        lay.param_names = names
+        ordered.append(lay)
+    ordered.extend(by_name.values())
+    model.layers = ordered
+    skel = pb.NetParameter()
+    skel.CopyFrom(netdef.net)
+    for lp in skel.layer:
+        del lp.blobs[:]
+    for lay in by_name.values():
+        skel.layer.add(name=lay.name)
+    model.skeleton = skel.SerializeToString()
+    model.name = skel.name
+
+
 def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Model:
     """Match weights to prototxt layers by name, as Caffe does; check counts and shapes."""
     files = f"{weights_path} vs {prototxt_path}"
@@ -664,6 +695,8 @@ def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Mod
         where = {"path": files, "layer": lp.name}
         want = expected_blob_count(lp)
         lay = by_name.get(lp.name)
+        if lay is not None and any(b is None for b in lay.blobs):
+            raise SchemaMismatchError("a blob is missing from the weights file", **where)
         if lay is None or not lay.blobs:
             if want:
                 raise SchemaMismatchError(
@@ -676,6 +709,8 @@ def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Mod
                 **where,
             )
         _check_shapes(lp, lay.blobs, where)
+    if model.format == "HDF5":
+        _adopt_prototxt_structure(model, netdef, files)
     types = {}
     for lp in netdef.net.layer:
         types.setdefault(lp.name, lp.type)
