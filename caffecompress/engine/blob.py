@@ -1,0 +1,277 @@
+"""The per-blob codec: one float32 blob <-> ``(method, meta, parts)``.
+
+Methods:
+
+``raw``
+    The float32 values as they are (lossless, NaN/Inf bits kept); the
+    container compresses the bytes. Chosen whenever a coded form would not be
+    smaller.
+``exact``
+    The blob has at most ``2**bits`` distinct values (4096 when lossless
+    storage is asked for): a codebook of those values (bit patterns kept)
+    plus Huffman-coded indices. Lossless. A blob with one distinct value
+    stores no indices at all.
+``shared``
+    Weight sharing by 1-D k-means (:func:`~caffecompress.engine.kmeans.share_weights`):
+    the codebook plus Huffman-coded labels.
+``shared+sparse``
+    Magnitude pruning first (:func:`~caffecompress.engine.prune.prune_mask`),
+    then the positions of the kept weights
+    (:mod:`~caffecompress.engine.sparse`) plus the codebook and the labels
+    of the kept weights only. Pruned weights restore to +0.0.
+
+``meta`` holds plain ints/strs only (the shape as ``"d0,d1,..."``), ``parts``
+1-D NumPy arrays; prefixes keep the sub-streams apart (``l_`` labels, ``p_``
+positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..errors import CorruptDataError
+from . import huffman as H
+from . import sparse as S
+
+__all__ = ["EncodedBlob", "METHODS", "encode_blob", "decode_blob", "blob_stats"]
+
+METHODS = ("raw", "exact", "shared", "shared+sparse")
+#: Largest codebook of the lossless ``exact`` method.
+EXACT_MAX = H.MAX_SYMBOLS
+_PROBE = 1 << 16  # elements looked at before a full distinct-value count
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedBlob:
+    """A coded blob: ``method``, plain ``meta`` and 1-D NumPy ``parts``."""
+
+    method: str
+    meta: dict
+    parts: dict
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the parts plus 8 per meta entry (the container's cost is its own)."""
+        return int(sum(np.asarray(p).nbytes for p in self.parts.values()) + 8 * len(self.meta))
+
+
+def _host(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def _shape_str(shape) -> str:
+    return ",".join(str(int(d)) for d in shape)
+
+
+def _parse_shape(meta) -> tuple:
+    try:
+        s = str(meta["shape"])
+        shape = tuple(int(d) for d in s.split(",")) if s else ()
+    except (KeyError, ValueError) as exc:
+        raise CorruptDataError(f"blob meta has no valid shape: {exc}") from exc
+    if any(d < 0 for d in shape):
+        raise CorruptDataError(f"blob shape {shape} is negative")
+    return shape
+
+
+def _raw(x32: np.ndarray, shape) -> EncodedBlob:
+    return EncodedBlob("raw", {"shape": _shape_str(shape)}, {"data": np.ascontiguousarray(x32).reshape(-1)})
+
+
+def _labels_parts(labels, nsym: int, xp, meta: dict, parts: dict) -> None:
+    """Huffman-code ``labels`` (skipped for a one-entry codebook) into meta/parts."""
+    meta["nlab"] = int(labels.size)
+    if nsym <= 1:
+        return
+    s = H.encode(labels, nsym=nsym, xp=xp)
+    m, p = H.stream_parts(s, "l_")
+    meta.update(m)
+    parts.update(p)
+
+
+def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
+    """Codebook of distinct bit patterns (<= EXACT_MAX) + coded indices, else None."""
+    keys = x32.reshape(-1).view(np.uint32)
+    if keys.size > _PROBE and np.unique(keys[:_PROBE]).size > EXACT_MAX:
+        return None
+    book, inv = np.unique(keys, return_inverse=True)
+    if book.size > EXACT_MAX:
+        return None
+    dt = np.uint8 if book.size <= 256 else np.uint16
+    meta = {"shape": _shape_str(shape)}
+    parts = {"codebook": book.view(np.float32)}
+    _labels_parts(xp.asarray(inv.astype(dt).reshape(-1)), int(book.size), xp, meta, parts)
+    return EncodedBlob("exact", meta, parts)
+
+
+def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_zero=None, xp=np) -> EncodedBlob:
+    """Code one blob.
+
+    Parameters
+    ----------
+    x : array
+        The blob (NumPy, or ``xp``), any shape; stored as float32.
+    bits : int, optional
+        Codebook size ``2**bits`` (1..12) for weight sharing. None asks for
+        lossless storage: ``exact`` when the blob has few distinct values,
+        else ``raw``.
+    prune : float
+        Fraction of weights pruned by magnitude before sharing (0 = none).
+    init : str
+        k-means initialisation (see :func:`~caffecompress.engine.kmeans.share_weights`).
+    keep_zero : bool, optional
+        Keep 0.0 as an exact centroid; default: when pruning.
+    xp : module
+        numpy or cupy: where the per-element work runs.
+
+    Returns
+    -------
+    EncodedBlob
+        ``raw`` whenever the coded form would not be smaller than the floats.
+
+    Raises
+    ------
+    NonFiniteWeightsError
+        NaN/Inf weights on a lossy path (``bits`` given).
+    """
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    x32 = np.ascontiguousarray(_host(xp.asarray(x)) if xp is not np else np.asarray(x), dtype=np.float32)
+    raw_bytes = 4 * x32.size
+    if bits is None:
+        if prune:
+            raise ValueError("pruning is lossy: give bits= with prune=")
+        enc = _exact_lossless(x32, shape, xp)
+        return enc if enc is not None and enc.nbytes < raw_bytes else _raw(x32, shape)
+
+    from . import kmeans  # noqa: PLC0415  (the clustering engineer's module)
+    from .prune import prune_mask  # noqa: PLC0415
+
+    bits = int(bits)
+    if not 1 <= bits <= 12:
+        raise ValueError(f"bits must be in 1..12, got {bits}")
+    if not 0.0 <= float(prune) <= 1.0:
+        raise ValueError(f"prune must be in [0, 1], got {prune}")
+    k = 1 << bits
+    xd = xp.asarray(x32) if xp is not np else x32
+    mask = None
+    if prune > 0:
+        mask = prune_mask(xd, sparsity=float(prune), xp=xp)
+        if bool(mask.all()):
+            mask = None
+    kz = (mask is not None) if keep_zero is None else bool(keep_zero)
+    sw = kmeans.share_weights(xd, k=k, init=init, keep_zero=kz, mask=mask, xp=xp)
+    meta = {"shape": _shape_str(shape), "bits": bits}
+    parts = {"codebook": np.ascontiguousarray(sw.codebook, np.float32)}
+    labels = sw.labels.reshape(-1)
+    if mask is None:
+        method = "exact" if sw.exact else "shared"
+        _labels_parts(labels, int(sw.codebook.size), xp, meta, parts)
+    else:
+        method = "shared+sparse"
+        mflat = mask.reshape(-1)
+        sp = S.encode_positions(_host(mflat))
+        meta["p_method"] = sp.method
+        meta.update({"p_" + k_: v for k_, v in sp.meta.items()})
+        parts.update({"p_" + k_: v for k_, v in sp.parts.items()})
+        _labels_parts(labels[mflat], int(sw.codebook.size), xp, meta, parts)
+    enc = EncodedBlob(method, meta, parts)
+    return enc if enc.nbytes < raw_bytes else _raw(x32, shape)
+
+
+def _decode_labels(meta, parts, nsym: int, xp):
+    n = int(meta.get("nlab", -1))
+    if n < 0:
+        raise CorruptDataError("blob meta lacks the label count")
+    if nsym <= 1:
+        if "l_lengths" in parts or "l_n" in meta:
+            raise CorruptDataError("a one-value codebook with a label stream")
+        return xp.zeros(n, np.uint8)
+    s = H.stream_from_parts(meta, parts, "l_")
+    if s.n != n or s.nsym != nsym:
+        raise CorruptDataError(f"label stream has {s.n} labels over {s.nsym} symbols, expected {n} over {nsym}")
+    return H.decode(s, xp=xp)
+
+
+def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
+    """Restore a blob coded by :func:`encode_blob`: float32, original shape (host NumPy).
+
+    Raises
+    ------
+    CorruptDataError
+        Unknown method, missing/mistyped parts, or sizes that do not agree.
+    """
+    shape = _parse_shape(meta)
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if method == "raw":
+        data = np.asarray(parts.get("data", np.zeros(0, np.float32)))
+        if data.dtype != np.float32 or data.size != size:
+            raise CorruptDataError(f"raw blob holds {data.size} {data.dtype} values, expected {size} float32")
+        return data.reshape(shape).copy()
+    if method not in METHODS:
+        raise CorruptDataError(f"unknown blob method {method!r}")
+    book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
+    if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
+        raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
+    if method in ("exact", "shared"):
+        if int(meta.get("nlab", -1)) != size:
+            raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
+        lab = _host(_decode_labels(meta, parts, book.size, xp))
+        return book[lab].reshape(shape)
+    # shared+sparse
+    pmeta = {k[2:]: v for k, v in meta.items() if k.startswith("p_")}
+    pparts = {k[2:]: v for k, v in parts.items() if k.startswith("p_")}
+    pm = str(pmeta.pop("method", ""))
+    mask = S.decode_positions(S.SparsePositions(pm, pmeta, pparts), size)
+    count = int(np.count_nonzero(mask))
+    if int(meta.get("nlab", -1)) != count:
+        raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {count} kept weights")
+    lab = _host(_decode_labels(meta, parts, book.size, xp))
+    out = np.zeros(size, np.float32)
+    out[mask] = book[lab]
+    return out.reshape(shape)
+
+
+def blob_stats(x, enc: EncodedBlob, y=None) -> dict:
+    """Size and fidelity of one coded blob.
+
+    Parameters
+    ----------
+    x : array_like
+        The original blob.
+    enc : EncodedBlob
+        Its coded form.
+    y : array_like, optional
+        The restored blob (decoded here when not given).
+
+    Returns
+    -------
+    dict
+        ``method``; ``bits`` (codebook bits, 32 for raw); ``sparsity``
+        (fraction of exact zeros restored where the original was not 0);
+        ``sse`` and ``sqnr_db`` (float64); ``bytes`` (parts + meta) and
+        ``bits_per_weight``.
+    """
+    x = np.asarray(x, np.float32).reshape(-1)
+    if y is None:
+        y = decode_blob(enc.method, enc.meta, enc.parts)
+    y = np.asarray(y, np.float32).reshape(-1)
+    fin = np.isfinite(x) & np.isfinite(y)
+    d = x[fin].astype(np.float64) - y[fin]
+    sse = float(d @ d)
+    sig = float(x[fin].astype(np.float64) @ x[fin])
+    if sse == 0:
+        sqnr = float("inf")
+    else:
+        sqnr = float(10 * np.log10(sig / sse)) if sig > 0 else float("-inf")
+    nb = enc.nbytes
+    return {
+        "method": enc.method,
+        "bits": int(enc.meta.get("bits", 32 if enc.method == "raw" else 0)),
+        "sparsity": float(np.count_nonzero((y == 0) & (x != 0)) / max(x.size, 1)),
+        "sse": sse,
+        "sqnr_db": sqnr,
+        "bytes": nb,
+        "bits_per_weight": 8.0 * nb / max(x.size, 1),
+    }
