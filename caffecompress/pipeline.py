@@ -322,43 +322,55 @@ def _positions(model: Model) -> dict:
 
 
 def _lossy(x, plan, xp, where):
-    """Encode ``x`` under ``plan``; return (EncodedBlob, restored host array, bits, sqnr)."""
+    """Encode ``x`` under ``plan``; return ((method, meta, parts), restored host array, bits, sqnr)."""
     eng = _engine()
     if not np.isfinite(x).all():
         raise NonFiniteWeightsError("NaN or Inf weights cannot be quantised", **where)
     xd = x if x.dtype == np.float32 else x.astype(np.float32)
     xin = xd if xp is np else xp.asarray(xd)
+    bits = plan.bits if plan.bits is not None else _search_bits(xin, plan, xp)
+    enc = eng.encode_blob(xin, bits=bits, prune=plan.prune, init=plan.init, xp=xp)
+    parts = {k: to_host(v) for k, v in enc.parts.items()}
+    y = to_host(eng.decode_blob(enc.method, enc.meta, parts, xp=np)).reshape(x.shape)
+    return (enc.method, dict(enc.meta), parts), y, bits, sqnr_db(xd, y)
 
-    def run(bits):
-        enc = eng.encode_blob(xin, bits=bits, prune=plan.prune, init=plan.init, xp=xp)
-        parts = {k: to_host(v) for k, v in enc.parts.items()}
-        y = to_host(eng.decode_blob(enc.method, enc.meta, parts, xp=np)).reshape(x.shape)
-        return (enc.method, dict(enc.meta), parts), y, bits, sqnr_db(xd, y)
 
-    if plan.bits is not None:
-        return run(plan.bits)
-    # smallest width whose SQNR reaches the target: each bit buys ~6 dB for a
-    # uniform-ish codebook, so one probe predicts the width; then step to it.
+def _search_bits(xin, plan, xp) -> int:
+    """Smallest width in ``[min_bits, max_bits]`` whose weight SQNR reaches the target.
+
+    Uses the clustering alone (no coding); each bit buys ~6 dB for a
+    uniform-ish codebook, so one probe predicts the width and a step or two
+    confirms it. Pruning (if asked) is applied first, as the encoder will.
+    """
+    from .engine import kmeans  # noqa: PLC0415
+    from .engine.prune import prune_mask  # noqa: PLC0415
+
     lo, hi, target = plan.min_bits, plan.max_bits, plan.sqnr_target
-    tried = {}
+    mask = prune_mask(xin, sparsity=plan.prune, xp=xp) if plan.prune > 0 else None
+    tried: dict[int, float] = {}
 
     def at(b):
         if b not in tried:
-            tried[b] = run(b)
+            sw = kmeans.share_weights(xin, k=1 << b, init=plan.init, keep_zero=mask is not None,
+                                      mask=mask, xp=xp)
+            tried[b] = math.inf if sw.exact else float(sw.sqnr_db)
         return tried[b]
 
     b = min(max(6, lo), hi)
-    s = at(b)[3]
+    s = at(b)
     if s < target:
         b = min(hi, b + max(1, math.ceil((target - s) / 6.02)))
-        while at(b)[3] < target and b < hi:
+        while at(b) < target and b < hi:
             b += 1
     else:
-        while b > lo and at(b - 1)[3] >= target:
+        while b > lo and at(b - 1) >= target:
             b -= 1
-    ok = [bb for bb in tried if tried[bb][3] >= target]
-    best = min(ok) if ok else max(tried)
-    return tried[best]
+    ok = [bb for bb, ss in tried.items() if ss >= target]
+    return min(ok) if ok else max(tried)
+
+
+class _StoreLossless(Exception):
+    """Internal: the engine found no smaller coding than the raw floats."""
 
 
 def _settings_dict(s: Settings) -> dict:
@@ -467,6 +479,8 @@ def compress(
         if not plan.lossless:
             try:
                 (method, meta, parts), y, bits, s = _lossy(arr, plan, xp, where)
+                if method == "raw":  # coding would not shrink it: store the exact bytes
+                    raise _StoreLossless
                 out = y.astype(arr.dtype, copy=False)
                 sp = float(np.count_nonzero(out == 0)) / max(out.size, 1)
                 return BlobRecord(li, bi, shape, arr.dtype.str, method, meta, parts,
@@ -474,6 +488,8 @@ def compress(
                                   sparsity=sp, sqnr=s), None
             except NonFiniteWeightsError as exc:
                 msg = f"{exc}; stored losslessly"
+            except _StoreLossless:
+                pass
         meta, parts = _encode_lossless(arr)
         sp = float(np.count_nonzero(arr == 0)) / max(arr.size, 1)
         return BlobRecord(li, bi, shape, arr.dtype.str, LOSSLESS, meta, parts,
@@ -495,6 +511,11 @@ def compress(
                 if progress is not None:
                     progress(done, total)
 
+    for rec in records:  # a shared blob restores to whatever its owner restores to
+        if rec.method == "ref":
+            own = records[rec.shared]
+            rec.crc32, rec.kind, rec.bits = own.crc32, own.kind, own.bits
+            rec.sparsity, rec.sqnr = own.sparsity, own.sqnr
     return CompressedModel(
         layers=layers,
         records=records,

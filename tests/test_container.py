@@ -1,0 +1,280 @@
+"""The compressed container: round trips, versioning, overhead, damage detection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import caffecompress as cc
+from caffecompress import container
+from caffecompress.errors import (
+    CaffeCompressError,
+    CorruptDataError,
+    FormatError,
+    OutputExistsError,
+    UnsupportedVersionError,
+)
+from caffecompress.model import Layer, Model
+
+
+def tiny_model(seed=0) -> Model:
+    """A hand-made net: conv + BN + two fc layers sharing a weight, odd values included."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_t(4, (16, 3, 3, 3)) * 0.1).astype(np.float32)
+    w.flat[:3] = [-0.0, np.float32(1e-42), 0.0]  # signed zero and a subnormal survive lossless
+    fc = (rng.standard_t(4, (10, 300)) * 0.05).astype(np.float32)
+    return Model(
+        layers=[
+            Layer("data", "Input", [], []),
+            Layer("conv1", "Convolution", [w, rng.standard_normal(16).astype(np.float32)], ["", ""]),
+            Layer("bn1", "BatchNorm", [rng.random(16, dtype=np.float32), rng.random(16, dtype=np.float32),
+                                       np.array([999.0], np.float32)], []),
+            Layer("fc_a", "InnerProduct", [fc, np.zeros(10, np.float32)], ["shared_w", ""]),
+            Layer("fc_b", "InnerProduct", [fc.copy(), np.ones(10, np.float32)], ["shared_w", ""]),
+            Layer("prob", "Softmax", [], []),
+        ],
+        name="tiny-ünï",
+        skeleton=b"\x0a\x04tiny\x12\x00",
+        prototxt="name: \"tiny\"\n# verbatim, with odd spacing   \n",
+        format="V2",
+        unmatched=["ghost"],
+    )
+
+
+def assert_same_model(a: Model, b: Model, exact=True):
+    assert [(l.name, l.type) for l in a.layers] == [(l.name, l.type) for l in b.layers]
+    assert a.name == b.name and a.skeleton == b.skeleton and a.prototxt == b.prototxt
+    assert a.format == b.format and a.unmatched == b.unmatched
+    for la, lb in zip(a.layers, b.layers):
+        assert la.param_names == lb.param_names
+        assert len(la.blobs) == len(lb.blobs)
+        for x, y in zip(la.blobs, lb.blobs):
+            assert x.shape == y.shape and x.dtype == y.dtype
+            if exact:
+                assert x.tobytes() == y.tobytes(), la.name
+
+
+@pytest.fixture
+def lossless_file(tmp_path):
+    m = tiny_model()
+    p = tmp_path / "tiny.ccz.h5"
+    cc.save(cc.compress(m, preset="lossless"), p)
+    return m, p
+
+
+def test_lossless_roundtrip_bit_exact(lossless_file):
+    m, p = lossless_file
+    assert_same_model(m, cc.decompress(p))
+    # the in-memory object restores identically too
+    assert_same_model(m, cc.decompress(cc.open_compressed(p)))
+
+
+def test_layout_is_few_objects_and_versioned(lossless_file):
+    _, p = lossless_file
+    with h5py.File(p, "r") as f:
+        assert sorted(f.keys()) == ["blobs", "layers", "parts", "payload"]
+        assert f.attrs["format"] == b"caffecompress"
+        assert f.attrs["format_version"] == b"1.0"
+        assert f["payload"].dtype == np.uint8
+        # v110 superblock (version 3): HDF5 checksums every metadata object
+        assert f.id.get_create_plist().get_version()[0] >= 2
+        # no variable-length strings anywhere (each costs a heap block)
+        for k in ("blobs", "layers", "parts"):
+            for name in f[k].dtype.names:
+                assert h5py.check_string_dtype(f[k].dtype[name]) is None or \
+                    f[k].dtype[name].kind == "S"
+
+
+def test_shared_parameter_stored_once(lossless_file):
+    m, p = lossless_file
+    cm = cc.open_compressed(p)
+    refs = [r for r in cm.records if r.method == "ref"]
+    assert len(refs) == 1 and refs[0].nbytes == 0
+    assert cm.layers[refs[0].layer][0] == "fc_b"
+    restored = cc.decompress(p)
+    assert np.array_equal(restored.layer("fc_b").blobs[0], m.layer("fc_a").blobs[0])
+
+
+def test_shared_name_with_different_values_is_stored_twice(tmp_path):
+    m = tiny_model()
+    m.layer("fc_b").blobs[0][0, 0] += 1.0  # same ParamSpec name, different data
+    cm = cc.compress(m, preset="lossless")
+    assert not [r for r in cm.records if r.method == "ref"]
+    cc.save(cm, tmp_path / "x.h5")
+    assert_same_model(m, cc.decompress(tmp_path / "x.h5"))
+
+
+def test_random_access_one_layer(lossless_file):
+    m, p = lossless_file
+    blobs = container.read_layer(p, "fc_b")
+    assert [b.tobytes() for b in blobs] == [b.tobytes() for b in m.layer("fc_b").blobs]
+    with pytest.raises(KeyError):
+        container.read_layer(p, "nope")
+
+
+def test_refuses_newer_major_version(lossless_file):
+    _, p = lossless_file
+    with h5py.File(p, "r+") as f:
+        f.attrs["format_version"] = np.bytes_("2.0")
+    with pytest.raises(UnsupportedVersionError, match="upgrade"):
+        cc.open_compressed(p)
+
+
+def test_accepts_newer_minor_version(lossless_file):
+    m, p = lossless_file
+    with h5py.File(p, "r+") as f:
+        f.attrs["format_version"] = np.bytes_("1.7")
+    assert_same_model(m, cc.decompress(p))
+
+
+def test_other_hdf5_is_format_error(tmp_path):
+    p = tmp_path / "other.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(FormatError, match="not a caffecompress file"):
+        cc.open_compressed(p)
+
+
+def test_never_overwrites(tmp_path, lossless_file):
+    m, p = lossless_file
+    before = p.read_bytes()
+    cm = cc.compress(m, preset="lossless")
+    with pytest.raises(OutputExistsError):
+        cc.save(cm, p)
+    assert p.read_bytes() == before
+    cc.save(cm, p, force=True)
+    # the source of the model is an input: never written onto, even with force
+    src = tmp_path / "src.caffemodel"
+    src.write_bytes(b"weights")
+    cm.source = str(src)
+    with pytest.raises(OutputExistsError, match="input"):
+        cc.save(cm, src, force=True)
+    assert src.read_bytes() == b"weights"
+    # no temporary files left behind
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["src.caffemodel", "tiny.ccz.h5"]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    cm = cc.compress(tiny_model(), preset="lossless")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(container, "_table", boom)
+    with pytest.raises(KeyboardInterrupt):
+        cc.save(cm, tmp_path / "out.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _flip(path: Path, pos: int) -> None:
+    b = bytearray(path.read_bytes())
+    b[pos] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def _payload_range(p):
+    with h5py.File(p, "r") as f:
+        off = f["payload"].id.get_offset()
+        n = f["payload"].shape[0]
+    return off, n
+
+
+def test_flipped_payload_byte_is_corrupt_data(lossless_file):
+    _, p = lossless_file
+    off, n = _payload_range(p)
+    _flip(p, off + n // 2)
+    with pytest.raises(CorruptDataError):
+        cc.decompress(p)
+
+
+def test_any_flipped_byte_never_gives_other_weights(tmp_path):
+    """Flip bytes all over a small file: either a typed error or the exact weights."""
+    m = tiny_model()
+    src = tmp_path / "ok.h5"
+    cc.save(cc.compress(m, preset="lossless"), src)
+    good = src.read_bytes()
+    bad = tmp_path / "bad.h5"
+    errors = 0
+    for pos in range(0, len(good), max(1, len(good) // 700)):
+        b = bytearray(good)
+        b[pos] ^= 0x5A
+        bad.write_bytes(bytes(b))
+        try:
+            r = cc.decompress(bad)
+        except CaffeCompressError:
+            errors += 1
+            continue
+        assert_same_model(m, r)  # an undamaged-in-effect byte (padding, unused space)
+    assert errors > 0
+
+
+def test_truncated_file(lossless_file):
+    _, p = lossless_file
+    data = p.read_bytes()
+    for cut in (0, 8, 100, len(data) // 2, len(data) - 1):
+        p.write_bytes(data[:cut])
+        with pytest.raises(CaffeCompressError):
+            cc.decompress(p)
+
+
+def test_tables_crc_catches_layer_name_damage(lossless_file):
+    _, p = lossless_file
+    with h5py.File(p, "r+") as f:
+        t = f["layers"][()]
+        t["name"][1] = b"convX"
+        del f["layers"]
+        f.create_dataset("layers", data=t)
+    with pytest.raises(CorruptDataError, match="CRC32"):
+        cc.open_compressed(p)
+
+
+def test_file_info_overhead(lossless_file):
+    _, p = lossless_file
+    fi = container.file_info(p)
+    assert fi["file_bytes"] == p.stat().st_size
+    assert fi["overhead_bytes"] == fi["file_bytes"] - fi["dataset_bytes"]
+    assert 0 < fi["overhead_bytes"] < 4096
+    assert fi["format_version"] == "1.0"
+
+
+def test_caffemodel_bytes_in_memory(zoo):
+    src = zoo / "mtcnn" / "det1.caffemodel"
+    cm = cc.compress(cc.read_caffemodel(src), preset="lossless")
+    assert container.caffemodel_bytes(cm) == src.read_bytes()
+
+
+# ---------------------------------------------------------------- golden files
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _golden_cases():
+    return sorted(GOLDEN.glob("*.ccz.h5"))
+
+
+@pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.name)
+def test_golden_v1_files_read_forever(path):
+    """Files written by format 1.0 restore to the recorded arrays, forever."""
+    import json
+
+    expected = json.loads(path.with_suffix("").with_suffix(".json").read_text())
+    m = cc.decompress(path)
+    got = {}
+    for lay in m.layers:
+        for i, b in enumerate(lay.blobs):
+            got[f"{lay.name}/{i}"] = [list(b.shape), b.dtype.str, hashlib.sha256(b.tobytes()).hexdigest()]
+    assert got == expected["blobs"]
+    assert hashlib.sha256(m.skeleton).hexdigest() == expected["skeleton_sha256"]
+    assert (m.prototxt is None) == (expected["prototxt_sha256"] is None)
+    if m.prototxt is not None:
+        assert hashlib.sha256(m.prototxt.encode()).hexdigest() == expected["prototxt_sha256"]
+
+
+def test_golden_files_exist():
+    assert len(_golden_cases()) >= 2

@@ -1,0 +1,145 @@
+"""Pipeline: role-based plans, presets, overrides, TOML, and the zoo end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import numpy as np
+import pytest
+
+import caffecompress as cc
+from caffecompress import config
+from caffecompress.config import Settings, blob_kind, make_settings, plan_blob
+from caffecompress.errors import BackendUnavailableError
+from caffecompress.model import Layer, Model
+
+from test_container import assert_same_model, tiny_model
+
+
+# ---------------------------------------------------------------- plans
+
+
+@pytest.mark.parametrize(
+    "typ, idx, shape, kind",
+    [
+        ("Convolution", 0, (16, 3, 3, 3), "conv"),
+        ("Convolution", 1, (16,), "other"),
+        ("Deconvolution", 0, (3, 16, 4, 4), "conv"),
+        ("DepthwiseConvolution", 0, (32, 1, 3, 3), "conv"),
+        ("ConvolutionDepthwise", 0, (32, 1, 3, 3), "conv"),
+        ("InnerProduct", 0, (10, 500), "fc"),
+        ("InnerProduct", 1, (10,), "other"),
+        ("Embed", 0, (1000, 64), "fc"),
+        ("LSTM", 0, (400, 50), "fc"),
+        ("LSTM", 1, (400,), "other"),
+        ("LSTM", 2, (400, 100), "fc"),
+        ("BatchNorm", 0, (64,), "other"),
+        ("Scale", 0, (64,), "other"),
+        ("PReLU", 0, (64,), "other"),
+        (None, 0, (64, 3, 3, 3), "conv"),
+        (None, 0, (10, 64), "fc"),
+        (None, 1, (64,), "other"),
+    ],
+)
+def test_blob_roles(typ, idx, shape, kind):
+    assert blob_kind(typ, idx, shape) == kind
+
+
+def test_plans_by_preset():
+    s = Settings()
+    p = plan_blob(s, "conv1", "Convolution", 0, (64, 3, 3, 3))
+    assert not p.lossless and p.bits is None and p.sqnr_target == config.DEFAULT_SQNR_DB
+    assert plan_blob(s, "conv1", "Convolution", 1, (64,)).lossless
+    # size floor: a tiny weight blob stays lossless
+    assert plan_blob(s, "c", "Convolution", 0, (2, 3, 3, 3)).lossless
+    assert plan_blob(Settings(preset="lossless"), "conv1", "Convolution", 0, (64, 3, 3, 3)).lossless
+    dc = Settings(preset="deep-compression")
+    p = plan_blob(dc, "conv2", "Convolution", 0, (64, 32, 3, 3))
+    assert (p.bits, p.prune) == (8, config.DC_PRUNE["conv"])
+    p = plan_blob(dc, "conv1", "Convolution", 0, (64, 3, 3, 3), position="first_conv")
+    assert p.prune == config.DC_PRUNE["first_conv"]
+    p = plan_blob(dc, "fc6", "InnerProduct", 0, (4096, 9216))
+    assert (p.bits, p.prune) == (5, config.DC_PRUNE["fc"])
+    p = plan_blob(dc, "fc8", "InnerProduct", 0, (1000, 4096), position="last_fc")
+    assert p.prune == config.DC_PRUNE["last_fc"]
+
+
+def test_flags_and_overrides():
+    s = make_settings("default", bits=6, conv_bits=7, prune=0.5,
+                      layers={"fc*": {"bits": 3}, "conv2": {"lossless": True}})
+    assert plan_blob(s, "conv1", "Convolution", 0, (64, 3, 3, 3)).bits == 7
+    assert plan_blob(s, "ip1", "InnerProduct", 0, (10, 500)).bits == 6
+    assert plan_blob(s, "fc7", "InnerProduct", 0, (10, 500)).bits == 3
+    assert plan_blob(s, "fc7", "InnerProduct", 0, (10, 500)).prune == 0.5
+    assert plan_blob(s, "conv2", "Convolution", 0, (64, 3, 3, 3)).lossless
+    # exact names win over globs listed earlier
+    s = make_settings(layers={"conv*": {"bits": 2}, "conv3": {"bits": 9}})
+    assert plan_blob(s, "conv3", "Convolution", 0, (64, 3, 3, 3)).bits == 9
+
+
+def test_toml_config(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('preset = "deep-compression"\nconv-bits = 6\n\n[layers."fc*"]\nbits = 4\nprune = 0.2\n'
+                 '[layers.conv1]\nlossless = true\n')
+    s = make_settings(None, config=p)
+    assert s.preset == "deep-compression" and s.conv_bits == 6
+    assert plan_blob(s, "fc6", "InnerProduct", 0, (100, 100)) .bits == 4
+    assert plan_blob(s, "fc6", "InnerProduct", 0, (100, 100)).prune == 0.2
+    assert plan_blob(s, "conv1", "Convolution", 0, (64, 3, 3, 3)).lossless
+    # keyword arguments win over the file
+    assert make_settings("lossless", config=p).preset == "lossless"
+
+
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("bits = 40\n", "bits"),
+        ("prune = 1.5\n", "prune"),
+        ("colour = 3\n", "unknown setting"),
+        ("[layers.conv1]\nbitz = 3\n", "unknown key"),
+        ("bits = \n", "not valid TOML"),
+        ('preset = "best"\n', "unknown preset"),
+    ],
+)
+def test_bad_toml(tmp_path, text, msg):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=msg):
+        make_settings(None, config=p)
+
+
+def test_unknown_option():
+    with pytest.raises(TypeError, match="unknown compression option"):
+        cc.compress(tiny_model(), colour=3)
+
+
+def test_backend_without_gpu():
+    from caffecompress.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    for b in ("gpu", "hybrid"):
+        with pytest.raises(BackendUnavailableError):
+            cc.compress(tiny_model(), backend=b)
+    cm = cc.compress(tiny_model(), preset="lossless", backend="auto")
+    assert cm.settings["backend"] == "auto"
+
+
+def test_lossless_preset_hand_model():
+    m = tiny_model()
+    cm = cc.compress(m, preset="lossless")
+    assert {r.method for r in cm.records} == {"lossless", "ref"}
+    assert_same_model(m, cc.decompress(cm))
+
+
+def test_nan_weights_fall_back_to_lossless_with_warning():
+    m = tiny_model()
+    m.layer("conv1").blobs[0][0, 0, 0, 0] = np.nan
+    cm = cc.compress(m, preset="default")
+    rec = cm.records[0]
+    assert rec.method == "lossless"
+    assert any("conv1" in w and "NaN" in w for w in cm.warnings)
+    r = cc.decompress(cm)
+    assert r.layer("conv1").blobs[0].tobytes() == m.layer("conv1").blobs[0].tobytes()
