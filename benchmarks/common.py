@@ -67,14 +67,15 @@ def timed(fn, *args, repeat: int = 3, **kw):
     return median(ts), res
 
 
-def run_child(code: str, *, setup: str = "", timeout: float = 900) -> dict:
+def run_child(code: str, *, setup: str = "", post: str = "", timeout: float = 900) -> dict:
     """Run ``setup`` then time ``code`` in a fresh Python process.
 
     Returns a dict with ``wall_s``, ``cpu_s`` (of ``code`` only), and the
     process's ``peak_rss_bytes`` (whole life, setup included) and the RSS
     right after interpreter start-up (``base_rss_bytes``). ``code`` may set a
     JSON-able ``RESULT``. Imports made in ``setup`` count toward the peak but
-    not toward the time.
+    not toward the time; ``post`` runs after the clock stops (e.g. a checksum
+    that touches every value) and before the peak is read.
     """
     script = (
         "import json, resource, sys, time\n"
@@ -84,6 +85,8 @@ def run_child(code: str, *, setup: str = "", timeout: float = 900) -> dict:
         + "RESULT = None\n"
         + code
         + "\nwall = time.perf_counter() - t0; cpu = time.process_time() - c0\n"
+        + post
+        + "\n"
         + "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         + "print('@@' + json.dumps({'wall_s': wall, 'cpu_s': cpu, 'peak_rss_bytes': peak * 1024,"
         + " 'setup_rss_bytes': base * 1024, 'result': RESULT}))\n"
