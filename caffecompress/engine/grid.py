@@ -1,0 +1,347 @@
+"""The fine integer grid every lossy stage works on.
+
+A blob ``x`` is mapped to signed integers ``q = rint(x / step)`` on a
+zero-anchored symmetric grid, ``step = max|x| / L`` with ``L = 2**(bits-1) - 1``
+(computed in float64 on the host), so ``q`` lies in ``[-L, L]``, zero stays
+exactly zero and a constant or all-zero blob never divides by zero. The
+device only does integer and gather work on it: it computes ``q`` (one
+correctly rounded float64 division and ``rint``, no fused multiply-add
+possible), and counts an exact integer histogram of ``q`` (integer atomics are
+order-free). Every float decision is then taken on the host in NumPy from the
+integer bin values and counts, so NumPy and CuPy give the same bits.
+
+Conventions shared by :mod:`~caffecompress.engine.prune` and
+:mod:`~caffecompress.engine.kmeans`:
+
+- weights are shared as float32: float64/float16 input is rounded to float32
+  first;
+- NaN/Inf are refused (:class:`~caffecompress.errors.NonFiniteWeightsError`,
+  with the count; callers add the layer name);
+- float32 subnormals and ``-0.0`` are canonicalised to ``+0.0`` (GPU kernels
+  flush subnormals; doing it explicitly makes both backends agree);
+- large blobs are processed in blocks of at most :data:`BLOCK` elements, so
+  temporaries stay a small multiple of one block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ..backend import to_host
+from ..errors import NonFiniteWeightsError
+
+__all__ = [
+    "BLOCK",
+    "DEFAULT_BITS",
+    "GridHistogram",
+    "canonicalize",
+    "float_keys",
+    "keys_to_float",
+    "screen_finite",
+    "max_abs",
+    "grid_levels",
+    "grid_step",
+    "grid_index",
+    "grid_histogram",
+    "iter_blocks",
+]
+
+#: Elements per processing block (int32 indices, 16M elements = 64 MiB).
+BLOCK = 1 << 24
+#: Default grid resolution in bits (levels = 2**(bits-1) - 1 per side).
+DEFAULT_BITS = 18
+_TINY32 = np.float32(np.finfo(np.float32).tiny)
+# Bit patterns of float32 (as int32): exponent all ones = NaN/Inf;
+# magnitudes below the smallest normal are zero or subnormal.
+_EXP_MASK = np.int32(0x7F800000)
+_ABS_MASK = np.int32(0x7FFFFFFF)
+_MIN_NORMAL_BITS = np.int32(0x00800000)
+
+
+def iter_blocks(n: int, block: int | None = None):
+    """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block``
+    (default: the module's :data:`BLOCK`, read at call time)."""
+    block = BLOCK if block is None else int(block)
+    for start in range(0, n, block):
+        yield slice(start, min(start + block, n))
+
+
+def _flat32(x, xp):
+    """``x`` flattened as a float32 ``xp`` array (a view when possible)."""
+    a = xp.asarray(x)
+    if a.dtype != xp.float32:
+        if a.dtype.kind != "f":
+            raise TypeError(f"weights must be floating point, got dtype {a.dtype}")
+        a = a.astype(xp.float32)
+    return a.reshape(-1)
+
+
+def _flat_mask(mask, size, xp):
+    if mask is None:
+        return None
+    m = xp.asarray(mask)
+    if m.dtype != xp.bool_:
+        raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
+    if m.size != size:
+        raise ValueError(f"mask has {m.size} elements, weights have {size}")
+    return m.reshape(-1)
+
+
+def _bits(a32, xp):
+    """int32 bit patterns of a float32 array (subnormal-safe: no float op)."""
+    return a32.view(xp.int32)
+
+
+def screen_finite(x, *, xp=np) -> None:
+    """Raise if ``x`` holds NaN or Inf.
+
+    Integer test on the float32 bit patterns, so it is exact on both
+    backends.
+
+    Raises
+    ------
+    NonFiniteWeightsError
+        Naming how many values are non-finite (callers add ``layer=``).
+    """
+    a = _flat32(x, xp)
+    bad = 0
+    for s in iter_blocks(a.size):
+        b = _bits(a[s], xp)
+        bad += int(((b & _EXP_MASK) == _EXP_MASK).sum())
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{bad} of {a.size} weights are NaN or Inf; lossy compression refuses them"
+        )
+
+
+def canonicalize(x) -> np.ndarray:
+    """Host copy of ``x`` as float32 with subnormals and -0.0 set to +0.0.
+
+    Returns ``x`` itself (as float32) when nothing needs changing.
+    """
+    a = np.asarray(x)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    tiny = np.abs(a) < _TINY32
+    if not tiny.any():
+        return a
+    a = a.copy()
+    a[tiny] = 0.0
+    return a
+
+
+def float_keys(x, *, xp=np):
+    """Order-preserving int32 keys of canonicalised float32 values.
+
+    ``key(a) < key(b)`` iff ``a < b`` for finite, canonical floats; subnormals
+    and ``-0.0`` get the key of ``+0.0`` (``0``). Pure integer work.
+    """
+    b = _bits(_flat32(x, xp), xp)
+    mag = b & _ABS_MASK
+    b = xp.where(mag < _MIN_NORMAL_BITS, xp.int32(0), b)
+    # negative floats: flip the magnitude bits so larger magnitude sorts lower
+    return b ^ ((b >> 31) & _ABS_MASK)
+
+
+def keys_to_float(keys) -> np.ndarray:
+    """Inverse of :func:`float_keys` (host): int32 keys -> float32 values."""
+    k = np.asarray(keys, dtype=np.int32)
+    return (k ^ ((k >> 31) & _ABS_MASK)).view(np.float32)
+
+
+def _abs_canon(a32, xp):
+    """|a| with subnormals as 0, computed exactly from the bit pattern."""
+    mag = _bits(a32, xp) & _ABS_MASK
+    mag = xp.where(mag < _MIN_NORMAL_BITS, xp.int32(0), mag)
+    return mag.view(xp.float32)
+
+
+def max_abs(x, mask=None, *, xp=np) -> float:
+    """Largest canonical ``|x|`` over the kept (``mask``) elements; 0.0 if none.
+
+    A maximum is order-free, so it is identical on both backends.
+    """
+    a = _flat32(x, xp)
+    m = _flat_mask(mask, a.size, xp)
+    best = np.float32(0.0)
+    for s in iter_blocks(a.size):
+        v = _abs_canon(a[s], xp)
+        if m is not None:
+            v = xp.where(m[s], v, xp.float32(0))
+        if v.size:
+            best = max(best, np.float32(float(v.max())))
+    return float(best)
+
+
+def grid_levels(bits: int) -> int:
+    """``L = 2**(bits-1) - 1``: grid points per side of zero."""
+    if not 2 <= int(bits) <= 30:
+        raise ValueError(f"grid bits must be in 2..30, got {bits}")
+    return (1 << (int(bits) - 1)) - 1
+
+
+def grid_step(maxabs: float, bits: int) -> float:
+    """Grid step ``max|x| / L`` in float64; 1.0 for an all-zero blob."""
+    maxabs = float(maxabs)
+    if maxabs <= 0.0:
+        return 1.0
+    return float(np.float64(maxabs) / np.float64(grid_levels(bits)))
+
+
+def grid_index(x, step: float, levels: int, *, xp=np):
+    """Signed int32 grid values ``clip(rint(x / step), -L, L)`` of one block.
+
+    ``x`` is converted to float64 exactly; the division is correctly rounded
+    on both backends and nothing can be fused with it. Subnormals and zero
+    map to 0 by an integer test, not by the division.
+    """
+    a = _flat32(x, xp)
+    t = a.astype(xp.float64)
+    t /= xp.float64(step)
+    xp.rint(t, out=t)
+    xp.clip(t, -levels, levels, out=t)  # clamp before the float->int cast
+    q = t.astype(xp.int32)
+    mag = _bits(a, xp) & _ABS_MASK
+    q[mag < _MIN_NORMAL_BITS] = 0
+    return q
+
+
+@dataclasses.dataclass(frozen=True)
+class GridHistogram:
+    """Exact histogram of a blob's kept elements on the integer grid (host).
+
+    Attributes
+    ----------
+    bits, levels : int
+        Grid resolution; values lie in ``[-levels, levels]``.
+    step : float
+        Grid step in weight units (float64); ``value * step`` is the weight.
+    values : ndarray of int64
+        Occupied grid values, strictly ascending.
+    counts : ndarray of int64
+        Elements per occupied value (all > 0).
+    n : int
+        Number of elements counted (the kept ones).
+    size : int
+        Number of elements in the blob (kept or not).
+    max_abs : float
+        Largest canonical ``|x|`` among the kept elements.
+    """
+
+    bits: int
+    levels: int
+    step: float
+    values: np.ndarray
+    counts: np.ndarray
+    n: int
+    size: int
+    max_abs: float
+
+    @property
+    def nbins(self) -> int:
+        """Number of occupied grid values."""
+        return int(self.values.size)
+
+    def prefix_sums(self):
+        """Prefix sums ``(W, S1, S2)`` over bins, each of length ``nbins + 1``.
+
+        ``W`` (counts) and ``S1`` (count x value) are exact int64 (values are
+        at most 2**29 and a blob has far fewer than 2**34 elements); ``S2``
+        (count x value**2) would overflow int64, so it is float64, still
+        computed on the host in a fixed order.
+        """
+        v, w = self.values, self.counts
+        W = np.zeros(v.size + 1, np.int64)
+        S1 = np.zeros(v.size + 1, np.int64)
+        S2 = np.zeros(v.size + 1, np.float64)
+        np.cumsum(w, out=W[1:])
+        np.cumsum(w * v, out=S1[1:])
+        vf = v.astype(np.float64)
+        np.cumsum(w.astype(np.float64) * vf * vf, out=S2[1:])
+        return W, S1, S2
+
+
+def _merge_counts(parts):
+    """Merge per-block (values, counts) pairs into one sorted histogram."""
+    if len(parts) == 1:
+        return parts[0]
+    v = np.concatenate([p[0] for p in parts])
+    c = np.concatenate([p[1] for p in parts])
+    uv, inv = np.unique(v, return_inverse=True)
+    out = np.zeros(uv.size, np.int64)
+    np.add.at(out, inv, c)
+    return uv, out
+
+
+def grid_histogram(
+    x, *, bits: int = DEFAULT_BITS, mask=None, xp=np, screen: bool = True, keep_index: bool = False
+):
+    """Exact integer histogram of ``x`` on the ``bits``-bit grid.
+
+    Parameters
+    ----------
+    x : array (numpy or ``xp``)
+        Weights, any shape; float32 (other float types are rounded to it).
+    bits : int
+        Grid resolution (``2**(bits-1) - 1`` levels per side of zero).
+    mask : bool array, optional
+        True = kept; only kept elements are counted and set the grid step.
+    xp : module
+        ``numpy`` or ``cupy``: where the per-element work runs.
+    screen : bool
+        Refuse NaN/Inf first (:class:`NonFiniteWeightsError`).
+    keep_index : bool
+        Also return the int32 grid values of a single-block blob (so a caller
+        can reuse them instead of recomputing); ``None`` for larger blobs.
+
+    Returns
+    -------
+    GridHistogram, or ``(GridHistogram, index_or_None)`` with ``keep_index``.
+    """
+    a = _flat32(x, xp)
+    m = _flat_mask(mask, a.size, xp)
+    if screen:
+        screen_finite(a, xp=xp)
+    levels = grid_levels(bits)
+    mx = max_abs(a, m, xp=xp)
+    step = grid_step(mx, bits)
+    nbins_full = 2 * levels + 1
+    parts, total, kept_index = [], 0, None
+    dense = None
+    for s in iter_blocks(a.size):
+        q = grid_index(a[s], step, levels, xp=xp)
+        if keep_index and s.start == 0 and s.stop == a.size:
+            kept_index = q
+        sel = q if m is None else q[m[s]]
+        total += int(sel.size)
+        if sel.size == 0:
+            continue
+        if sel.size * 4 < nbins_full and a.size <= BLOCK:
+            # few elements: a sort-based unique is cheaper than 2L+1 bins;
+            # the result (values, counts) is the same exact histogram.
+            uv, uc = xp.unique(sel, return_counts=True)
+            parts.append((np.asarray(to_host(uv), np.int64), np.asarray(to_host(uc), np.int64)))
+        else:
+            c = xp.bincount(sel + xp.int32(levels), minlength=nbins_full)
+            dense = c if dense is None else dense + c
+    if dense is not None:
+        c = np.asarray(to_host(dense), np.int64)
+        nz = np.flatnonzero(c)
+        parts.append((nz.astype(np.int64) - levels, c[nz]))
+    if parts:
+        values, counts = _merge_counts(parts)
+    else:
+        values, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    h = GridHistogram(
+        bits=int(bits),
+        levels=levels,
+        step=step,
+        values=values,
+        counts=counts,
+        n=total,
+        size=int(a.size),
+        max_abs=mx,
+    )
+    return (h, kept_index) if keep_index else h

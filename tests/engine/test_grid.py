@@ -1,0 +1,140 @@
+"""The integer grid: screening, canonicalisation, grid values, exact histogram."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from caffecompress.engine import grid
+from caffecompress.errors import NonFiniteWeightsError
+
+TINY = np.finfo(np.float32).tiny
+
+floats32 = st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=True)
+blobs = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=40), elements=floats32)
+
+
+def canon64(x):
+    a = np.asarray(x, np.float32).astype(np.float64).ravel()
+    a[np.abs(a) < TINY] = 0.0
+    return a
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_screen_counts_non_finite(bad):
+    x = np.ones(100, np.float32)
+    x[[3, 50, 99]] = bad
+    with pytest.raises(NonFiniteWeightsError, match="3 of 100") as ei:
+        grid.screen_finite(x)
+    assert isinstance(ei.value, ValueError)
+    with pytest.raises(NonFiniteWeightsError):
+        grid.grid_histogram(x)
+
+
+def test_screen_passes_finite_and_subnormal():
+    grid.screen_finite(np.array([0.0, -0.0, 1e-45, -3.4e38], np.float32))
+
+
+def test_canonicalize_subnormals_and_negative_zero():
+    x = np.array([1e-45, -1e-40, -0.0, TINY, -TINY, 1.5], np.float32)
+    c = grid.canonicalize(x)
+    assert c.tobytes() == np.array([0, 0, 0, TINY, -TINY, 1.5], np.float32).tobytes()
+    y = np.array([1.0, 2.0], np.float32)
+    assert grid.canonicalize(y) is y  # nothing to change: no copy
+
+
+@given(blobs)
+def test_float_keys_order_and_inverse(x):
+    keys = grid.float_keys(x)
+    c = canon64(x)
+    assert keys.dtype == np.int32
+    # same order as the canonical values, equal keys iff equal values
+    o = np.argsort(c, kind="stable")
+    ks = keys[o]
+    assert np.all(ks[1:] >= ks[:-1])
+    assert np.array_equal(ks[1:] == ks[:-1], c[o][1:] == c[o][:-1])
+    assert np.array_equal(grid.keys_to_float(keys).astype(np.float64), c)
+
+
+@given(blobs, st.integers(2, 24))
+def test_grid_index_is_rounded_quotient(x, bits):
+    L = grid.grid_levels(bits)
+    c = canon64(x)
+    mx = grid.max_abs(x)
+    assert mx == (np.abs(c).max() if c.size else 0.0)
+    step = grid.grid_step(mx, bits)
+    assert step == (mx / L if mx > 0 else 1.0)
+    q = grid.grid_index(x, step, L)
+    assert q.dtype == np.int32
+    assert np.array_equal(q, np.clip(np.rint(c / step), -L, L).astype(np.int32))
+    assert np.all(np.abs(q) <= L)
+    if c.size and mx > 0:
+        assert np.abs(q).max() == L  # the largest magnitude hits the end of the grid
+    # zero-anchored and symmetric
+    assert np.array_equal(grid.grid_index(-np.asarray(x), step, L), -q)
+    assert np.all(q[c == 0] == 0)
+
+
+@given(blobs, st.integers(8, 20), st.data())
+def test_histogram_is_exact(x, bits, data):
+    mask = data.draw(hnp.arrays(np.bool_, x.shape)) if data.draw(st.booleans()) else None
+    h = grid.grid_histogram(x, bits=bits, mask=mask)
+    kept = canon64(x) if mask is None else canon64(x)[mask.ravel()]
+    assert h.n == kept.size and h.size == x.size
+    assert h.max_abs == (np.abs(kept).max() if kept.size else 0.0)
+    q = np.clip(np.rint(kept / h.step), -h.levels, h.levels).astype(np.int64)
+    uv, uc = np.unique(q, return_counts=True)
+    assert np.array_equal(h.values, uv) and np.array_equal(h.counts, uc)
+    assert h.values.dtype == np.int64 and h.counts.dtype == np.int64
+    W, S1, S2 = h.prefix_sums()
+    assert W[-1] == h.n and S1[-1] == int(np.sum(q))
+    assert S2[-1] == pytest.approx(float(np.sum(q.astype(np.float64) ** 2)), rel=1e-12)
+
+
+def test_all_zero_and_empty_do_not_divide_by_zero():
+    for x in (np.zeros(10, np.float32), np.zeros(0, np.float32), np.full(5, 1e-42, np.float32)):
+        h = grid.grid_histogram(x)
+        assert h.step == 1.0
+        assert h.counts.sum() == x.size
+        assert set(h.values.tolist()) <= {0}
+
+
+def test_blocks_give_the_same_histogram(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(4, size=100_000) * 0.01).astype(np.float32)
+    mask = rng.random(x.size) < 0.7
+    ref = grid.grid_histogram(x, mask=mask)
+    monkeypatch.setattr(grid, "BLOCK", 4096)
+    got = grid.grid_histogram(x, mask=mask)
+    assert got.step == ref.step
+    assert np.array_equal(got.values, ref.values) and np.array_equal(got.counts, ref.counts)
+
+
+def test_dense_and_sparse_histogram_paths_agree():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(3000).astype(np.float32)
+    small = grid.grid_histogram(x, bits=16)  # 3000 * 4 < 65535 bins: sort path
+    big = grid.grid_histogram(np.tile(x, 30), bits=16)  # bincount path
+    assert np.array_equal(small.values, big.values)
+    assert np.array_equal(small.counts * 30, big.counts)
+
+
+def test_float64_input_is_rounded_to_float32():
+    x = np.array([0.1, -0.25, 3.0], np.float64)
+    h = grid.grid_histogram(x, bits=12)
+    assert h.max_abs == 3.0
+    assert np.array_equal(grid.float_keys(x), grid.float_keys(x.astype(np.float32)))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError):
+        grid.grid_levels(1)
+    with pytest.raises(TypeError):
+        grid.grid_histogram(np.arange(4))
+    with pytest.raises(ValueError):
+        grid.grid_histogram(np.ones(4, np.float32), mask=np.ones(3, bool))
+    with pytest.raises(TypeError):
+        grid.grid_histogram(np.ones(4, np.float32), mask=np.ones(4, np.int8))

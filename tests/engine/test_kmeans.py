@@ -1,0 +1,400 @@
+"""Weight sharing: properties, exact small blobs, and oracles.
+
+Oracles: a plain reference Lloyd over the grid values (must reach the same
+fixed point), Lloyd on the original floats (SSE within 0.1 %), the ckmeans
+package (exact Ckmeans.1d.dp; ``optimal`` within 1.001x) and brute force
+over all partitions of small histograms. Real blobs come from the zoo,
+read with OpenCV 4.x.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from caffecompress.engine import grid, optimal
+from caffecompress.engine.kmeans import INITS, default_bits, lloyd_histogram, share_weights
+from caffecompress.errors import NonFiniteWeightsError
+
+TINY = np.finfo(np.float32).tiny
+
+floats32 = st.floats(-1e6, 1e6, width=32, allow_subnormal=True)
+special = st.sampled_from([0.0, -0.0, 1e-45, -2e-40, 1.0, -1.0, 0.25])
+blobs = hnp.arrays(
+    np.float32,
+    hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=25),
+    elements=st.one_of(floats32, special),
+)
+ks = st.sampled_from([2, 3, 4, 7, 16, 32, 255, 256, 257, 4096])
+
+
+def canon(x):
+    return grid.canonicalize(np.asarray(x, np.float32))
+
+
+# ---------------------------------------------------------------- zoo blobs
+
+ZOO_LAYERS = {
+    ("lenet-mnist", "mnist_deploy.prototxt", "lenet_iter_10000.caffemodel"): ["conv1", "conv2", "ip1", "ip2"],
+    ("mtcnn", "det3.prototxt", "det3.caffemodel"): ["conv2", "conv4", "conv5", "conv6-3"],
+    ("yufacedetectnet", "yufacedetectnet-open-v1.prototxt", "yufacedetectnet-open-v1.caffemodel"): [
+        "conv1_1", "conv4_3", "conv6_3"
+    ],
+    ("ultraface", "slim-320.prototxt", "slim-320.caffemodel"): ["conv_dw_1_1" if False else None],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _net_blobs(zoo, folder, proto, model):
+    cv2 = pytest.importorskip("cv2")
+    net = cv2.dnn.readNetFromCaffe(str(zoo / folder / proto), str(zoo / folder / model))
+    out = {}
+    for name in net.getLayerNames():
+        layer = net.getLayer(name)
+        if layer.type in ("Convolution", "InnerProduct") and layer.blobs:
+            out[name] = np.ascontiguousarray(layer.blobs[0], np.float32)
+    return out
+
+
+def zoo_blobs(zoo, max_size=None):
+    """(name, weights) of selected real conv/fc weight blobs."""
+    picked = []
+    for (folder, proto, model), names in ZOO_LAYERS.items():
+        got = _net_blobs(zoo, folder, proto, model)
+        for name in names:
+            if name is None:  # take the largest conv of that net
+                name = max(got, key=lambda n: got[n].size)
+            w = got[name]
+            if max_size is None or w.size <= max_size:
+                picked.append((f"{folder}/{name}", w))
+    assert picked
+    return picked
+
+
+# ---------------------------------------------------------------- references
+
+
+def reference_grid_lloyd(q, k):
+    """Plain Lloyd on the integer grid values ``q``: argmin assignment (first
+    centroid on ties), integer-sum means, empty clusters keep their centroid,
+    until no assignment changes; empties dropped at the end."""
+    q = np.asarray(q, np.int64)
+    lo, hi = float(q.min()), float(q.max())
+    c = lo + (hi - lo) * (np.arange(k, dtype=np.float64) / (k - 1))
+    assign = None
+    while True:
+        new = np.argmin(np.abs(q[:, None] - c[None, :]), axis=1)
+        if assign is not None and np.array_equal(new, assign):
+            break
+        assign = new
+        cnt = np.bincount(assign, minlength=k)
+        sm = np.array([int(q[assign == j].sum()) for j in range(k)], np.int64)
+        occ = cnt > 0
+        c = c.copy()
+        c[occ] = sm[occ] / cnt[occ]
+    used = np.bincount(assign, minlength=k) > 0
+    remap = np.cumsum(used) - 1
+    return c[used], remap[assign]
+
+
+def reference_float_lloyd(x, k):
+    """Lloyd on the original floats from the linear init, to its fixed point."""
+    xs = np.sort(x.astype(np.float64).ravel())
+    c = xs[0] + (xs[-1] - xs[0]) * (np.arange(k) / (k - 1))
+    P = np.concatenate([[0.0], np.cumsum(xs)])
+    cuts = None
+    for _ in range(100_000):
+        new = np.concatenate([[0], np.searchsorted(xs, (c[:-1] + c[1:]) / 2, side="right"), [xs.size]])
+        if cuts is not None and np.array_equal(new, cuts):
+            break
+        cuts = new
+        cnt = np.diff(cuts)
+        sm = P[cuts[1:]] - P[cuts[:-1]]
+        c = np.where(cnt > 0, sm / np.maximum(cnt, 1), c)
+    lab = np.repeat(np.arange(k), np.diff(cuts))
+    return float(np.sum((xs - c[lab]) ** 2))
+
+
+def true_sse(x, r, mask=None):
+    d = canon(x).astype(np.float64).ravel() - r.restore().astype(np.float64).ravel()
+    if mask is not None:
+        d = d[np.asarray(mask).ravel()]
+    return float(np.dot(d, d))
+
+
+# ---------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blobs, ks, st.sampled_from(INITS), st.booleans(), st.data())
+def test_properties(x, k, init, keep_zero, data):
+    mask = data.draw(hnp.arrays(np.bool_, x.shape)) if data.draw(st.booleans()) else None
+    r = share_weights(x, k=k, init=init, keep_zero=keep_zero, mask=mask, seed=7)
+    cb = r.codebook
+    assert cb.dtype == np.float32 and cb.ndim == 1
+    assert 1 <= r.k == cb.size <= k
+    assert np.all(cb[1:] > cb[:-1])  # strictly ascending
+    assert r.labels.shape == x.shape
+    assert r.labels.dtype == (np.uint8 if k <= 256 else np.uint16)
+    assert r.labels.size == 0 or int(r.labels.max()) < r.k
+    assert r.converged
+    c = canon(x)
+    kept = np.ones(x.shape, bool) if mask is None else mask
+    vals = set(c[kept].astype(np.float64).tolist()) | ({0.0} if keep_zero else set())
+    assert r.exact == (len(vals) <= k or not kept.any())
+    rec = r.restore()
+    if r.exact:
+        assert r.sse == 0.0 and r.sqnr_db == np.inf
+        assert rec[kept].tobytes() == c[kept].tobytes()
+    if keep_zero:
+        assert 0.0 in cb.tolist()
+    if mask is not None and (~kept).any():
+        # masked positions carry one label: zero's (keep_zero) or the nearest to zero
+        lab = np.unique(r.labels[~kept])
+        assert lab.size == 1
+        z = cb[lab[0]]
+        assert np.abs(cb).min() == abs(z)
+        if keep_zero:
+            assert z == 0.0
+    # every kept element sits at (one grid step from) its nearest shared value
+    d = np.abs(c[kept].astype(np.float64)[:, None] - cb.astype(np.float64)[None, :])
+    if d.size:
+        mine = np.abs(c[kept].astype(np.float64) - rec[kept].astype(np.float64))
+        assert np.all(mine <= d.min(axis=1) + r.step * (1 + 1e-9))
+    # the host SSE is the histogram's: within the grid rounding of the true one
+    ts = true_sse(x, r, kept)
+    n = int(kept.sum())
+    assert abs(np.sqrt(r.sse) - np.sqrt(ts)) <= np.sqrt(n) * r.step / 2 * (1 + 1e-9) + 1e-30
+    # deterministic
+    r2 = share_weights(x, k=k, init=init, keep_zero=keep_zero, mask=mask, seed=7)
+    assert r2.codebook.tobytes() == cb.tobytes() and r2.labels.tobytes() == r.labels.tobytes()
+
+
+@pytest.mark.parametrize("k", [2, 16, 256, 4096])
+@pytest.mark.parametrize("init", INITS)
+def test_special_blobs(k, init):
+    empty = share_weights(np.zeros((0, 3), np.float32), k=k, init=init)
+    assert empty.codebook.tolist() == [0.0] and empty.labels.shape == (0, 3) and empty.exact
+    z = share_weights(np.zeros(10, np.float32), k=k, init=init)
+    assert z.codebook.tolist() == [0.0] and z.exact and z.sse == 0.0
+    const = share_weights(np.full((4, 4), -0.75, np.float32), k=k, init=init, keep_zero=True)
+    assert const.codebook.tolist() == [-0.75, 0.0] and const.exact
+    assert np.all(const.restore() == -0.75)
+    sub = share_weights(np.array([1e-45, -1e-42, 0.0, -0.0], np.float32), k=k, init=init)
+    assert sub.codebook.tolist() == [0.0] and np.all(sub.restore() == 0.0)
+    tiny = np.array([3e-38, -3e-38, 1e-45], np.float32)  # 3 distinct values after canonicalising
+    rt = share_weights(tiny, k=k, init=init)
+    assert rt.exact == (k >= 3)
+    if k >= 3:
+        assert np.array_equal(rt.restore(), np.array([3e-38, -3e-38, 0.0], np.float32))
+    allmasked = share_weights(np.ones(5, np.float32), k=k, init=init, mask=np.zeros(5, bool))
+    assert allmasked.codebook.tolist() == [0.0] and np.all(allmasked.labels == 0)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_k4096_on_many_distinct_values(init):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_t(5, size=40_000) * 0.02).astype(np.float32)
+    r = share_weights(x, k=4096, init=init)
+    assert r.labels.dtype == np.uint16 and not r.exact and r.converged
+    assert 1000 < r.k <= 4096
+    # heavy tails: a density-placed codebook leaves outliers far off, but
+    # every init must beat 12-bit uniform-ish quality by a wide margin
+    assert r.sqnr_db > (60 if init == "optimal" else 30)
+
+
+def test_exact_when_few_distinct_values_even_if_grid_merges_them():
+    # 1.0 and 1.0000001 share a grid bin; there are only 3 distinct floats
+    x = np.array([1.0, 1.0000001, -2.0, 1.0, -2.0], np.float32)
+    r = share_weights(x, k=3, bits=8)
+    assert r.exact and r.restore().tobytes() == x.tobytes()
+    r = share_weights(x, k=2, bits=8)  # 2 grid bins, 3 floats: one centroid per bin
+    assert not r.exact and r.k == 2
+
+
+def test_requantising_is_exact():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(20_000).astype(np.float32)
+    first = share_weights(x, k=16)
+    again = share_weights(first.restore(), k=16, init="optimal")
+    assert again.exact and again.restore().tobytes() == first.restore().tobytes()
+
+
+def test_blocks_give_the_same_result(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_t(3, size=(60, 1000)) * 0.05).astype(np.float32)
+    mask = rng.random(x.shape) < 0.6
+    for kw in ({"k": 32}, {"k": 300, "init": "density", "keep_zero": True, "mask": mask},
+               {"k": 16, "init": "optimal", "mask": mask}):
+        ref = share_weights(x, **kw)
+        monkeypatch.setattr(grid, "BLOCK", 7000)
+        got = share_weights(x, **kw)
+        monkeypatch.undo()
+        assert got.codebook.tobytes() == ref.codebook.tobytes()
+        assert got.labels.tobytes() == ref.labels.tobytes()
+        assert got.sse == ref.sse
+
+
+def test_keep_zero_with_pruning():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(5000).astype(np.float32)
+    x[np.abs(x) < 0.5] = 0.0
+    r = share_weights(x, k=16, keep_zero=True)
+    z = r.codebook.tolist().index(0.0)
+    assert np.all(r.labels[x == 0] == z)
+    assert np.all(r.restore()[x == 0] == 0.0)
+    mask = x != 0
+    rm = share_weights(x, k=16, keep_zero=True, mask=mask)
+    assert np.all(rm.restore()[~mask] == 0.0)
+
+
+def test_random_init_is_seeded():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(3000).astype(np.float32)
+    a = share_weights(x, k=8, init="random", seed=1)
+    b = share_weights(x, k=8, init="random", seed=1)
+    assert a.codebook.tobytes() == b.codebook.tobytes()
+
+
+def test_errors():
+    x = np.ones(4, np.float32)
+    for k in (1, 4097):
+        with pytest.raises(ValueError):
+            share_weights(x, k=k)
+    with pytest.raises(ValueError):
+        share_weights(x, k=4, init="kmeans++")
+    with pytest.raises(NonFiniteWeightsError, match="1 of 4"):
+        share_weights(np.array([1, 2, np.inf, 3], np.float32), k=2)
+    with pytest.raises(ValueError):
+        share_weights(x, k=2, mask=np.ones(5, bool))
+
+
+def test_default_bits():
+    assert [default_bits(k) for k in (2, 16, 32, 256, 4096)] == [20, 20, 20, 20, 22]
+
+
+# ---------------------------------------------------------------- oracles
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(np.float32, st.integers(2, 400), elements=st.floats(-100, 100, width=32)),
+    st.sampled_from([2, 3, 5, 8, 16]),
+    st.sampled_from([6, 10, 16]),
+)
+def test_linear_reaches_reference_grid_lloyd_fixed_point(x, k, bits):
+    r = share_weights(x, k=k, bits=bits)
+    h = grid.grid_histogram(x, bits=bits)
+    if h.nbins <= k:
+        return  # one centroid per value: nothing to iterate
+    q = grid.grid_index(x, h.step, h.levels)
+    c, lab = reference_grid_lloyd(q, k)
+    assert r.codebook.tobytes() == (c * h.step).astype(np.float32).tobytes()
+    assert np.array_equal(r.labels.ravel(), lab)
+
+
+def test_linear_matches_reference_grid_lloyd_on_zoo(zoo):
+    for name, w in zoo_blobs(zoo, max_size=30_000):
+        for k in (4, 16, 32):
+            r = share_weights(w, k=k)
+            h = grid.grid_histogram(w, bits=r.bits)
+            q = grid.grid_index(w, h.step, h.levels)
+            c, lab = reference_grid_lloyd(q, k)
+            assert r.codebook.tobytes() == (c * h.step).astype(np.float32).tobytes(), (name, k)
+            assert np.array_equal(r.labels.ravel(), lab), (name, k)
+
+
+@pytest.mark.parametrize("k", [16, 32, 256])
+def test_linear_sse_within_0p1_percent_of_float_lloyd(zoo, k):
+    for name, w in zoo_blobs(zoo):
+        r = share_weights(w, k=k)
+        ref = reference_float_lloyd(w, k)
+        ours = true_sse(w, r)
+        assert ours <= ref * 1.001 and ours >= ref * 0.999, (name, k, ours / ref)
+
+
+@pytest.mark.parametrize("k", [2, 5, 16, 32, 255])
+def test_optimal_within_1p001_of_ckmeans(zoo, k):
+    ckmeans = pytest.importorskip("ckmeans")
+    for name, w in zoo_blobs(zoo):
+        if k == 255 and w.size > 200_000:
+            continue  # ckmeans itself needs seconds there
+        r = share_weights(w, k=k, init="optimal")
+        clusters = ckmeans.ckmeans(w.ravel().astype(np.float64), k)
+        ref = sum(float(np.sum((c - c.mean()) ** 2)) for c in clusters)
+        ours = true_sse(w, r)
+        assert ours <= ref * 1.001, (name, k, ours / ref)
+        # and no other init does better on the grid objective
+        for init in ("linear", "density"):
+            assert r.sse <= share_weights(w, k=k, init=init).sse * (1 + 1e-9), (name, k, init)
+
+
+def _brute_force(v, w, k):
+    best = np.inf
+    m = v.size
+    for cut in itertools.combinations(range(1, m), k - 1):
+        edges = (0, *cut, m)
+        s = 0.0
+        for a, b in zip(edges[:-1], edges[1:]):
+            vv, ww = v[a:b].astype(np.float64), w[a:b].astype(np.float64)
+            mu = np.dot(vv, ww) / ww.sum()
+            s += float(np.dot(ww, (vv - mu) ** 2))
+        best = min(best, s)
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(-50, 50), min_size=2, max_size=9, unique=True),
+    st.data(),
+    st.integers(2, 5),
+    st.booleans(),
+)
+def test_optimal_partition_is_exact_by_brute_force(vals, data, k, use_numba):
+    v = np.array(sorted(vals), np.int64)
+    w = np.array(data.draw(st.lists(st.integers(1, 20), min_size=v.size, max_size=v.size)), np.int64)
+    k = min(k, v.size)
+    cuts = optimal.optimal_partition(v, w, k, use_numba=use_numba)
+    assert cuts[0] == 0 and cuts[-1] == v.size and np.all(np.diff(cuts) > 0)
+    W, S1, S2 = optimal.prefix_moments(v, w)
+    got = sum(float(optimal._cost(W, S1, S2, cuts[j], cuts[j + 1] - 1)) for j in range(cuts.size - 1))
+    assert got == pytest.approx(_brute_force(v, w, k), rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.skipif(not optimal.NUMBA, reason="numba not installed")
+def test_optimal_numpy_and_numba_agree(zoo):
+    for name, w in zoo_blobs(zoo, max_size=150_000):
+        h = grid.grid_histogram(w, bits=16)
+        for k in (3, 16, 64):
+            a = optimal.optimal_partition(h.values, h.counts, k, use_numba=False)
+            b = optimal.optimal_partition(h.values, h.counts, k, use_numba=True)
+            assert np.array_equal(a, b), (name, k)
+
+
+def test_optimal_coarsening_keeps_exact_costs():
+    rng = np.random.default_rng(8)
+    v, c = np.unique(np.round(rng.standard_t(3, 30_000) * 500).astype(np.int64), return_counts=True)
+    W, S1, S2 = optimal.prefix_moments(v, c)
+
+    def sse(cuts):
+        return sum(float(optimal._cost(W, S1, S2, cuts[j], cuts[j + 1] - 1)) for j in range(cuts.size - 1))
+
+    full = optimal.optimal_partition(v, c, 8, max_bins=None)
+    coarse = optimal.optimal_partition(v, c, 8, max_bins=256)
+    assert coarse.size == 9 and sse(full) <= sse(coarse) <= sse(full) * 1.01
+
+
+def test_lloyd_histogram_pinned_and_empty():
+    v = np.array([-10, -9, 5, 6, 100], np.int64)
+    w = np.array([1, 1, 1, 1, 1], np.int64)
+    c, cuts, it, conv = lloyd_histogram(v, w, np.array([-9.5, 0.0, 2.0, 60.0]), pinned=1)
+    assert conv and c[1] == 0.0
+    assert c.tolist()[0] == -9.5 and c.tolist()[3] == 100.0
+    # the pinned zero is empty here and keeps its place; 5 and 6 go to 2.0's cell
+    assert cuts.tolist() == [0, 2, 2, 4, 5]
