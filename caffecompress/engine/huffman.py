@@ -57,6 +57,8 @@ __all__ = [
     "stream_parts",
     "stream_from_parts",
     "stream_nbytes",
+    "pack_lengths",
+    "unpack_lengths",
 ]
 
 #: Largest alphabet (12-bit labels).
@@ -591,17 +593,83 @@ def decode(stream: HuffmanStream, *, xp=np, engine: str = "auto"):
 # --------------------------------------------------------------------------
 
 
-def stream_parts(stream: HuffmanStream, prefix: str = "") -> tuple[dict, dict]:
-    """Split a stream into ``(meta, parts)``: plain ints and 1-D arrays.
+# The code lengths of a table are stored as zigzag deltas from the previous
+# symbol's length under one fixed, complete prefix code over the 41 possible
+# deltas (-20..20): 1 bit for "same as before", 3 bits for +-1, 5 for +-2/3,
+# 8-9 bits beyond. Neighbouring codebook entries have similar frequencies, so
+# a 256-entry table costs ~60-100 bytes instead of 256.
+_ZZ_LENGTHS = np.array([1, 3, 3, 5, 5, 5, 5] + [8] * 30 + [9] * 4, np.uint8)
 
-    Offsets are stored as uint32 when the stream is shorter than 2**32 bits
-    (always, in practice), halving their cost.
+
+def pack_lengths(lengths) -> np.ndarray:
+    """Code a table's code lengths compactly (see ``_ZZ_LENGTHS``); uint8 bytes."""
+    ln = np.asarray(lengths, np.int64)
+    if ln.size and (ln.min() < 0 or ln.max() > MAX_CODE_LEN):
+        raise ValueError("code lengths out of range")
+    d = np.diff(ln, prepend=0)
+    zz = (d << 1) ^ (d >> 63)
+    codes = canonical_codes(_ZZ_LENGTHS).astype(np.int64)
+    L = _ZZ_LENGTHS[zz].astype(np.int64)
+    C = codes[zz]
+    nb = int(L.sum())
+    sym = np.repeat(np.arange(zz.size), L)
+    k = np.arange(nb) - np.repeat(np.cumsum(L) - L, L)
+    bits = (C[sym] >> (L[sym] - 1 - k)) & 1
+    return np.packbits(bits.astype(np.uint8))
+
+
+def unpack_lengths(data, nsym: int) -> np.ndarray:
+    """Inverse of :func:`pack_lengths`; CorruptDataError unless exactly ``nsym`` lengths fill ``data``.
+
+    Vectorised without a loop per symbol: every bit position is decoded as if
+    a code started there, then the chain of real code starts is listed by
+    pointer doubling (``log2(nsym)`` rounds).
     """
-    off = stream.offsets
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise CorruptDataError("packed code lengths must be 1-D uint8")
+    if not 0 <= nsym <= MAX_SYMBOLS or data.size > (9 * nsym + 7) // 8:
+        raise CorruptDataError(f"packed code lengths: {data.size} bytes for {nsym} symbols")
+    if nsym == 0:
+        if data.size:
+            raise CorruptDataError("packed code lengths: bytes for an empty table")
+        return np.zeros(0, np.uint8)
+    table, L = decode_table(_ZZ_LENGTHS)
+    nb = 8 * data.size
+    bits = np.concatenate([np.unpackbits(data), np.zeros(L, np.uint8)]).astype(np.int64)
+    peek = np.lib.stride_tricks.sliding_window_view(bits, L)[: nb + 1] @ (1 << np.arange(L - 1, -1, -1))
+    ent = table[peek].astype(np.int64)
+    nxt = np.minimum(np.arange(nb + 1) + (ent >> 16), nb)  # nb is a sink
+    nxt[nb] = nb
+    chain = np.zeros(1, np.int64)
+    jump = nxt
+    while chain.size < nsym:
+        chain = np.concatenate([chain, jump[chain]])
+        jump = jump[jump]
+    chain = chain[:nsym]
+    end = int(chain[-1] + (ent[chain[-1]] >> 16))
+    if chain[-1] >= nb or end > nb or (end + 7) // 8 != data.size or bits[end:nb].any():
+        raise CorruptDataError("packed code lengths do not fill their bytes exactly")
+    zz = ent[chain] & 0xFFFF
+    ln = np.cumsum((zz >> 1) ^ -(zz & 1))
+    if ln.min() < 0 or ln.max() > MAX_CODE_LEN:
+        raise CorruptDataError("packed code lengths out of range")
+    return ln.astype(np.uint8)
+
+
+def stream_parts(stream: HuffmanStream, prefix: str = "") -> tuple[dict, dict]:
+    """Split a stream into ``(meta, parts)``: plain ints and 1-D arrays, compactly.
+
+    The code lengths are packed (:func:`pack_lengths`); the offsets lose the
+    leading 0 and are stored as uint32 when the stream is shorter than 2**32
+    bits (always, in practice).
+    """
+    off = stream.offsets[1:]
     if stream.nbits < (1 << 32):
         off = off.astype(np.uint32)
-    meta = {prefix + "n": int(stream.n), prefix + "chunk": int(stream.chunk)}
-    parts = {prefix + "lengths": stream.lengths, prefix + "payload": stream.payload, prefix + "offsets": off}
+    meta = {prefix + "n": int(stream.n), prefix + "chunk": int(stream.chunk), prefix + "nsym": stream.nsym}
+    parts = {prefix + "lengths": pack_lengths(stream.lengths), prefix + "payload": stream.payload,
+             prefix + "offsets": off}
     return meta, parts
 
 
@@ -609,17 +677,19 @@ def stream_from_parts(meta: dict, parts: dict, prefix: str = "") -> HuffmanStrea
     """Inverse of :func:`stream_parts`; raises CorruptDataError on missing or mistyped parts."""
     try:
         n, chunk = int(meta[prefix + "n"]), int(meta[prefix + "chunk"])
-        lengths = np.asarray(parts[prefix + "lengths"])
+        nsym = int(meta[prefix + "nsym"])
+        packed = np.asarray(parts[prefix + "lengths"])
         payload = np.asarray(parts[prefix + "payload"])
         off = np.asarray(parts[prefix + "offsets"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptDataError(f"Huffman stream {prefix!r} is incomplete: {exc}") from exc
-    if off.dtype not in (np.uint32, np.uint64):
-        raise CorruptDataError(f"Huffman offsets must be uint32/uint64, got {off.dtype}")
-    return HuffmanStream(lengths, payload, off.astype(np.uint64), n, chunk)
+    if off.dtype not in (np.uint32, np.uint64) or off.ndim != 1:
+        raise CorruptDataError(f"Huffman offsets must be 1-D uint32/uint64, got {off.dtype}")
+    off = np.concatenate([np.zeros(1, np.uint64), off.astype(np.uint64)])
+    return HuffmanStream(unpack_lengths(packed, nsym), payload, off, n, chunk)
 
 
 def stream_nbytes(counts, lengths, n: int, chunk: int = 4096) -> int:
-    """Stored bytes of a stream with these ``counts`` and ``lengths`` (uint32 offsets), without encoding it."""
+    """Stored bytes of a stream as :func:`stream_parts` keeps it, without encoding it."""
     nbits = coded_bits(counts, lengths)
-    return (nbits + 7) // 8 + len(lengths) + 4 * (-(-n // chunk) + 1)
+    return (nbits + 7) // 8 + pack_lengths(lengths).size + 4 * (-(-n // chunk))

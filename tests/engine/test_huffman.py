@@ -284,3 +284,52 @@ def test_stream_size_is_the_optimum_plus_side_data():
     entropy_bits = -(counts[counts > 0] * np.log2(p)).sum()
     assert entropy_bits <= s.nbits <= entropy_bits + x.size  # Huffman bound, limit 12 barely binds
     assert s.nbytes <= (s.nbits + 7) // 8 + 256 + 8 * (s.offsets.size) + 16
+
+
+# ---------------------------------------------------------------- stored form
+
+
+@settings(max_examples=100, deadline=None)
+@given(nsym=st.integers(0, 4096), seed=st.integers(0, 2**32 - 1), smooth=st.booleans())
+def test_packed_lengths_round_trip(nsym, seed, smooth):
+    rng = np.random.default_rng(seed)
+    if smooth:
+        ln = np.clip(np.cumsum(rng.integers(-1, 2, nsym)) + 6, 0, H.MAX_CODE_LEN)
+    else:
+        ln = rng.integers(0, H.MAX_CODE_LEN + 1, nsym)
+    packed = H.pack_lengths(ln)
+    assert packed.size <= (9 * nsym + 7) // 8
+    np.testing.assert_array_equal(H.unpack_lengths(packed, nsym), ln)
+    with pytest.raises(CorruptDataError):  # one byte too many is never a valid table
+        H.unpack_lengths(np.concatenate([packed, [0]]).astype(np.uint8), nsym)
+
+
+@FAST
+@given(data=streams(max_n=5000), chunk=st.integers(1, 2000))
+def test_stream_parts_round_trip_and_size(data, chunk):
+    x, nsym = data
+    s = H.encode(x, nsym=nsym, chunk=chunk)
+    meta, parts = H.stream_parts(s, "l_")
+    assert all(isinstance(v, int) for v in meta.values())
+    back = H.stream_from_parts(meta, {k: v.copy() for k, v in parts.items()}, "l_")
+    for f in ("lengths", "payload", "offsets"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(s, f))
+    np.testing.assert_array_equal(H.decode(back), x)
+    counts = np.bincount(x, minlength=nsym)
+    assert sum(p.nbytes for p in parts.values()) == H.stream_nbytes(counts, s.lengths, x.size, chunk)
+
+
+def test_flipped_bits_in_stored_lengths_never_crash():
+    x, s = _sample_stream(3, chunk=512)
+    meta, parts = H.stream_parts(s)
+    detected = 0
+    for b in range(8 * parts["lengths"].size):
+        p = parts["lengths"].copy()
+        p[b >> 3] ^= np.uint8(0x80 >> (b & 7))
+        try:
+            y = H.decode(H.stream_from_parts(meta, {**parts, "lengths": p}))
+        except CorruptDataError:
+            detected += 1
+        else:
+            assert y.size == x.size
+    assert detected >= 0.99 * 8 * parts["lengths"].size
