@@ -683,6 +683,8 @@ def _adopt_prototxt_structure(model: Model, netdef, files) -> None:
 def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Model:
     """Match weights to prototxt layers by name, as Caffe does; check counts and shapes."""
     files = f"{weights_path} vs {prototxt_path}"
+    if model.format == "HDF5":
+        _adopt_prototxt_structure(model, netdef, files)
     by_name = {}
     for lay in model.layers:
         # OpenCV takes the first same-named layer that has blobs; Caffe the first
@@ -709,8 +711,6 @@ def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Mod
                 **where,
             )
         _check_shapes(lp, lay.blobs, where)
-    if model.format == "HDF5":
-        _adopt_prototxt_structure(model, netdef, files)
     types = {}
     for lp in netdef.net.layer:
         types.setdefault(lp.name, lp.type)
