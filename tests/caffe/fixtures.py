@@ -132,15 +132,3 @@ def make_net(layers, name="synthetic", version="V2"):
             b.data.extend(np.asarray(a, np.float32).ravel().tolist())
     return net
 
-
-def needs_upgrade(rel_or_format: str) -> None:
-    """Skip while the V0/V1 upgrader (caffecompress.caffe.upgrade) is not installed."""
-    import importlib.util
-
-    import pytest
-
-    legacy = rel_or_format in ("V0", "V1") or any(
-        r["path"] == rel_or_format and not r["format"].startswith("V2") for r in zoo_manifest()
-    )
-    if legacy and importlib.util.find_spec("caffecompress.caffe.upgrade") is None:
-        pytest.skip("caffecompress.caffe.upgrade not available yet")

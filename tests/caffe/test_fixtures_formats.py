@@ -318,3 +318,35 @@ def test_mean_binaryproto(zoo):
     mean = read_binaryproto(zoo / "cifar10-quick/mean.binaryproto")
     assert mean.shape == (b.num, b.channels, b.height, b.width)
     assert np.array_equal(bits(mean), bits(np.array(b.data, np.float32)))
+
+
+# ---------------------------------------------------------------- unknown fields
+
+
+def test_unknown_fields_survive_outside_blobs(tmp_path):
+    """Fork fields our schema lacks are kept in order; blobs come out BVLC-only."""
+    from caffecompress.caffe import wire
+
+    def rec(n, payload):
+        return wire.encode_len_field(n, len(payload)) + payload
+
+    arr = np.arange(6, dtype=np.float32)
+    blob = (rec(5, arr.tobytes()) + rec(7, rec(1, b"\x02\x03"))
+            + wire.encode_key(15, 0) + b"\x07")  # unknown BlobProto field 15
+    layer = (rec(1, b"fc") + rec(2, b"FancyLayer") + rec(7, blob)
+             + rec(5000, b"fork param") + wire.encode_key(4999, 5) + b"\x01\x02\x03\x04")
+    src = rec(1, b"net") + wire.encode_key(50, 0) + b"\x01" + rec(100, layer)
+    p = tmp_path / "fork.caffemodel"
+    p.write_bytes(src)
+    model = read_caffemodel(p)
+    assert model.layer("fc").type == "FancyLayer"
+    out = caffemodel_bytes(model)
+    clean_blob = rec(5, arr.tobytes()) + rec(7, rec(1, b"\x02\x03"))
+    want = src.replace(rec(7, blob), rec(7, clean_blob))
+    want = want.replace(rec(100, layer), rec(100, layer.replace(rec(7, blob), rec(7, clean_blob))))
+    assert out == want
+    # protobuf (our schema, which lacks these numbers) sees them as unknown fields and parses fine
+    pb = _pb()
+    net = pb.NetParameter()
+    net.ParseFromString(out)
+    assert list(net.layer[0].blobs[0].data) == arr.tolist()

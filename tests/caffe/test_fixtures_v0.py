@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompress.caffe import read_caffemodel, write_caffemodel
-from fixtures import ZOO, bits, fixed_input, needs_upgrade, opencv_blobs, opencv_forward
+from fixtures import ZOO, bits, fixed_input, opencv_blobs, opencv_forward
 
 cv2 = pytest.importorskip("cv2")
 
@@ -55,7 +55,6 @@ def _v0_caffemodel(padding: bool) -> bytes:
 
 @pytest.mark.parametrize("padding", [False, True])
 def test_v0_caffemodel(zoo, tmp_path, padding):
-    needs_upgrade("V0")
     p = tmp_path / "lenet_v0.caffemodel"
     p.write_bytes(_v0_caffemodel(padding))
     model = read_caffemodel(p)

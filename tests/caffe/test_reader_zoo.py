@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompress.caffe import read_caffemodel
-from fixtures import needs_upgrade, ZOO, bits, opencv_blobs, zoo_models, zoo_pair, zoo_v2_models
+from fixtures import ZOO, bits, opencv_blobs, zoo_models, zoo_pair, zoo_v2_models
 
 cv2 = pytest.importorskip("cv2")
 
@@ -25,7 +25,6 @@ def _pb_records(path):
 
 @pytest.mark.parametrize("rel", MODELS)
 def test_blobs_equal_opencv_bit_for_bit(zoo, rel):
-    needs_upgrade(rel)
     model = read_caffemodel(zoo / rel)
     net = cv2.dnn.readNetFromCaffe(str(zoo_pair(rel)), str(zoo / rel))
     held = opencv_blobs(net)
@@ -63,7 +62,6 @@ def test_opencv_dropped_branch_is_kept(zoo):
 
 @pytest.mark.parametrize("rel", zoo_v2_models())
 def test_v2_shapes_are_the_files_shapes(zoo, rel):
-    needs_upgrade(rel)
     from caffecompress.caffe.proto import pb
 
     net = pb.NetParameter()
@@ -84,7 +82,6 @@ def test_v2_shapes_are_the_files_shapes(zoo, rel):
     ],
 )
 def test_v1_legacy_dims_get_caffe_shapes(zoo, v1, v2):
-    needs_upgrade("V1")
     # V1 files store legacy 4-D num/channels/height/width; Caffe's loader compares
     # them right-aligned, so an InnerProduct weight 1x1xNxK is (N, K) and a bias (N,).
     old = read_caffemodel(zoo / v1)
@@ -105,7 +102,6 @@ def test_v1_legacy_dims_get_caffe_shapes(zoo, v1, v2):
 
 @pytest.mark.parametrize("rel", MODELS)
 def test_model_metadata(zoo, rel):
-    needs_upgrade(rel)
     model = read_caffemodel(zoo / rel)
     assert model.source == str(zoo / rel)
     assert model.skeleton

@@ -330,15 +330,18 @@ def _caffemodels(zoo):
     return sorted(zoo.glob("*/*.caffemodel"))
 
 
-def test_zoo_caffemodels_parse(zoo):
+@pytest.fixture(scope="module")
+def zoo_nets(zoo):
+    """Every zoo caffemodel parsed once: (path, NetParameter)."""
+    return [(path, pb.NetParameter.FromString(path.read_bytes())) for path in _caffemodels(zoo)]
+
+
+def test_zoo_caffemodels_parse(zoo, zoo_nets):
     from conftest import zoo_manifest
 
     rows = {r["path"]: r for r in zoo_manifest()}
-    files = _caffemodels(zoo)
-    assert len(files) >= 18
-    for path in files:
-        raw = path.read_bytes()
-        net = pb.NetParameter.FromString(raw)
+    assert len(zoo_nets) >= 18
+    for path, net in zoo_nets:
         rel = str(path.relative_to(zoo))
         # MANIFEST notes: "N layer records" / "N layers records"; "M blobs".
         m = re.search(r"(\d+) (layers?) records; (\d+) blobs", rows[rel]["notes"])
@@ -355,11 +358,9 @@ def test_bvlc_view_roundtrips_zoo_bytes_exactly(zoo):
         assert pb_bvlc.NetParameter.FromString(raw).SerializeToString() == raw, path.name
 
 
-def test_fork_fields_decode_by_ssd_numbers(zoo):
+def test_fork_fields_decode_by_ssd_numbers(zoo_nets):
     """The SSD-trained yufacedetectnet carries permute/prior_box/norm at 202/203/206."""
-    net = pb.NetParameter.FromString(
-        (zoo / "yufacedetectnet" / "yufacedetectnet-open-v1.caffemodel").read_bytes()
-    )
+    (net,) = [n for p, n in zoo_nets if p.name == "yufacedetectnet-open-v1.caffemodel"]
     by_type = {}
     for layer in net.layer:
         by_type.setdefault(layer.type, layer)

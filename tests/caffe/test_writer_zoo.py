@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 
 from caffecompress.caffe import caffemodel_bytes, read_caffemodel, write_caffemodel
-from fixtures import needs_upgrade, bits, blob_fields, fixed_input, opencv_forward, zoo_input_shape, zoo_models, zoo_pair, zoo_v2_models
+from fixtures import bits, blob_fields, fixed_input, opencv_forward, zoo_input_shape, zoo_models, zoo_pair, zoo_v2_models
 
 cv2 = pytest.importorskip("cv2")
 
 
 @pytest.mark.parametrize("rel", zoo_v2_models())
 def test_v2_zoo_rewritten_byte_for_byte(zoo, rel, tmp_path):
-    needs_upgrade(rel)
     out = tmp_path / "w.caffemodel"
     write_caffemodel(read_caffemodel(zoo / rel), out)
     assert out.read_bytes() == (zoo / rel).read_bytes()
@@ -21,7 +20,6 @@ def test_v2_zoo_rewritten_byte_for_byte(zoo, rel, tmp_path):
 
 @pytest.mark.parametrize("rel", zoo_models())
 def test_read_write_read_identical(zoo, rel, tmp_path):
-    needs_upgrade(rel)
     a = read_caffemodel(zoo / rel)
     out = tmp_path / "w.caffemodel"
     write_caffemodel(a, out)
@@ -38,7 +36,6 @@ def test_read_write_read_identical(zoo, rel, tmp_path):
 
 @pytest.mark.parametrize("rel", zoo_models())
 def test_written_file_gives_identical_opencv_outputs(zoo, rel, tmp_path):
-    needs_upgrade(rel)
     proto = zoo_pair(rel)
     x = fixed_input(zoo_input_shape(rel))
     ref = opencv_forward(cv2.dnn.readNetFromCaffe(str(proto), str(zoo / rel)), x)
@@ -57,7 +54,6 @@ def test_written_file_gives_identical_opencv_outputs(zoo, rel, tmp_path):
 
 @pytest.mark.parametrize("rel", zoo_models())
 def test_written_blobs_use_only_bvlc_fields(zoo, rel):
-    needs_upgrade(rel)
     from caffecompress.caffe.wire import LEN
 
     used = blob_fields(caffemodel_bytes(read_caffemodel(zoo / rel)))
