@@ -1,0 +1,135 @@
+"""Issue 4 results table: ratio and output error per zoo model and preset,
+beside OpenCV's fp16 ``cv2.dnn.shrinkCaffeModel`` and zstd-19 of the file.
+
+For every trained zoo model (MANIFEST pairs, the swapped retrained-MTCNN
+prototxts corrected):
+
+- each preset (``lossless``, ``default``, ``--bits 4``, ``deep-compression``)
+  is compressed, saved to HDF5, restored to a ``.caffemodel`` in memory and
+  run beside the original through OpenCV 4.x (:mod:`caffecompress.verify`:
+  scikit-image's sample images, every net output and every Softmax input,
+  a DetectionOutput replaced by its inputs); ratio = source bytes / HDF5
+  file bytes; error = the largest relative L2 error over compared blobs
+  (this part is ``benchmarks/zoo_ratios.py``'s ``run``);
+- ``fp16``: ``cv2.dnn.shrinkCaffeModel`` (conv/fc weights to fp16
+  ``raw_data``), its file size and its error through the same verify;
+- ``zstd-19``: the source file through zstandard level 19 (lossless).
+
+Prints a Markdown table (for the README) and geometric means over all
+models and over those of 100 KB and more.
+
+Usage::
+
+    .venv/bin/python benchmarks/results_table.py [--json OUT] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import zoo_pairs  # noqa: E402
+
+PRESETS = ["lossless", "default", "bits4", "deep-compression"]
+LABELS = {"lossless": "lossless", "default": "default", "bits4": "--bits 4", "deep-compression": "deep-compression"}
+
+
+def gmean(xs) -> float:
+    xs = [x for x in xs if x and math.isfinite(x)]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def baselines(only=None) -> dict:
+    """fp16 shrinkCaffeModel and zstd-19 per zoo model: {name: {...}}."""
+    import cv2
+    import zstandard
+
+    from caffecompress import verify
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model, proto in zoo_pairs():
+            if only and only not in name:
+                continue
+            src = model.read_bytes()
+            dst = Path(tmp) / (name.replace("/", "_") + ".fp16.caffemodel")
+            cv2.dnn.shrinkCaffeModel(str(model), str(dst))
+            half = dst.read_bytes()
+            reps = verify.compare((proto, src), (proto, half))
+            z = zstandard.ZstdCompressor(level=19).compress(src)
+            out[name] = {
+                "input_bytes": len(src),
+                "fp16_bytes": len(half),
+                "fp16_ratio": len(src) / len(half),
+                "fp16_err": verify.max_rel_error(reps),
+                "zstd19_bytes": len(z),
+                "zstd19_ratio": len(src) / len(z),
+            }
+            print(f"{name:<46} fp16 {out[name]['fp16_ratio']:.2f}x err {out[name]['fp16_err']:.2e}  "
+                  f"zstd-19 {out[name]['zstd19_ratio']:.3f}x", flush=True)
+    return out
+
+
+def table(rows: list, base: dict) -> str:
+    by = {}
+    for r in rows:
+        by.setdefault(r["model"], {})[r["preset"]] = r
+    names = [n for n in base if n in by] + [n for n in by if n not in base]
+    head = ["model", "size"] + [LABELS[p] for p in PRESETS] + ["fp16 shrinkCaffeModel", "zstd-19"]
+    L = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+
+    def cell(r):
+        if r is None:
+            return "n/a"
+        err = r.get("max_rel_l2")
+        e = "" if err is None else (" (exact)" if r.get("bit_exact") else f" ({err:.1e})" if err else " (0)")
+        return f"{r['ratio']:.2f}x{e}"
+
+    for n in names:
+        b = base.get(n, {})
+        size = b.get("input_bytes") or next(iter(by[n].values()))["input_bytes"]
+        cells = [n, f"{size / 1e3:.0f} KB"] + [cell(by[n].get(p)) for p in PRESETS]
+        cells.append(f"{b['fp16_ratio']:.2f}x ({b['fp16_err']:.1e})" if b else "n/a")
+        cells.append(f"{b['zstd19_ratio']:.3f}x" if b else "n/a")
+        L.append("| " + " | ".join(cells) + " |")
+    for label, keep in (("geometric mean, all", lambda s: True), ("geometric mean, >= 100 KB", lambda s: s >= 100_000)):
+        sel = [n for n in names if keep((base.get(n) or next(iter(by[n].values())))["input_bytes"])]
+        cells = [f"**{label}** ({len(sel)} models)", ""]
+        for p in PRESETS:
+            rs = [by[n][p] for n in sel if p in by[n]]
+            worst = max((r.get("max_rel_l2") or 0.0 for r in rs), default=float("nan"))
+            cells.append(f"{gmean(r['ratio'] for r in rs):.2f}x (max {worst:.1e})")
+        bs = [base[n] for n in sel if n in base]
+        cells.append(f"{gmean(b['fp16_ratio'] for b in bs):.2f}x (max {max((b['fp16_err'] for b in bs), default=0):.1e})")
+        cells.append(f"{gmean(b['zstd19_ratio'] for b in bs):.3f}x")
+        L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("Cells: file ratio (source bytes / output file bytes) and, in brackets, the largest relative L2 "
+             "error of any compared output through OpenCV 4.x (\"exact\": restored file byte-identical to the source).")
+    return "\n".join(L)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="zoo results table (issue 4)")
+    ap.add_argument("--only")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    import zoo_ratios
+
+    base = baselines(a.only)
+    rows = zoo_ratios.run(PRESETS, a.only, True)
+    print()
+    md = table(rows, base)
+    print(md)
+    if a.json:
+        a.json.write_text(json.dumps({"rows": rows, "baselines": base, "markdown": md}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
