@@ -28,6 +28,7 @@ from importlib import resources
 from types import SimpleNamespace
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 __all__ = ["pb", "pb_bvlc", "POOL", "FILE", "PACKAGE", "FORK_FIELDS", "FORK_MESSAGES", "message_class"]
 
@@ -162,7 +163,7 @@ def _namespace(file, bvlc: bool) -> SimpleNamespace:
         setattr(ns, mname, message_class(mname, bvlc=bvlc))
     # Top-level enums (Phase, Type) and their values, like a _pb2 module.
     for ename, edesc in file.enum_types_by_name.items():
-        setattr(ns, ename, edesc)
+        setattr(ns, ename, EnumTypeWrapper(edesc))
         for value in edesc.values:
             setattr(ns, value.name, value.number)
     return ns
@@ -170,7 +171,7 @@ def _namespace(file, bvlc: bool) -> SimpleNamespace:
 
 #: Namespace of every message class by its short name (``pb.NetParameter``,
 #: ``pb.LayerParameter``, ``pb.BlobProto``, ``pb.V1LayerParameter``, ...), plus
-#: the top-level enums' descriptors (``pb.Phase``, ``pb.Type``) and values
+#: the top-level enums (``pb.Phase.Name(1)``, ``pb.Type.Value("FLOAT16")``) and values
 #: (``pb.TEST``, ``pb.FLOAT16``), as a generated ``caffe_pb2`` module has them.
 #: Nested enums are on the classes: ``pb.V1LayerParameter.CONVOLUTION``.
 pb = _namespace(FILE, bvlc=False)

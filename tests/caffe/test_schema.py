@@ -63,12 +63,13 @@ def test_every_message_is_in_the_namespace():
         assert cls.DESCRIPTOR.name == msg.name
         assert [f.number for f in cls.DESCRIPTOR.fields] == [f.number for f in msg.field]
     for enum in fdp.enum_type:
-        assert getattr(pb, enum.name).name == enum.name
+        assert getattr(pb, enum.name).DESCRIPTOR.name == enum.name
         for v in enum.value:
             assert getattr(pb, v.name) == v.number
     assert pb.V1LayerParameter.CONVOLUTION == 4
     assert pb.V0LayerParameter.PoolMethod.Value("AVE") == 1
     assert pb.FLOAT16 == 2 and pb.TEST == 1
+    assert pb.Type.Value("FLOAT16") == 2 and pb.Phase.Name(1) == "TEST"
 
 
 def test_nothing_registered_in_default_pool():
@@ -413,3 +414,35 @@ def test_python_module_imports_no_extra_runtime():
     assert cproto.FILE.name == "caffecompress/caffe.proto"
     src = Path(cproto.__file__).read_text()
     assert "grpc_tools" not in src and "_pb2 import" not in src
+
+
+@pytest.mark.parametrize("pycaffe_first", [True, False], ids=["pycaffe-first", "ours-first"])
+def test_coexists_with_protoc_generated_caffe_pb2(tmp_path, zoo, pycaffe_first):
+    """A real protoc-generated ``caffe_pb2`` (our full schema under pycaffe's
+    file name and package) imported into the same process as our bindings."""
+    pytest.importorskip("grpc_tools", reason="grpcio-tools (protoc) not installed")
+    from grpc_tools import protoc
+
+    text = (ROOT / "proto" / "caffe.proto").read_text()
+    (tmp_path / "caffe.proto").write_text(text.replace("package caffecompress.caffe;", "package caffe;"))
+    assert protoc.main(["protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", str(tmp_path / "caffe.proto")]) == 0
+    model = zoo / "ultraface" / "slim-320.caffemodel"
+    imports = ["import caffe_pb2", "from caffecompress.caffe.proto import pb"]
+    if not pycaffe_first:
+        imports.reverse()
+    body = "\n".join([f"import sys; sys.path.insert(0, {str(tmp_path)!r})", *imports]) + textwrap.dedent(
+        f'''
+        raw = open({str(model)!r}, "rb").read()
+        a = caffe_pb2.NetParameter.FromString(raw)
+        b = pb.NetParameter.FromString(raw)
+        assert a.SerializeToString() == b.SerializeToString()
+        assert caffe_pb2.NetParameter.DESCRIPTOR.file.name == "caffe.proto"
+        assert [l.name for l in a.layer] == [l.name for l in b.layer]
+        print("OK", len(b.layer))
+        '''
+    )
+    res = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=120)
+    if res.returncode and "gencode" in res.stderr.lower():
+        pytest.skip("this protobuf runtime is older than the bundled protoc's generated code")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["OK", "100"]
