@@ -120,13 +120,19 @@ def _load_pool(fdp) -> tuple[descriptor_pool.DescriptorPool, object]:
     return pool, pool.FindFileByName(fdp.name)
 
 
+_FACTORIES: dict = {}
+
+
 def _class_getter(pool):
     # protobuf >= 4.22 has GetMessageClass; 3.20 only MessageFactory.GetPrototype
-    # (which newer runtimes removed).
+    # (which newer runtimes removed). One factory per pool, so a message class
+    # and the class of the same message nested in another are one class.
     get = getattr(message_factory, "GetMessageClass", None)
     if get is not None:
         return get
-    return message_factory.MessageFactory(pool).GetPrototype
+    if id(pool) not in _FACTORIES:
+        _FACTORIES[id(pool)] = message_factory.MessageFactory(pool).GetPrototype
+    return _FACTORIES[id(pool)]
 
 
 _FDP = _read_descriptor()

@@ -446,3 +446,22 @@ def test_coexists_with_protoc_generated_caffe_pb2(tmp_path, zoo, pycaffe_first):
         pytest.skip("this protobuf runtime is older than the bundled protoc's generated code")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["OK", "100"]
+
+
+def test_nested_message_classes_are_the_namespace_classes():
+    """On every runtime, ``net.layer.add()`` is a ``pb.LayerParameter`` etc.,
+    so messages built separately can be copied into nets."""
+    for ns in (pb, pb_bvlc):
+        for name, cls in vars(ns).items():
+            fields = getattr(getattr(cls, "DESCRIPTOR", None), "fields", None)
+            if fields is None:
+                continue
+            msg = cls()
+            for f in fields:
+                if f.message_type is None:
+                    continue
+                sub = getattr(msg, f.name).add() if f.label == f.LABEL_REPEATED else getattr(msg, f.name)
+                assert type(sub) is getattr(ns, f.message_type.name), (name, f.name)
+    net = pb.NetParameter()
+    net.layer.add().CopyFrom(pb.LayerParameter(name="x", blobs=[pb.BlobProto(data=[1.0])]))
+    assert net.layer[0].blobs[0].data[0] == 1.0
