@@ -91,6 +91,8 @@ def test_trained_like_is_seeded_and_scaled_by_fan_in():
         ("bvlc_alexnet_deploy", 60_965_224),
         ("bvlc_googlenet_deploy", 6_998_552),
         ("squeezenet_v1.1_deploy", 1_235_496),
+        ("lenet_v0_2014", 431_080),  # V0, through our schema's upgrade; = the zoo LeNet's count
+        ("caffenet_v0_imagenet_deploy_2014", 60_965_224),
     ],
 )
 def test_shape_inference_matches_published_counts(zoo, name, params):
