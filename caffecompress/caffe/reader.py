@@ -475,7 +475,22 @@ def parse_caffemodel(buf, size: int | None = None, *, path=None, fd=None) -> Mod
     return _build_upgraded(buf, scan, fetch, path)
 
 
+def _parse_skeleton(data: bytes, path):
+    """Parse net structure with protobuf: Caffe would refuse what protobuf refuses."""
+    from .proto import pb
+
+    net = pb.NetParameter()
+    try:
+        net.ParseFromString(data)
+    except Exception as e:  # protobuf's DecodeError; the class differs across runtimes
+        raise FormatError(f"not a valid caffemodel: protobuf cannot parse the net structure ({e})",
+                          path=path) from None
+    return net
+
+
 def _build_v2(buf, scan, fetch, path) -> Model:
+    skeleton = strip_net(buf, scan)
+    _parse_skeleton(skeleton, path)
     layers = []
     for rec in scan.records:
         arrays, storage = [], []
@@ -484,8 +499,7 @@ def _build_v2(buf, scan, fetch, path) -> Model:
             arrays.append(decode_blob(fetch, bs, shape, path, rec.name, i))
             storage.append(bs.storage())
         pn = (rec.param_names + [""] * len(arrays))[: len(arrays)]
-        layers.append(Layer(rec.name, rec.type, arrays, pn, storage=storage))
-    skeleton = strip_net(buf, scan)
+        layers.append(Layer(rec.name, rec.type or None, arrays, pn, storage=storage))
     return Model(layers=layers, name=scan.name, skeleton=skeleton, source=None if path is None else str(path),
                  format="V2")
 
@@ -507,12 +521,7 @@ def _build_upgraded(buf, scan, fetch, path) -> Model:
         payload = np.float64(ids[(rec.index, i)]).tobytes()
         return wire.encode_len_field(_DOUBLE_DATA, 8) + payload
 
-    stripped = strip_net(buf, scan, marker)
-    net = pb.NetParameter()
-    try:
-        net.ParseFromString(stripped)
-    except Exception as e:  # protobuf's DecodeError; message differs across runtimes
-        raise FormatError(f"protobuf cannot parse the net structure: {e}", path=path) from None
+    net = _parse_skeleton(strip_net(buf, scan, marker), path)
     try:
         v2, _src = upgrade_net(net)
     except Exception as e:

@@ -305,3 +305,49 @@ def test_permission_error_is_typed(tmp_path, det1_bytes, monkeypatch):
         read_caffemodel(p)
     _expect(ei.value, p)
     assert "permission" in str(ei.value)
+
+
+@pytest.mark.parametrize("rel", ["cifar10-quick-v1/cifar10_quick_iter_5000.caffemodel", "mtcnn/det2.caffemodel"])
+def test_truncated_legacy_and_v2_at_random_offsets(tmp_path, rel):
+    src = ZOO / rel
+    if not src.exists():
+        pytest.skip("zoo missing")
+    data = src.read_bytes()
+    bounds = _top_boundaries(data)
+    rng = np.random.default_rng(7)
+    for off in sorted(set(rng.integers(1, len(data), 40).tolist()) - bounds):
+        p = _write(tmp_path, data[:off])
+        with pytest.raises(errors.FormatError) as ei:
+            read_caffemodel(p)
+        _expect(ei.value, p)
+
+
+def test_unknown_v1_layer_type_keeps_weights(tmp_path):
+    # forks added their own V1 enum values (e.g. MULTI_STAGE_MEANFIELD); protobuf keeps
+    # them as unknown fields and Caffe's upgrade maps the unset type to "": we keep
+    # the weights and report the type as unknown (None)
+    blob = _rec(5, np.float32([1.5, -2]).tobytes()) + _rec(7, _rec(1, b"\x02"))
+    v1 = _rec(2, _rec(4, b"weird") + wire.encode_key(5, 0) + wire.encode_varint(77) + _rec(6, blob))
+    p = _write(tmp_path, _rec(1, b"v1") + v1)
+    model = read_caffemodel(p)
+    assert model.format == "V1"
+    (lay,) = model.layers
+    assert lay.name == "weird" and lay.type is None
+    assert lay.blobs[0].tolist() == [1.5, -2.0]
+
+
+def test_unknown_v0_layer_type(tmp_path):
+    v0 = _rec(1, b"odd") + _rec(2, b"no_such_type")
+    p = _write(tmp_path, _rec(1, b"v0") + _rec(2, _rec(1, v0)))
+    with pytest.raises(errors.FormatError) as ei:
+        read_caffemodel(p)
+    _expect(ei.value, p, "odd")
+
+
+def test_garbage_inside_a_known_submessage(tmp_path):
+    # well-formed at the top, but convolution_param (106) holds an invalid wire type
+    layer = _rec(1, b"conv") + _rec(2, b"Convolution") + _rec(106, b"\x0f\x0f\x0f")
+    p = _write(tmp_path, _rec(1, b"n") + _rec(100, layer))
+    with pytest.raises(errors.FormatError) as ei:
+        read_caffemodel(p)
+    _expect(ei.value, p)
