@@ -460,7 +460,11 @@ def test_nested_message_classes_are_the_namespace_classes():
             for f in fields:
                 if f.message_type is None:
                     continue
-                sub = getattr(msg, f.name).add() if f.label == f.LABEL_REPEATED else getattr(msg, f.name)
+                # protobuf 7 dropped FieldDescriptor.label for is_repeated
+                repeated = getattr(f, "is_repeated", None)
+                if repeated is None:
+                    repeated = f.label == f.LABEL_REPEATED
+                sub = getattr(msg, f.name).add() if repeated else getattr(msg, f.name)
                 assert type(sub) is getattr(ns, f.message_type.name), (name, f.name)
     net = pb.NetParameter()
     net.layer.add().CopyFrom(pb.LayerParameter(name="x", blobs=[pb.BlobProto(data=[1.0])]))
