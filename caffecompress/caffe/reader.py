@@ -689,6 +689,19 @@ def _adopt_prototxt_structure(model: Model, netdef, files) -> None:
     model.name = skel.name
 
 
+def _in_test_phase(lp) -> bool:
+    """Whether a layer's include/exclude phase rules keep it in a TEST-phase net."""
+    test = 1  # Phase.TEST
+    for rule in lp.exclude:
+        if rule.HasField("phase") and rule.phase == test:
+            return False
+    if len(lp.include):
+        return any(not rule.HasField("phase") or rule.phase == test for rule in lp.include)
+    if lp.HasField("phase") and lp.phase != test:
+        return False
+    return True
+
+
 def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Model:
     """Match weights to prototxt layers by name, as Caffe does; check counts and shapes."""
     files = f"{weights_path} vs {prototxt_path}"
@@ -703,6 +716,8 @@ def pair_with_prototxt(model: Model, netdef, weights_path, prototxt_path) -> Mod
     proto_names = set()
     for lp in netdef.net.layer:
         proto_names.add(lp.name)
+        if not _in_test_phase(lp):
+            continue  # Caffe would not instantiate it in a deploy (TEST) net
         where = {"path": files, "layer": lp.name}
         want = expected_blob_count(lp)
         lay = by_name.get(lp.name)

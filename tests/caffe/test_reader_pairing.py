@@ -146,3 +146,18 @@ def test_h5_with_prototxt_restores_structure_for_opencv(zoo, rel, tmp_path):
     got = opencv_forward(cv2.dnn.readNetFromCaffe(str(proto), str(out)), x)
     for r, g in zip(ref, got):
         assert np.array_equal(bits(r), bits(g))
+
+
+def test_train_only_layers_need_no_weights(zoo, tmp_path):
+    # a deploy net is built in the TEST phase: TRAIN-only layers are never instantiated
+    src = (zoo / "mtcnn/det1.prototxt").read_text()
+    extra = ('\nlayer { name: "aux_fc" type: "InnerProduct" bottom: "conv3" top: "aux" '
+             "include { phase: TRAIN } inner_product_param { num_output: 3 } }\n")
+    p = tmp_path / "det1_train_extra.prototxt"
+    p.write_text(src + extra)
+    model = read_caffemodel(zoo / "mtcnn/det1.caffemodel", prototxt=p)
+    assert "aux_fc" not in {lay.name for lay in model.layers}
+    p.write_text(src + extra.replace("TRAIN", "TEST"))
+    with pytest.raises(errors.SchemaMismatchError) as ei:
+        read_caffemodel(zoo / "mtcnn/det1.caffemodel", prototxt=p)
+    assert ei.value.layer == "aux_fc"
