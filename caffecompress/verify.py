@@ -425,15 +425,30 @@ def _as_bytes(x) -> bytes:
     return bytes(x)
 
 
+def _proto_bytes(x) -> bytes:
+    """Prototxt contents; a one-line ``str`` naming an existing file is read as a path."""
+    if isinstance(x, str) and "\n" not in x and "{" not in x and os.path.isfile(x):
+        return Path(x).read_bytes()
+    return _as_bytes(x)
+
+
+def _model_bytes(x) -> bytes:
+    """Caffemodel contents; a ``str`` is a path (binary contents are never ``str``)."""
+    if isinstance(x, str):
+        return Path(x).read_bytes()
+    return _as_bytes(x)
+
+
 def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
     """Load a ``cv2.dnn.Net`` from prototxt text and caffemodel bytes, in memory.
 
     Parameters
     ----------
     prototxt : str, bytes or os.PathLike
-        Prototxt contents (str/bytes) or a path (``pathlib.Path``).
-    model : bytes or os.PathLike
-        ``.caffemodel`` contents or a path.
+        Prototxt contents (str/bytes) or a path (``pathlib.Path``, or a
+        one-line ``str`` naming an existing file).
+    model : bytes, str or os.PathLike
+        ``.caffemodel`` contents (bytes) or a path (``str``/``Path``).
 
     Returns
     -------
@@ -441,8 +456,8 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
     """
     import cv2
 
-    proto = np.frombuffer(_as_bytes(prototxt), dtype=np.uint8)
-    weights = np.frombuffer(_as_bytes(model), dtype=np.uint8)
+    proto = np.frombuffer(_proto_bytes(prototxt), dtype=np.uint8)
+    weights = np.frombuffer(_model_bytes(model), dtype=np.uint8)
     net = cv2.dnn.readNetFromCaffe(proto, weights)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
@@ -632,7 +647,7 @@ def _parse_pair(pair) -> tuple[bytes, bytes]:
         from .caffe import caffemodel_bytes
 
         model = caffemodel_bytes(model)
-    return _as_bytes(proto), _as_bytes(model)
+    return _proto_bytes(proto), _model_bytes(model)
 
 
 def compare(
@@ -651,7 +666,7 @@ def compare(
     ----------
     original, candidate : tuple or Model
         ``(prototxt, caffemodel)`` where the prototxt is text (str/bytes) or a
-        ``pathlib.Path`` and the caffemodel is bytes, a ``pathlib.Path`` or a
+        path and the caffemodel is bytes, a path (``str``/``Path``) or a
         :class:`caffecompress.Model`; or a Model carrying its prototxt. The
         candidate's prototxt is normally the original's.
     images : folder, sequence of arrays or None

@@ -260,3 +260,16 @@ def test_missing_input_shape_is_a_clear_error():
     proto = b'layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }'
     with pytest.raises(ValueError, match="input"):
         V.compare((proto, b""), (proto, b""), [np.zeros((4, 4), np.uint8)])
+
+
+def test_compare_accepts_str_paths_and_models(zoo):
+    import caffecompress
+
+    model = zoo / "hyperlpr/Segmentation.caffemodel"
+    proto = zoo / "hyperlpr/Segmentation.prototxt"
+    m = caffecompress.read_caffemodel(model, proto)  # carries its prototxt
+    reps = V.compare((str(proto), str(model)), m)
+    assert reps and V.max_rel_error(reps) == 0.0
+    w = next(lay for lay in reversed(m.layers) if lay.blobs)
+    w.blobs[0] = w.blobs[0] * np.float32(1.01)
+    assert V.max_rel_error(V.compare((proto, model), m)) > 0
