@@ -36,6 +36,9 @@ def test_blobs_equal_opencv_bit_for_bit(zoo, rel):
         for a, b in zip(ours.blobs, cvblobs):
             assert a.size == b.size, name
             assert np.array_equal(bits(a), bits(b)), name
+        if ours.type == "Convolution":
+            # OpenCV keeps Caffe's 4-D kernel shape (it reshapes only biases and fc weights)
+            assert ours.blobs[0].shape == cvblobs[0].shape, name
     # blobs OpenCV drops (extra branches, training layers) against the file's own bytes
     records = _pb_records(zoo / rel)
     ours_by_pos = [lay for lay in model.layers]
@@ -108,3 +111,61 @@ def test_model_metadata(zoo, rel):
     assert all(lay.type for lay in model.layers)
     for lay in model.layers:
         assert len(lay.param_names) == len(lay.blobs)
+
+
+def _caffe_shapes(lp, bottom):
+    """Blob shapes Caffe's LayerSetUp gives a layer with input shape ``bottom`` (None: not checked)."""
+    t = lp.type
+    if t == "Convolution":
+        cp = lp.convolution_param
+        if cp.HasField("kernel_h"):
+            k = (cp.kernel_h, cp.kernel_w)
+        else:
+            ks = list(cp.kernel_size)
+            k = tuple(ks * (len(bottom) - 2)) if len(ks) == 1 else tuple(ks)
+        w = (cp.num_output, bottom[1] // (cp.group or 1), *k)
+        return [w, (cp.num_output,)] if cp.bias_term else [w]
+    if t == "InnerProduct":
+        ip = lp.inner_product_param
+        axis = ip.axis % len(bottom)
+        k = int(np.prod(bottom[axis:]))
+        w = (k, ip.num_output) if ip.transpose else (ip.num_output, k)
+        return [w, (ip.num_output,)] if ip.bias_term else [w]
+    if t == "BatchNorm":
+        return [(bottom[1],), (bottom[1],), (1,)]
+    if t == "Scale" and len(lp.bottom) == 1:
+        sp = lp.scale_param
+        axis = sp.axis % len(bottom)
+        shape = tuple(bottom[axis:] if sp.num_axes == -1 else bottom[axis : axis + sp.num_axes])
+        return [shape, shape] if sp.bias_term else [shape]
+    if t == "PReLU":
+        return [()] if lp.prelu_param.channel_shared else [(bottom[1],)]
+    return None
+
+
+@pytest.mark.parametrize("rel", MODELS)
+def test_shapes_follow_caffes_rules(zoo, rel):
+    """Each blob's shape is what Caffe's layer set-up computes from the prototxt.
+
+    Input shapes per layer come from OpenCV (``getLayersShapes``); the rules
+    (format reference §3.1) are applied here independently of the reader.
+    """
+    from caffecompress.caffe import read_prototxt
+    from fixtures import zoo_input_shape
+
+    proto = zoo_pair(rel)
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(zoo / rel))
+    ids, ins, _ = net.getLayersShapes(list(zoo_input_shape(rel)))
+    bottoms = {net.getLayer(int(i)).name: tuple(int(d) for d in s[0]) for i, s in zip(ids, ins) if len(s)}
+    model = read_caffemodel(zoo / rel)
+    checked = 0
+    for lp in read_prototxt(proto).net.layer:
+        if lp.name not in bottoms:
+            continue
+        want = _caffe_shapes(lp, bottoms[lp.name])
+        if want is None:
+            continue
+        lay = next(x for x in model.layers if x.name == lp.name and x.blobs)
+        assert [b.shape for b in lay.blobs] == want, lp.name
+        checked += 1
+    assert checked >= 2
