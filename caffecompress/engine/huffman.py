@@ -125,7 +125,7 @@ def auto_max_len(nused: int) -> int:
     return int(min(MAX_CODE_LEN, max(12, need + 2)))
 
 
-def code_lengths(counts, max_len: int) -> np.ndarray:
+def code_lengths(counts, max_len: int, *, engine: str = "auto") -> np.ndarray:
     """Optimal length-limited code lengths for symbol ``counts`` (package-merge).
 
     Parameters
@@ -135,6 +135,9 @@ def code_lengths(counts, max_len: int) -> np.ndarray:
     max_len : int
         Longest allowed code, 1..MAX_CODE_LEN; must satisfy
         ``2**max_len >= number of present symbols``.
+    engine : {"auto", "numpy"}
+        "auto" runs the numba twin of the NumPy package-merge when numba is
+        installed (same merge order, same lengths; ~20x less fixed cost).
 
     Returns
     -------
@@ -164,12 +167,20 @@ def code_lengths(counts, max_len: int) -> np.ndarray:
     # at any level are then always a prefix of this order.
     order = used[np.argsort(counts[used], kind="stable")]
     leaves = counts[order]
+    run = _numba_package_merge() if engine != "numpy" else None
+    lens_sorted = run(leaves, int(max_len)) if run is not None else _package_merge(leaves, int(max_len))
+    out[order] = lens_sorted
+    return out
+
+
+def _package_merge(leaves: np.ndarray, max_len: int) -> np.ndarray:
+    """Package-merge over ascending ``leaves`` (NumPy reference); lengths in that order."""
+    m = leaves.size
     # Build the merged lists from the deepest level up, remembering for each
     # list how many leaves lie in every prefix. A package of the list below
     # is the sum of an adjacent pair.
-    cum_leaf = []  # per level (deepest first): cumulative leaf count of the merged list
+    cum_leaf = [np.arange(1, m + 1)]  # per level (deepest first)
     prev = leaves
-    cum_leaf.append(np.arange(1, m + 1))
     for _ in range(max_len - 1):
         pk = prev[: prev.size // 2 * 2].reshape(-1, 2).sum(axis=1)
         w = np.concatenate([leaves, pk])
@@ -186,11 +197,57 @@ def code_lengths(counts, max_len: int) -> np.ndarray:
         nleaf[lev] = nl
         take = 2 * (take - nl)
     # Leaf j's code length = number of levels whose selected prefix covers it.
-    lens_sorted = np.zeros(m + 1, np.int64)
-    np.add.at(lens_sorted, nleaf, 1)
-    lens_sorted = np.cumsum(lens_sorted[::-1])[::-1][1:]
-    out[order] = lens_sorted
-    return out
+    lens = np.zeros(m + 1, np.int64)
+    np.add.at(lens, nleaf, 1)
+    return np.cumsum(lens[::-1])[::-1][1:]
+
+
+@functools.cache
+def _numba_package_merge():
+    """numba twin of :func:`_package_merge` (None without numba)."""
+    try:
+        import numba  # noqa: PLC0415  (optional extra)
+    except Exception:  # pragma: no cover
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def run(leaves, max_len):  # pragma: no cover - compiled
+        m = leaves.size
+        cl = np.zeros((max_len, 2 * m), np.int64)
+        for i in range(m):
+            cl[0, i] = i + 1
+        prev = np.empty(2 * m, np.int64)
+        cur = np.empty(2 * m, np.int64)
+        prev[:m] = leaves
+        psize = m
+        for lev in range(1, max_len):
+            npk = psize // 2
+            i = 0
+            j = 0
+            k = 0
+            nl = 0
+            while i < m or j < npk:
+                if j >= npk or (i < m and leaves[i] <= prev[2 * j] + prev[2 * j + 1]):
+                    cur[k] = leaves[i]  # leaves win ties, as the stable sort does
+                    i += 1
+                    nl += 1
+                else:
+                    cur[k] = prev[2 * j] + prev[2 * j + 1]
+                    j += 1
+                cl[lev, k] = nl
+                k += 1
+            prev[:k] = cur[:k]
+            psize = k
+        lens = np.zeros(m, np.int64)
+        take = 2 * m - 2
+        for lev in range(max_len - 1, -1, -1):
+            nl = cl[lev, take - 1] if take > 0 else 0
+            for j in range(nl):
+                lens[j] += 1
+            take = 2 * (take - nl)
+        return lens
+
+    return run
 
 
 def _check_lengths(lengths: np.ndarray) -> tuple[np.ndarray, int]:
@@ -313,7 +370,7 @@ def encode(
         raise ValueError(f"symbols must lie in [0, {nsym})")
     nused = int(np.count_nonzero(counts))
     lim = auto_max_len(nused) if max_len is None else int(max_len)
-    lengths = code_lengths(counts, lim)
+    lengths = code_lengths(counts, lim, engine="numpy" if engine == "numpy" else "auto")
     codes = canonical_codes(lengths)
     nbits = coded_bits(counts, lengths)
     run = _numba_encoder() if (xp is np and engine != "numpy") else None
@@ -599,6 +656,8 @@ def decode(stream: HuffmanStream, *, xp=np, engine: str = "auto"):
 # 8-9 bits beyond. Neighbouring codebook entries have similar frequencies, so
 # a 256-entry table costs ~60-100 bytes instead of 256.
 _ZZ_LENGTHS = np.array([1, 3, 3, 5, 5, 5, 5] + [8] * 30 + [9] * 4, np.uint8)
+_ZZ_CODES = canonical_codes(_ZZ_LENGTHS)
+_ZZ_TABLE = decode_table(_ZZ_LENGTHS)
 
 
 def pack_lengths(lengths) -> np.ndarray:
@@ -608,14 +667,11 @@ def pack_lengths(lengths) -> np.ndarray:
         raise ValueError("code lengths out of range")
     d = np.diff(ln, prepend=0)
     zz = (d << 1) ^ (d >> 63)
-    codes = canonical_codes(_ZZ_LENGTHS).astype(np.int64)
-    L = _ZZ_LENGTHS[zz].astype(np.int64)
-    C = codes[zz]
-    nb = int(L.sum())
-    sym = np.repeat(np.arange(zz.size), L)
-    k = np.arange(nb) - np.repeat(np.cumsum(L) - L, L)
-    bits = (C[sym] >> (L[sym] - 1 - k)) & 1
-    return np.packbits(bits.astype(np.uint8))
+    if zz.size == 0:
+        return np.zeros(0, np.uint8)
+    nbits = int(_ZZ_LENGTHS[zz].astype(np.int64).sum())
+    payload, _ = _pack(zz.astype(np.uint8), _ZZ_LENGTHS, _ZZ_CODES, zz.size, nbits, 1 << 30, np)
+    return payload
 
 
 def unpack_lengths(data, nsym: int) -> np.ndarray:
@@ -634,12 +690,12 @@ def unpack_lengths(data, nsym: int) -> np.ndarray:
         if data.size:
             raise CorruptDataError("packed code lengths: bytes for an empty table")
         return np.zeros(0, np.uint8)
-    table, L = decode_table(_ZZ_LENGTHS)
+    table, L = _ZZ_TABLE
     nb = 8 * data.size
-    bits = np.concatenate([np.unpackbits(data), np.zeros(L, np.uint8)]).astype(np.int64)
-    peek = np.lib.stride_tricks.sliding_window_view(bits, L)[: nb + 1] @ (1 << np.arange(L - 1, -1, -1))
-    ent = table[peek].astype(np.int64)
-    nxt = np.minimum(np.arange(nb + 1) + (ent >> 16), nb)  # nb is a sink
+    p = np.arange(nb + 1)
+    win = _windows(data).astype(np.int64)
+    ent = table[(win[np.minimum(p >> 3, win.size - 1)] >> (32 - L - (p & 7))) & ((1 << L) - 1)].astype(np.int64)
+    nxt = np.minimum(p + (ent >> 16), nb)  # nb is a sink
     nxt[nb] = nb
     chain = np.zeros(1, np.int64)
     jump = nxt
@@ -648,7 +704,7 @@ def unpack_lengths(data, nsym: int) -> np.ndarray:
         jump = jump[jump]
     chain = chain[:nsym]
     end = int(chain[-1] + (ent[chain[-1]] >> 16))
-    if chain[-1] >= nb or end > nb or (end + 7) // 8 != data.size or bits[end:nb].any():
+    if chain[-1] >= nb or end > nb or (end + 7) // 8 != data.size or int(data[-1]) & ((1 << (nb - end)) - 1):
         raise CorruptDataError("packed code lengths do not fill their bytes exactly")
     zz = ent[chain] & 0xFFFF
     ln = np.cumsum((zz >> 1) ^ -(zz & 1))

@@ -168,6 +168,17 @@ def test_loose_limit_equals_unlimited_huffman(w):
         assert H.coded_bits(w, ln) == _huffman_total(w)
 
 
+@settings(max_examples=200, deadline=None)
+@given(w=st.lists(st.integers(0, 10**12), min_size=1, max_size=600), L=st.integers(1, H.MAX_CODE_LEN))
+def test_numpy_and_compiled_package_merge_agree(w, L):
+    if sum(1 for a in w if a) > (1 << L):
+        return
+    a = H.code_lengths(w, L, engine="numpy")
+    np.testing.assert_array_equal(H.code_lengths(w, L), a)
+    if len(w) <= 14 and L <= 8 and any(w):
+        assert H.coded_bits(w, a) == _dp_total([x for x in w if x], L)
+
+
 def test_canonical_codes_are_prefix_free_and_ordered():
     ln = H.code_lengths(np.random.default_rng(1).integers(1, 500, 300), 12)
     codes = H.canonical_codes(ln)
