@@ -63,3 +63,23 @@ def test_written_blobs_use_only_bvlc_fields(zoo, rel):
     assert blob <= {(5, LEN), (7, LEN)}  # packed float data, shape
     assert shape <= {(1, LEN)}  # packed dims
     assert 2 not in net and 100 in net  # V2 'layer' only
+
+
+@pytest.mark.parametrize("rel", zoo_models())
+def test_written_file_passes_caffes_blob_checks_under_the_bvlc_schema(zoo, rel):
+    """Parsed with the BVLC-only schema (no fork fields), every blob has
+    shape (no legacy dims) and exactly as many float values as the shape
+    counts: Blob::FromProto's CHECK in BVLC Caffe."""
+    from caffecompress.caffe.proto import pb_bvlc
+
+    net = pb_bvlc.NetParameter()
+    net.ParseFromString(caffemodel_bytes(read_caffemodel(zoo / rel)))
+    assert len(net.layers) == 0 and len(net.layer)
+    n = 0
+    for lp in net.layer:
+        for b in lp.blobs:
+            assert not any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+            assert len(b.double_data) == 0 and len(b.diff) == 0
+            assert len(b.data) == int(np.prod(b.shape.dim, dtype=np.int64))
+            n += 1
+    assert n == sum(len(lay.blobs) for lay in read_caffemodel(zoo / rel).layers)
