@@ -322,7 +322,8 @@ def cmd_info(args) -> int:
         cm = fi["model"]
         rows = report.layer_rows(cm, fi["stored"])
         tot = report.totals(rows, file_bytes=fi["file_bytes"])
-        tot.update({k: fi[k] for k in ("payload_bytes", "dataset_bytes", "overhead_bytes", "overhead")})
+        tot.update({k: fi[k] for k in ("payload_bytes", "index_bytes", "dataset_bytes",
+                                        "overhead_bytes", "overhead")})
         rep = {"file": str(path), "kind": "compressed", "format_version": fi["format_version"],
                "name": cm.name, "source_format": cm.format, "settings": cm.settings,
                "has_prototxt": cm.prototxt is not None, "layers": rows, "totals": tot}
@@ -331,8 +332,8 @@ def cmd_info(args) -> int:
             f"(source {cm.format}), preset {cm.settings.get('preset')}, "
             f"prototxt {'stored' if cm.prototxt is not None else 'absent'}",
             report.format_table(rows, tot),
-            f"file {fi['file_bytes']:,} B = payload {fi['payload_bytes']:,} B + tables "
-            f"{fi['dataset_bytes'] - fi['payload_bytes']:,} B + HDF5 overhead "
+            f"file {fi['file_bytes']:,} B = streams {fi['payload_bytes'] - fi['index_bytes']:,} B"
+            f" + index {fi['index_bytes']:,} B + HDF5 overhead "
             f"{fi['overhead_bytes']:,} B ({fi['overhead']:.1%}); dense weights "
             f"{tot['weights_bytes']:,} B ({tot['weights_bytes'] / fi['file_bytes']:.2f}x the file)",
         ])

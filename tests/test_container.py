@@ -78,17 +78,16 @@ def test_lossless_roundtrip_bit_exact(lossless_file):
 def test_layout_is_few_objects_and_versioned(lossless_file):
     _, p = lossless_file
     with h5py.File(p, "r") as f:
-        assert sorted(f.keys()) == ["blobs", "layers", "parts", "payload"]
+        assert list(f.keys()) == ["payload"]
+        assert sorted(f.attrs) == ["format", "format_version", "index"]
         assert f.attrs["format"] == b"caffecompress"
         assert f.attrs["format_version"] == b"1.0"
-        assert f["payload"].dtype == np.uint8
-        # v110 superblock (version 3): HDF5 checksums every metadata object
+        assert f["payload"].dtype == np.uint8 and f["payload"].chunks is None
+        # v110 superblock (version >= 2): HDF5 checksums every metadata object
         assert f.id.get_create_plist().get_version()[0] >= 2
-        # no variable-length strings anywhere (each costs a heap block)
-        for k in ("blobs", "layers", "parts"):
-            for name in f[k].dtype.names:
-                assert h5py.check_string_dtype(f[k].dtype[name]) is None or \
-                    f[k].dtype[name].kind == "S"
+        # fixed-length strings only (a variable-length one costs a heap block)
+        for a in ("format", "format_version"):
+            assert f.attrs.get_id(a).get_type().is_variable_str() is False
 
 
 def test_shared_parameter_stored_once(lossless_file):
@@ -162,11 +161,14 @@ def test_never_overwrites(tmp_path, lossless_file):
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     cm = cc.compress(tiny_model(), preset="lossless")
+    real = h5py.File
 
-    def boom(*a, **k):
+    def file_then_boom(*a, **k):
+        f = real(*a, **k)
+        f.attrs["format"] = np.bytes_("half-written")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(container, "_table", boom)
+    monkeypatch.setattr(container.h5py, "File", file_then_boom)
     with pytest.raises(KeyboardInterrupt):
         cc.save(cm, tmp_path / "out.h5")
     assert list(tmp_path.iterdir()) == []
@@ -223,14 +225,13 @@ def test_truncated_file(lossless_file):
             cc.decompress(p)
 
 
-def test_tables_crc_catches_layer_name_damage(lossless_file):
+def test_index_crc_catches_damage(lossless_file):
     _, p = lossless_file
-    with h5py.File(p, "r+") as f:
-        t = f["layers"][()]
-        t["name"][1] = b"convX"
-        del f["layers"]
-        f.create_dataset("layers", data=t)
-    with pytest.raises(CorruptDataError, match="CRC32"):
+    with h5py.File(p, "r") as f:
+        off, ln, _ = (int(v) for v in f.attrs["index"])
+        start = f["payload"].id.get_offset()
+    _flip(p, start + off + ln // 2)
+    with pytest.raises(CorruptDataError, match="index fails its CRC32"):
         cc.open_compressed(p)
 
 
@@ -239,7 +240,8 @@ def test_file_info_overhead(lossless_file):
     fi = container.file_info(p)
     assert fi["file_bytes"] == p.stat().st_size
     assert fi["overhead_bytes"] == fi["file_bytes"] - fi["dataset_bytes"]
-    assert 0 < fi["overhead_bytes"] < 4096
+    assert 0 < fi["overhead_bytes"] < 1024
+    assert 0 < fi["index_bytes"] < fi["payload_bytes"]
     assert fi["format_version"] == "1.0"
 
 

@@ -49,8 +49,13 @@ def test_blob_roles(typ, idx, shape, kind):
 
 def test_plans_by_preset():
     s = Settings()
-    p = plan_blob(s, "conv1", "Convolution", 0, (64, 3, 3, 3))
+    p = plan_blob(s, "conv1", "Convolution", 0, (64, 64, 3, 3))
     assert not p.lossless and p.bits is None and p.sqnr_target == config.DEFAULT_SQNR_DB
+    # small blobs aim higher (cheap, and the ones errors propagate from)
+    assert plan_blob(s, "c", "Convolution", 0, (64, 3, 3, 3)).sqnr_target == config.DEFAULT_SQNR_DB + 12
+    assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 1)).sqnr_target == config.DEFAULT_SQNR_DB + 6
+    assert plan_blob(make_settings(sqnr_target=20.0), "c", "Convolution", 0,
+                     (64, 64, 3, 3)).sqnr_target == 20.0
     assert plan_blob(s, "conv1", "Convolution", 1, (64,)).lossless
     # size floor: a tiny weight blob stays lossless
     assert plan_blob(s, "c", "Convolution", 0, (2, 3, 3, 3)).lossless
