@@ -79,7 +79,7 @@ def _kernel(xp, name: str):
     key = (id(xp), name)
     k = _KERNELS.get(key)
     if k is None:
-        k = xp.RawKernel(KERNEL_SOURCE, name, options=("--fmad=false", "-std=c++14"))
+        k = xp.RawKernel(KERNEL_SOURCE, name, options=("--fmad=false",))
         _KERNELS[key] = k
     return k
 
