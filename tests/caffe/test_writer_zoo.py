@@ -83,3 +83,45 @@ def test_written_file_passes_caffes_blob_checks_under_the_bvlc_schema(zoo, rel):
             assert len(b.data) == int(np.prod(b.shape.dim, dtype=np.int64))
             n += 1
     assert n == sum(len(lay.blobs) for lay in read_caffemodel(zoo / rel).layers)
+
+
+@pytest.mark.parametrize("rel", zoo_v2_models())
+def test_replaced_arrays_are_spliced_like_protobuf_would(zoo, rel):
+    """New values of the same shapes (what decompression produces): our output
+    equals protobuf's own serialization of the source net with those values."""
+    from caffecompress.caffe.proto import pb
+
+    model = read_caffemodel(zoo / rel)
+    rng = np.random.default_rng(11)
+    net = pb.NetParameter()
+    src = (zoo / rel).read_bytes()
+    net.ParseFromString(src)
+    # protobuf moves fields it cannot interpret (a fork's numbers with other wire
+    # types) to the end of their message; our writer keeps them in place
+    canonical = net.SerializeToString() == src
+    for lay, lp in zip(model.layers, net.layer):
+        for i, b in enumerate(lp.blobs):
+            new = rng.standard_normal(lay.blobs[i].shape).astype(np.float32)
+            lay.blobs[i] = new
+            del b.data[:]
+            b.data.extend(new.ravel().tolist())
+    ours = caffemodel_bytes(model)
+    if canonical:
+        assert ours == net.SerializeToString()
+    else:
+        again = pb.NetParameter()
+        again.ParseFromString(ours)
+        assert again.SerializeToString() == net.SerializeToString()
+
+
+def test_reading_v2_imports_neither_h5py_nor_cv2(zoo):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from caffecompress.caffe import read_caffemodel, caffemodel_bytes; "
+        f"m = read_caffemodel({str(zoo / 'mtcnn/det1.caffemodel')!r}); caffemodel_bytes(m); "
+        "print(','.join(k for k in ('h5py', 'cv2', 'cupy') if k in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
