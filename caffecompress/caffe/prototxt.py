@@ -84,8 +84,10 @@ class NetDef:
 # ---------------------------------------------------------------- text decoding
 
 
-def _decode(data: bytes, path) -> str:
-    head = data[:65536]
+_HEAD = 65536
+
+
+def _check_text(head: bytes, path) -> None:
     # Text has no NUL bytes and few control characters; protobuf binary (a
     # caffemodel given by mistake) is full of both.
     controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
@@ -93,6 +95,10 @@ def _decode(data: bytes, path) -> str:
         raise FormatError(
             "binary data where a text prototxt was expected (a .caffemodel given as prototxt?)", path=path
         )
+
+
+def _decode(data: bytes, path) -> str:
+    _check_text(data[:_HEAD], path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -285,6 +291,13 @@ def _is_unknown_name_error(e) -> bool:
 def parse_prototxt(text: str, *, path=None) -> NetDef:
     """Parse prototxt *text* (see :func:`read_prototxt`); ``path`` is for messages."""
     path = None if path is None else os.fspath(path)
+    try:
+        return _parse(text, path)
+    except RecursionError:
+        raise FormatError("invalid prototxt: messages nested too deeply", path=path) from None
+
+
+def _parse(text: str, path) -> NetDef:
     raw = pb.NetParameter()
     skipped_at: list[SkippedField] = []
     try:
@@ -386,7 +399,11 @@ def read_prototxt(path) -> NetDef:
         raise FormatError("is a directory, not a prototxt file", path=p)
     try:
         with open(p, "rb") as f:
-            data = f.read()
+            # Look at the head first: a multi-GB caffemodel given by mistake is
+            # refused before it is read into memory.
+            head = f.read(_HEAD)
+            _check_text(head, p)
+            data = head + f.read()
     except FileNotFoundError:
         raise FormatError("no such file", path=p) from None
     except PermissionError:

@@ -266,3 +266,13 @@ def test_blanked_text_parses_like_protobufs_lenient_mode():
     except text_format.ParseError:
         pytest.skip("this protobuf runtime cannot skip lists inside unknown fields")
     assert strict == lenient
+
+
+def test_hostile_nesting_and_large_binary(tmp_path):
+    p = tmp_path / "deep.prototxt"
+    p.write_text("layer { " + "convolution_param { weight_filler { x { " * 3000 + "} " * 9000 + "}\n")
+    assert "invalid prototxt" in str(_error(p))
+    big = tmp_path / "big.caffemodel"
+    with open(big, "wb") as f:  # sparse: 4 GiB of zeros on disk costs nothing
+        f.truncate(4 << 30)
+    assert "binary" in str(_error(big))
