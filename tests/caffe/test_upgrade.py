@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf import text_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from caffecompress.caffe.proto import pb
 from caffecompress.caffe.upgrade import (
@@ -273,9 +275,6 @@ def test_input_is_not_modified(zoo):
 
 # ---------------------------------------------------------------- generated nets vs OpenCV
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @st.composite
