@@ -148,3 +148,116 @@ def test_nan_weights_fall_back_to_lossless_with_warning():
     assert any("conv1" in w and "NaN" in w for w in cm.warnings)
     r = cc.decompress(cm)
     assert r.layer("conv1").blobs[0].tobytes() == m.layer("conv1").blobs[0].tobytes()
+
+
+# ---------------------------------------------------------------- the zoo end to end
+
+import csv  # noqa: E402
+from functools import lru_cache  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_SWAPPED = {"mtcnn-retrained/det2.caffemodel": "det3.prototxt",
+            "mtcnn-retrained/det3.caffemodel": "det2.prototxt"}
+
+
+def _zoo_rows():
+    from conftest import ZOO
+
+    path = ZOO / "MANIFEST.tsv"
+    if not path.exists():
+        return []
+    return [r for r in csv.DictReader(path.open(), delimiter="\t")
+            if r["path"].endswith(".caffemodel")]
+
+
+ZOO_MODELS = [r["path"] for r in _zoo_rows()]
+BIG = [r["path"] for r in _zoo_rows() if int(r["bytes"]) >= 100_000]
+
+
+def _proto(zoo, rel):
+    m = zoo / rel
+    if rel in _SWAPPED:
+        return m.parent / _SWAPPED[rel]
+    same = m.with_suffix(".prototxt")
+    return same if same.exists() else sorted(m.parent.glob("*.prototxt"))[0]
+
+
+@lru_cache(maxsize=None)
+def _read(rel):
+    from conftest import ZOO
+
+    return cc.read_caffemodel(ZOO / rel, prototxt=_proto(ZOO, rel))
+
+
+@pytest.mark.parametrize("rel", ZOO_MODELS)
+def test_zoo_lossless_bit_exact(zoo, rel, tmp_path):
+    from caffecompress.caffe import caffemodel_bytes
+
+    src = (zoo / rel).read_bytes()
+    out = tmp_path / "m.h5"
+    cc.save(cc.compress(_read(rel), preset="lossless"), out)
+    restored = cc.decompress(out)
+    data = caffemodel_bytes(restored)
+    fmt = next(r["format"] for r in _zoo_rows() if r["path"] == rel)
+    if fmt.startswith("V2"):
+        assert hashlib.sha256(data).hexdigest() == hashlib.sha256(src).hexdigest()
+    else:  # V1 is restored upgraded: the same NetParameter as the reader's upgrade
+        back = tmp_path / "back.caffemodel"
+        back.write_bytes(data)
+        a, b = cc.read_caffemodel(zoo / rel), cc.read_caffemodel(back)
+        assert a.skeleton == b.skeleton
+        assert (a.format, b.format) == ("V1", "V2")
+        b.format = a.format
+        assert_same_model(a, b)
+
+
+def _verify_err(zoo, rel, data):
+    verify = pytest.importorskip("caffecompress.verify")
+    pytest.importorskip("cv2")
+    proto = _proto(zoo, rel).read_text()
+    reps = verify.compare((proto, (zoo / rel).read_bytes()), (proto, data))
+    assert reps
+    return verify.max_rel_error(reps)
+
+
+@pytest.mark.parametrize("rel", ZOO_MODELS)
+def test_zoo_default_preset_fidelity_through_opencv(zoo, rel, tmp_path):
+    from caffecompress import container
+    from caffecompress.caffe import caffemodel_bytes
+
+    out = tmp_path / "m.h5"
+    cc.save(cc.compress(_read(rel)), out)
+    fi = container.file_info(out)
+    if (zoo / rel).stat().st_size >= 100_000:
+        assert fi["overhead"] <= 0.05
+    err = _verify_err(zoo, rel, caffemodel_bytes(cc.decompress(out)))
+    assert err <= 0.05, f"{rel}: relative L2 error {err:.4f}"
+
+
+def _gmean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+@pytest.mark.parametrize("preset, kw, target", [
+    ("lossless", {}, 1.14),
+    ("default", {}, 4.0),
+    ("default", {"bits": 4}, 7.5),
+    ("deep-compression", {}, None),
+])
+def test_zoo_ratios_and_overhead(zoo, tmp_path, preset, kw, target):
+    """Geometric-mean file ratios (issue targets) and HDF5 overhead <= 5 % on every model >= 100 KB."""
+    from caffecompress import container
+
+    ratios, big = [], []
+    for rel in ZOO_MODELS:
+        out = tmp_path / (rel.replace("/", "_") + ".h5")
+        cc.save(cc.compress(_read(rel), preset=preset, **kw), out)
+        fi = container.file_info(out)
+        r = (zoo / rel).stat().st_size / fi["file_bytes"]
+        ratios.append(r)
+        if rel in BIG:
+            big.append(r)
+            assert fi["overhead"] <= 0.05, (rel, fi["overhead"])
+    if target is not None:
+        got = _gmean(ratios if preset == "lossless" else big)
+        assert got >= target, f"{preset} {kw}: geometric-mean ratio {got:.3f} < {target}"
