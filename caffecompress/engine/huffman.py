@@ -366,8 +366,10 @@ def encode(
         return HuffmanStream(
             np.zeros(nsym, np.uint8), np.zeros(0, np.uint8), np.zeros(1, np.uint64), 0, chunk
         )
-    counts = _host(xp.bincount(sym.astype(xp.int64) if sym.dtype.kind == "i" else sym, minlength=nsym))
-    if counts.size > nsym or (sym.dtype.kind == "i" and int(sym.min()) < 0):
+    if sym.dtype.kind == "i" and int(sym.min()) < 0:
+        raise ValueError(f"symbols must lie in [0, {nsym})")
+    counts = _host(xp.bincount(sym if xp is np and sym.dtype.kind == "u" else sym.astype(xp.int64), minlength=nsym))
+    if counts.size > nsym:
         raise ValueError(f"symbols must lie in [0, {nsym})")
     nused = int(np.count_nonzero(counts))
     lim = auto_max_len(nused) if max_len is None else int(max_len)
@@ -414,7 +416,7 @@ def _pack(sym, lengths, codes, n: int, nbits: int, chunk: int, xp):
         g = np.add.reduceat(v, first)
     else:  # device: integer atomics are order-free, so this is deterministic
         g = xp.zeros(nw, xp.uint64)
-        xp.add.at(g, word, v)
+        xp.add.at(g, word.astype(xp.int64), v)
     del v, word, pos
     nw32 = (nbits + 31) // 32
     out = xp.zeros(nw32 + 1, xp.uint32)
