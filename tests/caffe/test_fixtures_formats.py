@@ -90,6 +90,7 @@ def _with_double_data(src: bytes, perturb: bool) -> bytes:
     return net.SerializeToString()
 
 
+@pytest.mark.slow  # builds and parses whole files with protobuf
 def test_double_data_reads_as_caffe_float_build(zoo, tmp_path):
     src = (zoo / LENET).read_bytes()
     ref = opencv_blobs(cv2.dnn.readNetFromCaffe(str(zoo / "lenet-mnist/mnist_deploy.prototxt"), str(zoo / LENET)))

