@@ -142,7 +142,7 @@ def write_caffemodel_h5(model: Model, path) -> None:
     """
     import tempfile
 
-    from .writer import check_output_path
+    from .writer import check_output_path, publish
 
     h5py = _h5py()
     p = os.fspath(path)
@@ -159,10 +159,7 @@ def write_caffemodel_h5(model: Model, path) -> None:
                 g = data.create_group(lay.name)
                 for i, arr in enumerate(lay.blobs):
                     g.create_dataset(str(i), data=np.ascontiguousarray(arr, dtype=np.float32))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
+        publish(tmp, p)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -184,6 +184,26 @@ def _same_file(a, b) -> bool:
         return False
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str, path: str) -> None:
+    """Give a finished temp file normal permissions and rename it onto ``path``."""
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
+    os.replace(tmp, path)
+
+
 def atomic_write(path, chunks) -> None:
     """Write chunks to a temporary file beside ``path``, then rename it into place."""
     path = os.fspath(path)
@@ -193,10 +213,7 @@ def atomic_write(path, chunks) -> None:
         with os.fdopen(fd, "wb") as f:
             for c in chunks:
                 f.write(c)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -127,3 +127,17 @@ def test_reading_v2_imports_neither_h5py_nor_cv2(zoo):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_written_files_get_normal_permissions(zoo, tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        m = read_caffemodel(zoo / "mtcnn/det1.caffemodel")
+        write_caffemodel(m, tmp_path / "a.caffemodel")
+        write_caffemodel(m, tmp_path / "a.caffemodel.h5")
+    finally:
+        os.umask(mask)
+    for name in ("a.caffemodel", "a.caffemodel.h5"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
