@@ -38,11 +38,21 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def _is_hdf5(path) -> bool:
+    """HDF5 signature at offset 0, 512, 1024, 2048, ... (a user block), as H5Fis_hdf5 looks."""
     try:
         with open(path, "rb") as f:
-            return f.read(8) == _HDF5_MAGIC
+            off = 0
+            while off <= 1 << 20:
+                f.seek(off)
+                head = f.read(8)
+                if head == _HDF5_MAGIC:
+                    return True
+                if len(head) < 8:
+                    return False
+                off = 512 if off == 0 else off * 2
     except OSError:
         return False
+    return False
 
 
 def read_prototxt(path):

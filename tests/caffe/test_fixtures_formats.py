@@ -264,6 +264,16 @@ def test_caffemodel_h5_layout_and_round_trip(zoo, tmp_path):
     assert [lay.name for lay in again.layers] == [lay.name for lay in back.layers]
 
 
+def test_h5_with_user_block_is_recognised_by_content(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    p = tmp_path / "weights.bin"
+    with h5py.File(p, "w", userblock_size=1024) as f:
+        f.create_dataset("data/fc/0", data=np.arange(3, dtype=np.float32))
+    assert p.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n"
+    model = read_caffemodel(p)
+    assert model.format == "HDF5" and model.layer("fc").blobs[0].tolist() == [0, 1, 2]
+
+
 def test_hand_made_caffe_h5_with_float64_and_nested_names(tmp_path):
     h5py = pytest.importorskip("h5py")
     p = tmp_path / "hand.caffemodel.h5"
