@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import FormatError, SchemaMismatchError, TruncatedFileError
+from ..errors import CaffeCompressError, FormatError, SchemaMismatchError, TruncatedFileError
 from ..model import Layer, Model
 from . import wire
 from .wire import I32, I64, LEN, VARINT, WireError
@@ -524,18 +524,14 @@ def _build_upgraded(buf, scan, fetch, path) -> Model:
     net = _parse_skeleton(strip_net(buf, scan, marker), path)
     try:
         v2, _src = upgrade_net(net)
-    except Exception as e:
-        from ..errors import CaffeCompressError
-
-        if isinstance(e, CaffeCompressError):
-            if getattr(e, "path", None) is None:
-                raise type(e)(e.reason if hasattr(e, "reason") else str(e), path=path,
-                              layer=getattr(e, "layer", None)) from None
-            raise
+    except CaffeCompressError as e:
+        if getattr(e, "path", None) is None and hasattr(e, "reason"):
+            raise type(e)(e.reason, path=path, layer=e.layer) from None  # add the file name
+        raise
+    except Exception as e:  # an upgrader bug must still surface as a typed, located error
         raise FormatError(f"cannot upgrade the {scan.format} net to V2: {e}", path=path) from None
 
     layers = []
-    used = set()
     for lp in v2.layer:
         arrays, storage = [], []
         for i, blob in enumerate(lp.blobs):
@@ -543,15 +539,12 @@ def _build_upgraded(buf, scan, fetch, path) -> Model:
                 raise FormatError("blob lost its placeholder during upgrade", path=path, layer=lp.name)
             gid = int(blob.double_data[0])
             rec, _, bs = flat[gid]
-            used.add(gid)
             shape = _target_shape(bs, lp.type, i, path, lp.name)
             arr = decode_blob(fetch, bs, shape, path, lp.name, i)
             arrays.append(arr)
             storage.append(bs.storage())
             blob.Clear()
-            blob.shape.dim.extend(int(d) for d in arr.shape)
-            if not arr.shape:
-                blob.shape.SetInParent()
+            blob.shape.dim.extend(int(d) for d in arr.shape)  # placeholder: shape only
         pn = [lp.param[i].name if i < len(lp.param) else "" for i in range(len(arrays))]
         layers.append(Layer(lp.name, lp.type or None, arrays, pn, storage=storage))
     return Model(layers=layers, name=v2.name, skeleton=v2.SerializeToString(),
