@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from caffecompress.caffe import caffemodel_bytes, read_caffemodel, write_caffemodel, write_caffemodel_h5
-from fixtures import ZOO, bits, fixed_input, make_net, opencv_blobs, opencv_forward
+from fixtures import bits, fixed_input, make_net, opencv_blobs, opencv_forward
 
 cv2 = pytest.importorskip("cv2")
 

@@ -9,7 +9,7 @@ import pytest
 
 from caffecompress import errors
 from caffecompress.caffe import read_caffemodel, write_caffemodel, write_caffemodel_h5
-from fixtures import ZOO, bits, fixed_input, opencv_forward, zoo_input_shape, zoo_models, zoo_pair
+from fixtures import bits, fixed_input, opencv_forward, zoo_input_shape, zoo_models, zoo_pair
 
 pytest.importorskip("caffecompress.caffe.prototxt")
 

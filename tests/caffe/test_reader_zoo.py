@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffecompress.caffe import read_caffemodel
-from fixtures import ZOO, bits, opencv_blobs, zoo_models, zoo_pair, zoo_v2_models
+from fixtures import bits, opencv_blobs, zoo_models, zoo_pair, zoo_v2_models
 
 cv2 = pytest.importorskip("cv2")
 
