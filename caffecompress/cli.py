@@ -226,7 +226,9 @@ def compress_file(model_path, output=None, *, prototxt=None, preset=None, config
     container.check_output_path(out, inputs=inputs, force=force)
     t0 = time.perf_counter()
     model = _read_model(model_path, prototxt)
-    cm = pipeline.compress(model, preset=preset, config=config, progress=progress, **overrides)
+    cm = pipeline.compress(model, preset=preset, config=config, progress=progress, release=True,
+                           **overrides)
+    del model
     container.save(cm, out, force=force, inputs=inputs)
     file_bytes = out.stat().st_size
     in_bytes = Path(model_path).stat().st_size

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import lzma
 import math
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,9 @@ __all__ = [
 ]
 
 LOSSLESS = "lossless"  # method of blobs stored as byte-shuffled, LZMA2/zlib-coded bytes
-_BLOCK = 1 << 22  # elements per block for float64 reductions (bounded temporaries)
+_BLOCK = 1 << 22  # elements per block for reductions (bounded temporaries)
+_SEARCH_SAMPLE = 1 << 20  # elements the bit-width search clusters per blob at most
+_BIG = 1 << 24  # blobs this large are compressed one at a time (peak memory)
 _MAX_ELEMENTS = 1 << 40  # no real blob is this large; a bigger claim is corruption
 
 DEEP_COMPRESSION_WARNING = (
@@ -172,15 +175,16 @@ def crc32_of(a: np.ndarray) -> int:
 def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
     """Signal-to-quantisation-noise ratio of ``y`` against ``x`` in dB.
 
-    Computed in float64 block by block so temporaries stay small. Returns
-    ``inf`` when ``y == x`` and ``-inf`` for an all-zero ``x`` that changed.
+    Block by block (float32 products, float64 sums across blocks) so
+    temporaries stay small and BLAS does the work. Returns ``inf`` when
+    ``y == x`` and ``-inf`` for an all-zero ``x`` that changed.
     """
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     sig = 0.0
     err = 0.0
     for s in range(0, xf.size, _BLOCK):
-        a = xf[s : s + _BLOCK].astype(np.float64)
+        a = xf[s : s + _BLOCK].astype(np.float32, copy=False)
         d = a - yf[s : s + _BLOCK]
         sig += float(np.dot(a, a))
         err += float(np.dot(d, d))
@@ -189,6 +193,11 @@ def sqnr_db(x: np.ndarray, y: np.ndarray) -> float:
     if sig == 0.0:
         return -math.inf
     return 10.0 * math.log10(sig / err)
+
+
+def _count_zeros(a: np.ndarray) -> int:
+    f = a.reshape(-1)
+    return int(sum(np.count_nonzero(f[s : s + _BLOCK] == 0) for s in range(0, f.size, _BLOCK)))
 
 
 def _shuffle(a: np.ndarray) -> np.ndarray:
@@ -346,6 +355,11 @@ def _search_bits(xin, plan, xp) -> int:
     from .engine.prune import prune_mask  # noqa: PLC0415
 
     lo, hi, target = plan.min_bits, plan.max_bits, plan.sqnr_target
+    n = int(xin.size)
+    if n > _SEARCH_SAMPLE:
+        # a regular subsample predicts a big blob's SQNR to a fraction of a dB
+        # at a fraction of the cost; the final SQNR is measured on the whole blob
+        xin = xp.ascontiguousarray(xin.reshape(-1)[:: -(-n // _SEARCH_SAMPLE)])
     mask = prune_mask(xin, sparsity=plan.prune, xp=xp) if plan.prune > 0 else None
     tried: dict[int, float] = {}
 
@@ -356,7 +370,7 @@ def _search_bits(xin, plan, xp) -> int:
             tried[b] = math.inf if sw.exact else float(sw.sqnr_db)
         return tried[b]
 
-    b = min(max(6, lo), hi)
+    b = min(max(7, lo), hi)
     s = at(b)
     if s < target:
         b = min(hi, b + max(1, math.ceil((target - s) / 6.02)))
@@ -400,6 +414,7 @@ def compress(
     config=None,
     progress=None,
     jobs: int | None = None,
+    release: bool = False,
     **overrides,
 ) -> CompressedModel:
     """Compress a :class:`~caffecompress.model.Model`.
@@ -415,7 +430,11 @@ def compress(
     progress : callable, optional
         Called as ``progress(n_done_elements, n_total_elements)``.
     jobs : int, optional
-        Worker threads (default: 2; NumPy and zlib release the GIL).
+        Worker threads (default: 2; NumPy, LZMA and zlib release the GIL).
+        Blobs of 16M elements and more are coded one at a time.
+    release : bool
+        Drop each blob from ``model`` once it is coded (the CLI does, to keep
+        peak memory near the model's size); ``model`` is unusable afterwards.
     **overrides
         Any :class:`~caffecompress.config.Settings` field: ``bits``,
         ``conv_bits``, ``fc_bits``, ``prune``, ``init``, ``sqnr_target``,
@@ -438,9 +457,10 @@ def compress(
     src = model.source
 
     records: list[BlobRecord | None] = []
-    tasks = []  # (record slot, layer idx, blob idx, array, plan)
+    tasks = []  # (record slot, layer idx, blob idx, plan or None, owner slot)
     owners: dict[str, tuple] = {}  # param name -> (record slot, array)
     layers = []
+    sizes = []
     total = 0
     for li, lay in enumerate(model.layers):
         layers.append((lay.name, lay.type, _layer_extra(lay)))
@@ -449,32 +469,41 @@ def compress(
             pname = lay.param_names[bi] if bi < len(lay.param_names) else ""
             slot = len(records)
             records.append(None)
+            sizes.append(arr.size)
             if pname and pname in owners:
                 oslot, oarr = owners[pname]
                 if oarr.shape == arr.shape and oarr.dtype == arr.dtype and np.array_equal(
                     oarr.view(np.uint8), arr.view(np.uint8)
                 ):
-                    tasks.append((slot, li, bi, arr, None, oslot))
+                    tasks.append((slot, li, bi, None, oslot))
                     continue
             if pname and pname not in owners:
                 owners[pname] = (slot, arr)
             plan = plan_blob(settings, lay.name, lay.type, bi, tuple(arr.shape),
                              position=positions.get(li, ""))
-            tasks.append((slot, li, bi, arr, plan, -1))
+            tasks.append((slot, li, bi, plan, -1))
             total += arr.size
+    owners.clear()
 
     warn: list[str] = []
     if settings.preset == "deep-compression":
         warn.append(DEEP_COMPRESSION_WARNING)
+    big_lock = threading.Lock()
 
     def work(task):
-        slot, li, bi, arr, plan, oslot = task
-        name = model.layers[li].name
-        where = {"path": src, "layer": name}
+        slot, li, bi, plan, oslot = task
+        lay = model.layers[li]
+        arr = np.asarray(lay.blobs[bi])
+        where = {"path": src, "layer": lay.name}
         shape = tuple(int(s) for s in arr.shape)
-        if plan is None:
-            return BlobRecord(li, bi, shape, arr.dtype.str, "ref", {}, {},
-                              crc32_of(arr), shared=oslot), None
+        if plan is None:  # CRC and stats copied from the owner below
+            return BlobRecord(li, bi, shape, arr.dtype.str, "ref", {}, {}, 0, shared=oslot), None
+        if arr.size >= _BIG:
+            with big_lock:
+                return _one(arr, shape, li, bi, plan, where)
+        return _one(arr, shape, li, bi, plan, where)
+
+    def _one(arr, shape, li, bi, plan, where):
         msg = None
         if not plan.lossless:
             try:
@@ -482,7 +511,8 @@ def compress(
                 if method == "raw":  # coding would not shrink it: store the exact bytes
                     raise _StoreLossless
                 out = y.astype(arr.dtype, copy=False)
-                sp = float(np.count_nonzero(out == 0)) / max(out.size, 1)
+                del y
+                sp = _count_zeros(out) / max(out.size, 1)
                 return BlobRecord(li, bi, shape, arr.dtype.str, method, meta, parts,
                                   crc32_of(out), kind=plan.kind, bits=int(bits),
                                   sparsity=sp, sqnr=s), None
@@ -491,23 +521,29 @@ def compress(
             except _StoreLossless:
                 pass
         meta, parts = _encode_lossless(arr)
-        sp = float(np.count_nonzero(arr == 0)) / max(arr.size, 1)
+        sp = _count_zeros(arr) / max(arr.size, 1)
         return BlobRecord(li, bi, shape, arr.dtype.str, LOSSLESS, meta, parts,
                           crc32_of(arr), kind=plan.kind, sparsity=sp), msg
 
     done = 0
     n_jobs = jobs or 2
     # a GPU backend serialises lossy blobs on the device; "hybrid" overlaps
-    # them with CPU deflate/CRC work of the other blobs through the pool
+    # them with CPU-side work (LZMA of lossless blobs, decode checks, CRCs)
+    # of the other blobs through the pool
     if xp is not np and settings.backend != "hybrid":
         n_jobs = 1
     with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
-        for task, (rec, msg) in zip(tasks, pool.map(work, tasks)):
+        futures = [pool.submit(work, t) for t in tasks]
+        for task, fut in zip(tasks, futures):
+            rec, msg = fut.result()
             records[task[0]] = rec
             if msg:
                 warn.append(msg)
-            if task[4] is not None:
-                done += task[3].size
+            if release and task[3] is not None:
+                # the caller gave the arrays up: drop each one once coded
+                model.layers[task[1]].blobs[task[2]] = None
+            if task[3] is not None:
+                done += sizes[task[0]]
                 if progress is not None:
                     progress(done, total)
 
