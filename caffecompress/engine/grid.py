@@ -318,7 +318,7 @@ def grid_histogram(
         total += int(sel.size)
         if sel.size == 0:
             continue
-        if sel.size * 4 < nbins_full and a.size <= BLOCK:
+        if sel.size * 16 < nbins_full and a.size <= BLOCK:
             # few elements: a sort-based unique is cheaper than 2L+1 bins;
             # the result (values, counts) is the same exact histogram.
             uv, uc = xp.unique(sel, return_counts=True)

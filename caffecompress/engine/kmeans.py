@@ -13,11 +13,15 @@ Rules (all deterministic)
   the midpoint of two centroids goes to the lower one.
 - Lloyd iterations on the histogram cost O(k log bins) each (cluster sums
   are differences of exact int64 prefix sums) and stop at the exact fixed
-  point (no cell changes) or after ``max_iter``.
-- Empty clusters keep their centroid while iterating; at the end they are
-  dropped from the codebook (so ``k_eff <= k``), except the pinned zero of
-  ``keep_zero``. Dropping one never moves an occupied value to another
-  cluster (the merged midpoint lies inside the empty gap).
+  point (no cell changes) or after ``max_iter``
+  (:mod:`~caffecompress.engine.lloyd`).
+- Empty clusters: while iterating, an empty cluster is moved onto the bin
+  farthest from its centroid (scikit-learn's rule on bins; ties by lower
+  value; see :mod:`~caffecompress.engine.lloyd`). Clusters still empty when
+  ``max_iter`` stops the run are dropped from the codebook (``k_eff <= k``),
+  except the pinned zero of ``keep_zero``; dropping one never moves an
+  occupied value to another cluster (the merged midpoint lies inside the
+  empty gap).
 - ``keep_zero``: the initial centroid nearest zero (the lower on a tie) is
   set to exactly 0.0 and stays there.
 - ``mask``: only kept (True) elements are clustered and count in ``sse``;
@@ -38,6 +42,7 @@ import math
 import numpy as np
 
 from . import grid as _grid
+from .lloyd import assign_cuts, lloyd_histogram
 from .grid import (
     GridHistogram,
     float_keys,
@@ -108,15 +113,17 @@ class SharedWeights:
 
 
 def default_bits(k: int) -> int:
-    """Grid bits used when ``bits`` is not given: 20 up to k = 256, else 22.
+    """Grid bits used when ``bits`` is not given: 20 up to k = 64, else 24.
 
-    The grid is then 2**11 (or more) times finer than the codebook. Lloyd
-    from a linear init is sensitive to tiny perturbations of the data (it
-    can settle in another local optimum); at 20 bits it reaches the same
-    SSE as Lloyd on the original floats within 0.1 % on the zoo's blobs,
-    at 16 bits not always.
+    Lloyd converges slowly in 1-D: centroids keep drifting by tiny amounts
+    for thousands of iterations. On a grid, a drift smaller than half a step
+    moves no value between cells, so the run stops early at a "grid fixed
+    point". At 20 bits that costs nothing measurable for k <= 64 (zoo blobs:
+    median SSE ratio to Lloyd on the floats 1.0000000, summed 1.000002 at
+    k = 32), but at k = 256 it left the summed SSE 2 % above; 24 bits brings
+    it to 1.0001.
     """
-    return 20 if int(k) <= 256 else 22
+    return 20 if int(k) <= 64 else 24
 
 
 def _label_dtype(k: int):
@@ -125,70 +132,6 @@ def _label_dtype(k: int):
 
 # --------------------------------------------------------------------------
 # host-side clustering on the histogram (grid units, float64)
-
-
-def _assign_cuts(vf: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Bin positions splitting sorted values ``vf`` among sorted centroids ``c``.
-
-    Cluster ``j`` holds bins ``cuts[j]:cuts[j+1]``; a value at a midpoint goes
-    to the lower cluster (``side='right'`` on the midpoints).
-    """
-    t = (c[:-1] + c[1:]) * 0.5
-    cuts = np.empty(c.size + 1, np.int64)
-    cuts[0], cuts[-1] = 0, vf.size
-    cuts[1:-1] = np.searchsorted(vf, t, side="right")
-    return cuts
-
-
-def lloyd_histogram(values, counts, centroids, *, pinned=None, max_iter=DEFAULT_MAX_ITER):
-    """Lloyd's algorithm on a weighted 1-D histogram, to its exact fixed point.
-
-    Parameters
-    ----------
-    values : int64 array
-        Strictly ascending grid values.
-    counts : int64 array
-        Positive weights.
-    centroids : float64 array
-        Strictly ascending initial centroids (grid units).
-    pinned : int, optional
-        Index of a centroid that never moves (the zero of ``keep_zero``).
-    max_iter : int
-        Iteration cap.
-
-    Returns
-    -------
-    centroids : float64 array
-    cuts : int64 array (k+1)
-        Final cells as bin positions.
-    iterations : int
-    converged : bool
-    """
-    v = np.asarray(values, np.int64)
-    w = np.asarray(counts, np.int64)
-    vf = v.astype(np.float64)
-    W = np.concatenate([[0], np.cumsum(w)])
-    S1 = np.concatenate([[0], np.cumsum(w * v)])
-    c = np.array(centroids, np.float64)
-    cuts = _assign_cuts(vf, c)
-    it, converged = 0, False
-    while it < max_iter:
-        cnt = W[cuts[1:]] - W[cuts[:-1]]
-        sm = S1[cuts[1:]] - S1[cuts[:-1]]
-        occ = cnt > 0
-        new = c.copy()
-        # exact int64 sums -> float64 (< 2**53), one correctly rounded division
-        new[occ] = sm[occ].astype(np.float64) / cnt[occ].astype(np.float64)
-        if pinned is not None:
-            new[pinned] = 0.0
-        it += 1
-        c = new
-        nxt = _assign_cuts(vf, c)
-        if np.array_equal(nxt, cuts):
-            converged = True
-            break
-        cuts = nxt
-    return c, cuts, it, converged
 
 
 def _init_linear(v, w, k):
@@ -222,10 +165,10 @@ def _pin_zero(c):
     return c, z
 
 
-def _optimal_centroids(v, w, k):
+def _optimal_centroids(v, w, k, max_bins):
     from .optimal import optimal_partition  # noqa: PLC0415
 
-    cuts = optimal_partition(v, w, k)
+    cuts = optimal_partition(v, w, k, max_bins=max_bins)
     W = np.concatenate([[0], np.cumsum(w)])
     S1 = np.concatenate([[0], np.cumsum(w * v)])
     cnt = W[cuts[1:]] - W[cuts[:-1]]
@@ -233,8 +176,8 @@ def _optimal_centroids(v, w, k):
     return sm.astype(np.float64) / cnt.astype(np.float64)
 
 
-def _cluster(h: GridHistogram, k, init, keep_zero, seed, max_iter):
-    """Centroids (grid units, ascending), pinned index, iterations, converged."""
+def _cluster(h: GridHistogram, k, init, keep_zero, seed, max_iter, optimal_bins):
+    """Centroids (grid units, strictly ascending), iterations, converged."""
     v, w = h.values, h.counts
     if init == "linear":
         c = _init_linear(v, w, k)
@@ -243,44 +186,65 @@ def _cluster(h: GridHistogram, k, init, keep_zero, seed, max_iter):
     elif init == "random":
         c = _init_random(v, w, k, seed)
     else:
-        c = _optimal_centroids(v, w, k)
+        c = _optimal_centroids(v, w, k, optimal_bins)
     pinned = None
     if keep_zero:
         c, pinned = _pin_zero(c)
     c, cuts, it, conv = lloyd_histogram(v, w, c, pinned=pinned, max_iter=max_iter)
-    # drop empty clusters (never the pinned zero)
-    keep = (cuts[1:] > cuts[:-1])
-    if pinned is not None:
-        keep[pinned] = True
-    c = c[keep]
-    return c, it, conv
+    # drop clusters still empty (only if max_iter stopped the run), never the pinned zero
+    keep = cuts[1:] > cuts[:-1]
+    if keep_zero:
+        keep[c == 0.0] = True
+    return c[keep], it, conv
 
 
 # --------------------------------------------------------------------------
 # labels
 
 
-def _table(c_grid: np.ndarray, lo: int, hi: int, dtype) -> np.ndarray:
-    """Lookup table grid value ``lo..hi`` -> nearest centroid (lower on ties)."""
+def _first_above(c_grid: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """First integer strictly above each midpoint, clipped to ``lo..hi+1``.
+
+    The label of grid value ``g`` is the number of these that are ``<= g``
+    (nearest centroid, lower on a tie).
+    """
     t = (c_grid[:-1] + c_grid[1:]) * 0.5
-    # first integer strictly above each midpoint
-    first = np.floor(t).astype(np.int64) + 1
-    edges = np.concatenate([[lo], np.clip(first, lo, hi + 1), [hi + 1]])
-    return np.repeat(np.arange(c_grid.size, dtype=dtype), np.diff(edges))
+    return np.clip(np.floor(t).astype(np.int64) + 1, lo, hi + 1)
 
 
-def _labels_from_table(a, m, h, table, lo, qcache, xp, dtype):
+def _table(first: np.ndarray, k: int, lo: int, hi: int, dtype) -> np.ndarray:
+    """Lookup table grid value ``lo..hi`` -> label."""
+    edges = np.concatenate([[lo], first, [hi + 1]])
+    return np.repeat(np.arange(k, dtype=dtype), np.diff(edges))
+
+
+def _labels_on_grid(a, m, h, c_grid, qcache, xp, dtype):
+    """Labels of every element: a gather through a host-built table, or for
+    blobs much smaller than the table, an integer ``searchsorted`` on the
+    cell edges (the same function, so the same labels)."""
+    lo = int(min(h.values[0], 0))
+    hi = int(max(h.values[-1], 0))
+    first = _first_above(c_grid, lo, hi)
+    use_table = a.size * 4 >= hi - lo + 1
+    if use_table:
+        table = _table(first, c_grid.size, lo, hi, dtype)
+        dev = xp.asarray(table)
+    else:
+        dev = xp.asarray(first.astype(np.int32))
     out = xp.empty(a.size, dtype=dtype)
-    tab = xp.asarray(table)
     for s in iter_blocks(a.size):
         q = qcache if qcache is not None else grid_index(a[s], h.step, h.levels, xp=xp)
         if m is not None:
             q = xp.where(m[s], q, xp.int32(0))
-        idx = q - xp.int32(lo)
-        # indices are in range by construction; clamp anyway (CuPy wraps
-        # out-of-range gathers where NumPy raises)
-        xp.clip(idx, 0, table.size - 1, out=idx)
-        out[s] = xp.take(tab, idx)
+        if use_table:
+            idx = q - xp.int32(lo)
+            # in range by construction; clamp anyway (CuPy wraps
+            # out-of-range gathers where NumPy raises)
+            xp.clip(idx, 0, table.size - 1, out=idx)
+            out[s] = xp.take(dev, idx)
+        else:
+            # int32 on both sides, explicit side
+            out[s] = xp.searchsorted(dev, q, side="right").astype(dtype)
     return out
 
 
@@ -335,7 +299,7 @@ def _sse(h: GridHistogram, c_grid: np.ndarray, codebook: np.ndarray):
     if h.nbins == 0:
         return 0.0, 0.0
     vf = h.values.astype(np.float64)
-    cuts = _assign_cuts(vf, c_grid)
+    cuts = assign_cuts(vf, c_grid)
     lab = np.repeat(np.arange(c_grid.size), np.diff(cuts))
     xv = vf * h.step
     d = xv - codebook[lab].astype(np.float64)
@@ -364,6 +328,7 @@ def share_weights(
     seed: int = 0,
     max_iter: int = DEFAULT_MAX_ITER,
     bits: int | None = None,
+    optimal_bins="auto",
     xp=np,
 ) -> SharedWeights:
     """Share the weights of one blob among ``k`` values by 1-D k-means.
@@ -379,9 +344,10 @@ def share_weights(
         ``density``: the (j + 1/2)/k quantiles (duplicates merged);
         ``random``: k distinct grid values drawn with probability
         proportional to their counts by ``np.random.default_rng(seed)`` on
-        the host; ``optimal``: the exact minimum-SSE clustering of the grid
-        values (dynamic programme, :mod:`~caffecompress.engine.optimal`).
-        Every init is followed by Lloyd iterations to a fixed point.
+        the host; ``optimal``: the minimum-SSE clustering of the grid values
+        by dynamic programme (:mod:`~caffecompress.engine.optimal`; exact
+        with ``optimal_bins=None``). Every init is followed by Lloyd
+        iterations to a fixed point.
     keep_zero : bool
         Make 0.0 an exact, fixed centroid (pruned blobs).
     mask : bool array, optional
@@ -392,6 +358,14 @@ def share_weights(
         Lloyd iteration cap.
     bits : int, optional
         Grid resolution; default :func:`default_bits` (k).
+    optimal_bins : int, None or "auto"
+        For ``init="optimal"``: place the programme's cuts between at most
+        this many groups of adjacent grid bins (exact costs; then Lloyd on
+        the full grid). ``"auto"`` (default) is
+        :func:`~caffecompress.engine.optimal.auto_max_bins`; ``None`` runs the
+        programme on every occupied bin, the exact optimum of the grid values
+        (up to the 128 MiB back-pointer cap; see
+        :func:`~caffecompress.engine.optimal.optimal_partition`).
     xp : module
         ``numpy`` or ``cupy``: where the per-element work runs.
 
@@ -458,13 +432,10 @@ def share_weights(
             c_grid = np.union1d(c_grid, [0.0])
         it, conv = 0, True
     else:
-        c_grid, it, conv = _cluster(h, k, init, keep_zero, seed, max_iter)
+        c_grid, it, conv = _cluster(h, k, init, keep_zero, seed, max_iter, optimal_bins)
 
     codebook = (c_grid * h.step).astype(np.float32)
     sse, signal = _sse(h, c_grid, codebook)
-    lo = int(min(h.values[0], 0))
-    hi = int(max(h.values[-1], 0))
-    table = _table(c_grid, lo, hi, dtype)
     qc = qcache if a.size <= _grid.BLOCK else None
-    labels = _labels_from_table(a, m, h, table, lo, qc, xp, dtype)
+    labels = _labels_on_grid(a, m, h, c_grid, qc, xp, dtype)
     return result(codebook, labels, sse, signal, False, it, conv)

@@ -1,0 +1,242 @@
+"""Clustering benchmark: caffecompress's 1-D k-means against its peers.
+
+On every conv/fc weight blob of the zoo's largest trained models
+(YuFaceDetectNet, MTCNN det4, LeNet, UltraFace RFB-320 and slim-320) and,
+with ``--vgg``, of a trained-like VGG-16 built by ``tools/synthetic.py``,
+for k = 16, 32, 256, it times and measures the SSE (on the original float32
+weights, in float64) of:
+
+- ``cc-linear`` / ``cc-density`` / ``cc-optimal``: :func:`share_weights`
+  (grid histogram + Lloyd to its exact fixed point; ``optimal`` = the exact
+  DP on the grid, then Lloyd);
+- ``sklearn``: ``KMeans(n_clusters=k, n_init=1, init=<the same k linearly
+  spaced points>, algorithm="lloyd")``, default ``max_iter=300, tol=1e-4``;
+- ``faiss``: ``faiss.Kmeans(1, k, niter=300, nredo=1)`` trained from the
+  same linear points on every point (``max_points_per_centroid`` raised so
+  it does not subsample);
+- ``ckmeans``: exact Ckmeans.1d.dp (k <= 255, so k = 255 stands in for 256).
+
+Everything runs on one thread (OMP/BLAS threads set to 1 before import;
+faiss told so too) so the ratios compare algorithms, not core counts.
+Times are medians of ``--repeat`` runs for blobs under 50k elements, one run
+above. Blobs larger than ``--peer-max`` elements are clustered by
+caffecompress only (scikit-learn needs minutes per VGG fc blob).
+
+Usage::
+
+    python benchmarks/bench_kmeans.py [--vgg] [--ks 16 32 256] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ZOO = Path(os.environ.get("CAFFE_ZOO", ROOT.parent / "shared" / "caffe-zoo"))
+
+from caffecompress.engine import grid  # noqa: E402
+from caffecompress.engine.kmeans import share_weights  # noqa: E402
+
+MODELS = [
+    "yufacedetectnet/yufacedetectnet-open-v1.caffemodel",
+    "mtcnn/det4.caffemodel",
+    "lenet-mnist/lenet_iter_10000.caffemodel",
+    "ultraface/RFB-320.caffemodel",
+    "ultraface/slim-320.caffemodel",
+]
+WEIGHT_TYPES = {"Convolution", "InnerProduct", "Deconvolution", "ConvolutionDepthwise", "DepthwiseConvolution"}
+
+
+def zoo_blobs():
+    import caffecompress  # noqa: PLC0415
+
+    out = []
+    for rel in MODELS:
+        m = caffecompress.read_caffemodel(ZOO / rel)
+        for layer in m.layers:
+            if layer.type in WEIGHT_TYPES and layer.blobs:
+                out.append((f"{rel.split('/')[0]}/{layer.name}", np.ascontiguousarray(layer.blobs[0], np.float32)))
+    return out
+
+
+def vgg_blobs(seed=0):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import synthetic  # noqa: PLC0415
+
+    m = synthetic.model_from_prototxt(ZOO / synthetic.VGG16_PROTOTXT, seed)
+    return [(f"vgg16/{l.name}", l.blobs[0]) for l in m.layers if l.type in WEIGHT_TYPES and l.blobs]
+
+
+def linear_points(x, k):
+    lo, hi = float(x.min()), float(x.max())
+    return lo + (hi - lo) * (np.arange(k) / (k - 1))
+
+
+def sse_of(x64, centers, labels):
+    d = x64 - np.asarray(centers, np.float64)[labels]
+    return float(np.dot(d, d))
+
+
+def run_cc(x, x64, k, init):
+    r = share_weights(x, k=k, init=init)
+    d = x64 - r.restore().astype(np.float64).ravel()
+    return float(np.dot(d, d))
+
+
+def run_sklearn(x, x64, k):
+    from sklearn.cluster import KMeans  # noqa: PLC0415
+
+    init = linear_points(x, k).astype(np.float32).reshape(-1, 1)
+    km = KMeans(n_clusters=k, n_init=1, init=init, algorithm="lloyd", random_state=0)
+    lab = km.fit_predict(x.reshape(-1, 1))
+    return sse_of(x64, km.cluster_centers_.ravel(), lab)
+
+
+def run_faiss(x, x64, k):
+    import faiss  # noqa: PLC0415
+
+    xs = np.ascontiguousarray(x.reshape(-1, 1))
+    km = faiss.Kmeans(1, k, niter=300, nredo=1, seed=0, verbose=False,
+                      max_points_per_centroid=xs.shape[0] // k + 1, min_points_per_centroid=1)
+    km.train(xs, init_centroids=linear_points(x, k).astype(np.float32).reshape(-1, 1))
+    _, lab = km.index.search(xs, 1)
+    return sse_of(x64, km.centroids.ravel(), lab.ravel())
+
+
+def run_ckmeans(x, x64, k):
+    import ckmeans  # noqa: PLC0415
+
+    clusters = ckmeans.ckmeans(x64, min(k, 255))
+    return float(sum(np.sum((c - c.mean()) ** 2) for c in clusters))
+
+
+METHODS = {
+    "cc-linear": lambda x, x64, k: run_cc(x, x64, k, "linear"),
+    "cc-density": lambda x, x64, k: run_cc(x, x64, k, "density"),
+    "cc-optimal": lambda x, x64, k: run_cc(x, x64, k, "optimal"),
+    "sklearn": run_sklearn,
+    "faiss": run_faiss,
+    "ckmeans": run_ckmeans,
+}
+PEERS = ("sklearn", "faiss", "ckmeans")
+
+
+def measure(fn, x, x64, k, repeat):
+    ts, sse = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sse = fn(x, x64, k)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), sse
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ks", type=int, nargs="+", default=[16, 32, 256])
+    ap.add_argument("--vgg", action="store_true", help="add a trained-like VGG-16 (tools/synthetic.py)")
+    ap.add_argument("--peer-max", type=int, default=3_000_000, help="largest blob given to the peers")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    try:
+        import faiss  # noqa: PLC0415
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        pass
+
+    blobs = zoo_blobs()
+    if args.vgg:
+        t0 = time.perf_counter()
+        blobs += vgg_blobs()
+        print(f"built trained-like VGG-16 blobs in {time.perf_counter() - t0:.1f} s")
+    print(f"{len(blobs)} weight blobs, {sum(b.size for _, b in blobs):,} weights; one thread; "
+          f"numba={'yes' if __import__('caffecompress.engine.optimal', fromlist=['x']).NUMBA else 'no'}")
+    # warm-up (numba compile / cache load, imports) outside the clock
+    warm = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
+    for name in args.methods:
+        METHODS[name](warm, warm.astype(np.float64), 16)
+
+    rows = []
+    for k in args.ks:
+        for bname, w in blobs:
+            x = w.ravel()
+            x64 = grid.canonicalize(x).astype(np.float64)
+            distinct = np.unique(x).size
+            rep = args.repeat if x.size < 50_000 else 1
+            for name in args.methods:
+                if name in PEERS and (x.size > args.peer_max or distinct <= k):
+                    continue  # peers: size cap; blobs with <= k values are stored exactly by us
+                if name == "ckmeans" and k > 256:
+                    continue
+                t, sse = measure(METHODS[name], x, x64, k, rep)
+                rows.append({"k": k, "blob": bname, "n": int(x.size), "method": name, "s": t, "sse": sse})
+            print(f"  k={k:4d} {bname:40s} n={x.size:>10,d} done", file=sys.stderr)
+
+    summarize(rows, args.ks)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows))
+
+
+def summarize(rows, ks):
+    by = {}
+    for r in rows:
+        by[(r["k"], r["blob"], r["method"])] = r
+    for k in ks:
+        blobs = sorted({r["blob"] for r in rows if r["k"] == k})
+        methods = [m for m in METHODS if any((k, b, m) in by for b in blobs)]
+        print(f"\n=== k = {k}{' (ckmeans at 255)' if k == 256 else ''} ===")
+        print(f"{'method':11s} {'blobs':>5s} {'total s':>9s} {'median ms':>10s} "
+              f"{'cc-linear x faster (median / total)':>36s} {'SSE / cc-linear (median, max)':>30s}")
+        for m in methods:
+            bl = [b for b in blobs if (k, b, m) in by]
+            ts = [by[(k, b, m)]["s"] for b in bl]
+            both = [b for b in bl if (k, b, "cc-linear") in by]
+            sp = [by[(k, b, m)]["s"] / by[(k, b, "cc-linear")]["s"] for b in both]
+            tot_m = sum(by[(k, b, m)]["s"] for b in both)
+            tot_c = sum(by[(k, b, "cc-linear")]["s"] for b in both)
+            sr = [by[(k, b, m)]["sse"] / by[(k, b, "cc-linear")]["sse"] for b in both
+                  if by[(k, b, "cc-linear")]["sse"] > 0]
+            print(f"{m:11s} {len(bl):5d} {sum(ts):9.3f} {1e3 * statistics.median(ts):10.2f} "
+                  f"{statistics.median(sp):17.1f} / {tot_m / tot_c:14.1f} "
+                  f"{(statistics.median(sr) if sr else float('nan')):14.5f}, {(max(sr) if sr else float('nan')):.5f}")
+        # the issue's targets
+        target = {16: 15, 32: 20, 256: 50}.get(k)
+        peer_blobs = [b for b in blobs if (k, b, "sklearn") in by and (k, b, "cc-linear") in by]
+        if peer_blobs:
+            sp = [by[(k, b, "sklearn")]["s"] / by[(k, b, "cc-linear")]["s"] for b in peer_blobs]
+            tot = sum(by[(k, b, "sklearn")]["s"] for b in peer_blobs) / sum(by[(k, b, "cc-linear")]["s"] for b in peer_blobs)
+            le = sum(by[(k, b, "cc-linear")]["sse"] <= by[(k, b, "sklearn")]["sse"] * (1 + 1e-12) for b in peer_blobs)
+            worst = max(by[(k, b, "cc-linear")]["sse"] / by[(k, b, "sklearn")]["sse"] for b in peer_blobs
+                        if by[(k, b, "sklearn")]["sse"] > 0)
+            sse_tot = sum(by[(k, b, "cc-linear")]["sse"] for b in peer_blobs) / sum(by[(k, b, "sklearn")]["sse"] for b in peer_blobs)
+            print(f"target linear vs sklearn >= {target}x: median {statistics.median(sp):.1f}x, total {tot:.1f}x; "
+                  f"SSE <= sklearn on {le}/{len(peer_blobs)} blobs (worst ratio {worst:.5f}, summed-SSE ratio {sse_tot:.5f})")
+        ck_blobs = [b for b in blobs if (k, b, "ckmeans") in by and (k, b, "cc-optimal") in by]
+        if ck_blobs and k <= 32:
+            sp = [by[(k, b, "ckmeans")]["s"] / by[(k, b, "cc-optimal")]["s"] for b in ck_blobs]
+            tot = sum(by[(k, b, "ckmeans")]["s"] for b in ck_blobs) / sum(by[(k, b, "cc-optimal")]["s"] for b in ck_blobs)
+            worst = max(by[(k, b, "cc-optimal")]["sse"] / by[(k, b, "ckmeans")]["sse"] for b in ck_blobs
+                        if by[(k, b, "ckmeans")]["sse"] > 0)
+            print(f"target optimal vs ckmeans >= 3x: median {statistics.median(sp):.1f}x, total {tot:.1f}x; "
+                  f"worst SSE ratio optimal/ckmeans {worst:.5f}")
+
+
+if __name__ == "__main__":
+    main()
