@@ -23,6 +23,8 @@ _LAZY = {
     "decompress": "caffecompress.container:decompress",
     "save": "caffecompress.container:save",
     "open_compressed": "caffecompress.container:open_compressed",
+    "caffemodel_bytes": "caffecompress.container:caffemodel_bytes",
+    "opencv_net": "caffecompress.verify:opencv_net",
 }
 
 __all__ = ["Layer", "Model", "__version__", *_error_names, *_LAZY]

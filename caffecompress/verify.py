@@ -733,3 +733,28 @@ def format_reports(reports: Sequence[OutputReport]) -> str:
             f"{r.name[:24]:<24} {r.kind:<16} {shp[:18]:<18} {r.rel_l2:>10.3g} {r.rel_l2_worst:>10.3g} {r.cosine:>10.6f} {t1:>6}"
         )
     return "\n".join(lines)
+
+
+def opencv_net(compressed, prototxt: str | bytes | os.PathLike | None = None):
+    """A ``cv2.dnn.Net`` straight from a compressed file, through memory buffers.
+
+    Parameters
+    ----------
+    compressed : path or caffecompress.pipeline.CompressedModel
+        A file written by :func:`caffecompress.save` (or the object itself).
+    prototxt : str, bytes or os.PathLike, optional
+        Deploy prototxt text or path; default: the one stored in the file.
+
+    Raises
+    ------
+    ValueError
+        No prototxt given and none stored.
+    """
+    from . import container  # noqa: PLC0415
+    from .pipeline import CompressedModel  # noqa: PLC0415
+
+    cm = compressed if isinstance(compressed, CompressedModel) else container.open_compressed(compressed)
+    proto = prototxt if prototxt is not None else cm.prototxt
+    if proto is None:
+        raise ValueError("the compressed file holds no prototxt: pass prototxt=")
+    return load_net(proto, container.caffemodel_bytes(cm))

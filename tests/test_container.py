@@ -280,3 +280,18 @@ def test_golden_v1_files_read_forever(path):
 
 def test_golden_files_exist():
     assert len(_golden_cases()) >= 2
+
+
+def test_opencv_net_straight_from_compressed_file(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    data = Path(cc.__file__).parent / "data"
+    m = cc.read_caffemodel(data / "example.caffemodel", prototxt=data / "example.prototxt")
+    p = tmp_path / "ex.h5"
+    cc.save(cc.compress(m, preset="lossless"), p)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    net = cc.opencv_net(p)
+    net.setInput(x)
+    ref = cv2.dnn.readNetFromCaffe(str(data / "example.prototxt"), str(data / "example.caffemodel"))
+    ref.setInput(x)
+    assert np.array_equal(net.forward(), ref.forward())
+    assert cc.caffemodel_bytes(p) == (data / "example.caffemodel").read_bytes()
