@@ -480,10 +480,12 @@ def _targets(spec: NetSpec, net) -> list[_Target]:
     input_blobs = set(spec.inputs)
 
     def producer(blob: str, before: int) -> str | None:
-        # in-place layers rewrite a blob: the last writer before `before` holds it
+        # in-place layers rewrite a blob: the last writer before `before` holds it.
+        # OpenCV hands out a layer's first output by layer name only, so a blob
+        # that is another top of a multi-output layer (Slice) is not compared.
         for lay in reversed(spec.layers[:before]):
             if blob in lay.tops:
-                return lay.name
+                return lay.name if lay.tops.index(blob) == 0 else None
         return None
 
     targets: list[_Target] = []

@@ -273,3 +273,21 @@ def test_compare_accepts_str_paths_and_models(zoo):
     w = next(lay for lay in reversed(m.layers) if lay.blobs)
     w.blobs[0] = w.blobs[0] * np.float32(1.01)
     assert V.max_rel_error(V.compare((proto, model), m)) > 0
+
+
+_SLICE = b"""name: "s"
+input: "data"
+input_shape { dim: 1 dim: 4 dim: 1 dim: 1 }
+layer { name: "slice" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { axis: 1 } }
+layer { name: "pa" type: "Softmax" bottom: "a" top: "pa" }
+layer { name: "pb" type: "Softmax" bottom: "b" top: "pb" }
+"""
+
+
+def test_second_top_of_a_multi_output_layer_is_not_mistaken_for_the_first():
+    net = V.load_net(_SLICE, b"")
+    targets = V._targets(V.net_spec(_SLICE), net)
+    assert ("a", "slice", "softmax-input") in [(t.name, t.layer, t.kind) for t in targets]
+    assert "b" not in [t.name for t in targets]
+    reps = V.compare((_SLICE, b""), (_SLICE, b""), [np.zeros((2, 2), np.uint8)])
+    assert {r.name for r in reps} == {"a", "pa", "pb"} and V.max_rel_error(reps) == 0
