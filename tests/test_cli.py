@@ -82,6 +82,27 @@ def test_lossless_roundtrip_through_cli_is_bit_exact(capsys, model, tmp_path):
     assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(model.read_bytes()).digest()
 
 
+def test_deep_compression_warns(capsys, model, tmp_path):
+    code, out, err = run(capsys, model, "-o", tmp_path / "dc.h5", "--preset", "deep-compression")
+    assert code == 0
+    assert "warning" in err and "verify" in err
+    assert run(capsys, model, "-o", tmp_path / "dc2.h5", "--preset", "deep-compression", "-q")[2] == ""
+
+
+def test_verify_with_mean_file(capsys, zoo, tmp_path):
+    pytest.importorskip("cv2")
+    d = zoo / "cifar10-quick"
+    h5 = tmp_path / "c.h5"
+    assert run(capsys, d / "cifar10_quick_iter_5000.caffemodel", "--prototxt", d / "cifar10_quick.prototxt",
+               "-o", h5, "-q")[0] == 0
+    code, out, err = run(capsys, "verify", d / "cifar10_quick_iter_5000.caffemodel", h5,
+                         "--mean", d / "mean.binaryproto", "--scale", "1", "--size", "32x32", "--json")
+    assert code == 0, err
+    assert json.loads(out)["max_rel_l2"] <= 0.05
+    code, _, err = run(capsys, "verify", d / "cifar10_quick_iter_5000.caffemodel", h5, "--size", "big")
+    assert code == 2
+
+
 def test_decompress_formats(capsys, model, tmp_path):
     h5 = tmp_path / "m.h5"
     assert run(capsys, model, "-o", h5, "-q")[0] == 0

@@ -195,11 +195,12 @@ def test_flipped_payload_byte_is_corrupt_data(lossless_file):
         cc.decompress(p)
 
 
-def test_any_flipped_byte_never_gives_other_weights(tmp_path):
+@pytest.mark.parametrize("preset, kw", [("lossless", {}), ("default", {"bits": 4, "prune": 0.5})])
+def test_any_flipped_byte_never_gives_other_weights(tmp_path, preset, kw):
     """Flip bytes all over a small file: either a typed error or the exact weights."""
-    m = tiny_model()
+    m = cc.decompress(cc.compress(tiny_model(), preset=preset, **kw))  # what a good file restores to
     src = tmp_path / "ok.h5"
-    cc.save(cc.compress(m, preset="lossless"), src)
+    cc.save(cc.compress(tiny_model(), preset=preset, **kw), src)
     good = src.read_bytes()
     bad = tmp_path / "bad.h5"
     errors = 0
@@ -214,6 +215,13 @@ def test_any_flipped_byte_never_gives_other_weights(tmp_path):
             continue
         assert_same_model(m, r)  # an undamaged-in-effect byte (padding, unused space)
     assert errors > 0
+
+
+def test_empty_model_roundtrip(tmp_path):
+    m = Model(layers=[], name="", skeleton=b"", prototxt=None)
+    cc.save(cc.compress(m), tmp_path / "e.h5")
+    r = cc.decompress(tmp_path / "e.h5")
+    assert r.layers == [] and r.skeleton == b"" and r.prototxt is None
 
 
 def test_truncated_file(lossless_file):
