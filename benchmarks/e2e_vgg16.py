@@ -46,10 +46,11 @@ def main(argv=None):
             f"rc = main(['decompress', {str(out)!r}, '-o', {str(back)!r}, '--force', '-q'])\nassert rc == 0",
             setup="from caffecompress.cli import main"))
     out_size = out.stat().st_size
-    print(f"model {a.model} ({fmt_mb(size)}), preset {a.preset}, {a.repeat} runs, cpus {os.cpu_count()}")
+    print(f"model {a.model} ({fmt_mb(size)}), preset {a.preset}, {a.repeat} runs, cpus {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"compress: median {median(r['wall_s'] for r in comp):.1f} s, peak RSS "
           f"{fmt_mb(max(r['peak_rss_bytes'] for r in comp))} ({max(r['peak_rss_bytes'] for r in comp) / size:.2f}x the file), "
-          f"ratio {size / out_size:.2f}x")
+          f"ratio {size / out_size:.2f}x, CPU {median(r['cpu_s'] for r in comp):.1f} s")
     print(f"restore:  median {median(r['wall_s'] for r in rest):.1f} s, peak RSS "
           f"{fmt_mb(max(r['peak_rss_bytes'] for r in rest))}")
     for p in (out, back):

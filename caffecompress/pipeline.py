@@ -49,7 +49,7 @@ __all__ = [
 LOSSLESS = "lossless"  # method of blobs stored as byte-shuffled, LZMA2/zlib-coded bytes
 _BLOCK = 1 << 22  # elements per block for reductions (bounded temporaries)
 _SEARCH_SAMPLE = 1 << 20  # elements the bit-width search clusters per blob at most
-_BIG = 1 << 24  # blobs this large are compressed one at a time (peak memory)
+_BIG = 1 << 22  # blobs this large are compressed one at a time (peak memory)
 _MAX_ELEMENTS = 1 << 40  # no real blob is this large; a bigger claim is corruption
 
 DEEP_COMPRESSION_WARNING = (
@@ -333,7 +333,8 @@ def _positions(model: Model) -> dict:
 def _lossy(x, plan, xp, where):
     """Encode ``x`` under ``plan``; return ((method, meta, parts), restored host array, bits, sqnr)."""
     eng = _engine()
-    if not np.isfinite(x).all():
+    f = x.reshape(-1)
+    if not all(np.isfinite(f[s : s + _BLOCK]).all() for s in range(0, f.size, _BLOCK)):
         raise NonFiniteWeightsError("NaN or Inf weights cannot be quantised", **where)
     xd = x if x.dtype == np.float32 else x.astype(np.float32)
     xin = xd if xp is np else xp.asarray(xd)
@@ -431,7 +432,7 @@ def compress(
         Called as ``progress(n_done_elements, n_total_elements)``.
     jobs : int, optional
         Worker threads (default: 2; NumPy, LZMA and zlib release the GIL).
-        Blobs of 16M elements and more are coded one at a time.
+        Blobs of 4M elements and more are coded one at a time.
     release : bool
         Drop each blob from ``model`` once it is coded (the CLI does, to keep
         peak memory near the model's size); ``model`` is unusable afterwards.
