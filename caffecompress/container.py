@@ -51,7 +51,7 @@ from .errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
-from .pipeline import BlobRecord, CompressedModel, restore
+from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
 __all__ = [
     "FORMAT",
@@ -71,7 +71,7 @@ FORMAT = "caffecompress"
 FORMAT_VERSION = (1, 0)
 LIBVER = ("v110", "v110")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_MAX_INDEX = 1 << 30  # inflated index size cap (a damaged length cannot balloon)
+_MAX_INDEX = 1 << 28  # inflated index size cap (a damaged length cannot balloon)
 
 
 def _crc(b) -> int:
@@ -393,7 +393,7 @@ class _Reader:
             if not isinstance(meta, dict):
                 raise ValueError("meta is not an object")
             dtype = np.dtype(str(b["dtype"]))
-            if dtype.kind not in "fiu" or any(s < 0 for s in shape) or math.prod(shape) > (1 << 40):
+            if dtype.kind not in "fiu" or any(s < 0 for s in shape) or math.prod(shape) > _MAX_ELEMENTS:
                 raise ValueError(f"blob dtype {dtype} / shape {shape} not plausible")
             parts = {}
             if load:

@@ -50,7 +50,9 @@ LOSSLESS = "lossless"  # method of blobs stored as byte-shuffled, LZMA2/zlib-cod
 _BLOCK = 1 << 22  # elements per block for reductions (bounded temporaries)
 _SEARCH_SAMPLE = 1 << 20  # elements the bit-width search clusters per blob at most
 _BIG = 1 << 22  # blobs this large are compressed one at a time (peak memory)
-_MAX_ELEMENTS = 1 << 40  # no real blob is this large; a bigger claim is corruption
+# Caffe reads files of at most 2 GiB (protobuf's INT_MAX limit), so no real
+# blob has more elements than this; a bigger claim is damage or a hostile file
+_MAX_ELEMENTS = (1 << 31) - 1
 
 DEEP_COMPRESSION_WARNING = (
     "deep-compression preset: pruning without retraining moves the outputs; "

@@ -303,3 +303,24 @@ def test_opencv_net_straight_from_compressed_file(tmp_path):
     ref.setInput(x)
     assert np.array_equal(net.forward(), ref.forward())
     assert cc.caffemodel_bytes(p) == (data / "example.caffemodel").read_bytes()
+
+
+def test_crafted_index_claiming_a_huge_blob_is_refused(lossless_file, tmp_path):
+    """A well-formed file (valid CRCs) whose index claims 10**15 elements: refused, nothing allocated."""
+    import json as _json
+
+    _, p = lossless_file
+    with h5py.File(p, "r") as f:
+        off, ln, _ = (int(v) for v in f.attrs["index"])
+        payload = f["payload"][()]
+    ix = _json.loads(zlib.decompress(payload[off:off + ln].tobytes()))
+    ix["blobs"][0]["shape"] = [10**15]
+    z = np.frombuffer(zlib.compress(_json.dumps(ix).encode()), np.uint8)
+    crafted = tmp_path / "crafted.h5"
+    with h5py.File(crafted, "w", libver=("v110", "v110")) as f:
+        f.attrs["format"] = np.bytes_("caffecompress")
+        f.attrs["format_version"] = np.bytes_("1.0")
+        f.attrs["index"] = np.array([off, z.size, zlib.crc32(z)], np.uint64)
+        f["payload"] = np.concatenate([payload[:off], z])
+    with pytest.raises(CorruptDataError, match="not plausible"):
+        cc.decompress(crafted)
