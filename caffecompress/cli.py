@@ -223,6 +223,11 @@ def compress_file(model_path, output=None, *, prototxt=None, preset=None, config
 
     out = Path(output) if output is not None else default_output(model_path)
     inputs = [model_path] + ([prototxt] if prototxt else [])
+    if container.is_compressed(model_path):
+        from .errors import FormatError  # noqa: PLC0415
+
+        raise FormatError("already a caffecompress file (restore it with `caffecompress decompress`)",
+                          path=model_path)
     container.check_output_path(out, inputs=inputs, force=force)
     t0 = time.perf_counter()
     model = _read_model(model_path, prototxt)

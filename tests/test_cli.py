@@ -320,3 +320,12 @@ def test_subprocess_smoke(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compressing_a_compressed_file(capsys, model, tmp_path):
+    h5 = tmp_path / "m.h5"
+    run(capsys, model, "-o", h5, "-q")
+    code, _, err = run(capsys, h5, "-o", tmp_path / "again.h5")
+    assert code == 1 and "decompress" in err
+    assert_one_clean_line(err)
+    assert not (tmp_path / "again.h5").exists()
