@@ -532,6 +532,7 @@ def cmd_batch(args) -> int:
     if args.json:
         print(json.dumps(json_safe({"results": results, "summary": summary}), indent=1))
     elif not args.quiet:
+        print(_batch_table(results))
         print(f"{len(results)} model(s): {len(ok)} compressed, {len(skipped)} up to date, "
               f"{len(failed)} failed" + (f"; geometric-mean ratio {gmean:.2f}x" if gmean else "")
               + (f"; {format_bytes(summary['input_bytes'])} -> {format_bytes(summary['output_bytes'])}"
@@ -539,6 +540,22 @@ def cmd_batch(args) -> int:
     for r in failed:
         _err(f"{r['input']}: {r['error']}")
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _batch_table(results) -> str:
+    """Summary table: one row per model."""
+    w = max([5, *(len(Path(r["input"]).name) for r in results)])
+    head = f"{'model':<{w}} {'status':<10} {'input':>12} {'output':>12} {'ratio':>7} {'time s':>7}"
+    lines = ["", head, "-" * len(head)]
+    for r in results:
+        ok = r["status"] == "ok"
+        lines.append(
+            f"{Path(r['input']).name:<{w}} {r['status']:<10} "
+            f"{(format(r['input_bytes'], ',') if ok else '-'):>12} "
+            f"{(format(r['file_bytes'], ',') if ok else '-'):>12} "
+            f"{(format(r['ratio'], '.2f') + 'x' if ok else '-'):>7} "
+            f"{(format(r['seconds'], '.1f') if ok else '-'):>7}")
+    return "\n".join(lines)
 
 
 _COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info,
