@@ -168,7 +168,6 @@ def _build(cm: CompressedModel) -> np.ndarray:
         "model": {
             "name": cm.name, "format": cm.format, "unmatched": list(cm.unmatched),
             "settings": cm.settings, "warnings": list(cm.warnings),
-            "seconds": round(float(cm.seconds), 3),
         },
         "streams": streams,
         "layers": [[n, t, extra] for n, t, extra in cm.layers],

@@ -324,3 +324,12 @@ def test_crafted_index_claiming_a_huge_blob_is_refused(lossless_file, tmp_path):
         f["payload"] = np.concatenate([payload[:off], z])
     with pytest.raises(CorruptDataError, match="not plausible"):
         cc.decompress(crafted)
+
+
+def test_output_is_reproducible(tmp_path):
+    """Same model, same settings -> byte-identical files (no timestamps, stable order)."""
+    for preset in ("lossless", "default"):
+        a, b = tmp_path / f"a-{preset}.h5", tmp_path / f"b-{preset}.h5"
+        cc.save(cc.compress(tiny_model(), preset=preset), a)
+        cc.save(cc.compress(tiny_model(), preset=preset, jobs=1), b)
+        assert a.read_bytes() == b.read_bytes()
