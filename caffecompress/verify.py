@@ -34,6 +34,7 @@ __all__ = [
     "parse_prototxt_text",
     "net_spec",
     "load_net",
+    "opencv_net",
     "sample_images",
     "load_images",
     "make_blob",
@@ -462,6 +463,39 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     return net
+
+
+def opencv_net(compressed, prototxt=None):
+    """A ``cv2.dnn.Net`` straight from a compressed file, through memory buffers only.
+
+    Parameters
+    ----------
+    compressed : path or CompressedModel
+        A caffecompress HDF5 file (or an opened one).
+    prototxt : str, bytes or os.PathLike, optional
+        Deploy prototxt (text or path); default: the one stored in the file.
+
+    Returns
+    -------
+    cv2.dnn.Net
+        The restored dense model loaded by OpenCV 4.x (no temporary files).
+
+    Raises
+    ------
+    ValueError
+        The file stores no prototxt and none was given.
+    CorruptDataError
+        A stream or restored blob fails its checksum.
+    """
+    from . import container
+    from .pipeline import CompressedModel
+
+    cm = compressed if isinstance(compressed, CompressedModel) else container.open_compressed(compressed)
+    if prototxt is None:
+        if cm.prototxt is None:
+            raise ValueError(f"{compressed}: the compressed file holds no prototxt; pass prototxt=")
+        prototxt = cm.prototxt
+    return load_net(prototxt, container.caffemodel_bytes(cm))
 
 
 @dataclass

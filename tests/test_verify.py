@@ -291,3 +291,19 @@ def test_second_top_of_a_multi_output_layer_is_not_mistaken_for_the_first():
     assert "b" not in [t.name for t in targets]
     reps = V.compare((_SLICE, b""), (_SLICE, b""), [np.zeros((2, 2), np.uint8)])
     assert {r.name for r in reps} == {"a", "pa", "pb"} and V.max_rel_error(reps) == 0
+
+
+def test_opencv_net_from_a_compressed_file(tmp_path):
+    import caffecompress as cc
+
+    data = Path(cc.__file__).parent / "data"
+    model = cc.read_caffemodel(data / "example.caffemodel", data / "example.prototxt")
+    out = tmp_path / "example.ccz.h5"
+    cc.save(cc.compress(model, preset="lossless"), out)
+    net = cc.opencv_net(out)  # the prototxt stored in the file
+    blob = V.make_blob(V.sample_images(["astronaut"]), (1, 3, 32, 32))
+    ref = V.load_net(data / "example.prototxt", data / "example.caffemodel")
+    for n in (net, ref):
+        n.setInput(blob)
+    np.testing.assert_array_equal(net.forward(), ref.forward())
+    assert V.opencv_net(str(out), prototxt=data / "example.prototxt") is not None
