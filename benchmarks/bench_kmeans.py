@@ -24,7 +24,8 @@ caffecompress only (scikit-learn needs minutes per VGG fc blob).
 
 Usage::
 
-    python benchmarks/bench_kmeans.py [--vgg] [--ks 16 32 256] [--json out.json]
+    python benchmarks/bench_kmeans.py [--ks 16 32 256] [--json out.json]
+    python benchmarks/bench_kmeans.py --vgg --no-zoo --peer-max 600000
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=[16, 32, 256])
     ap.add_argument("--vgg", action="store_true", help="add a trained-like VGG-16 (tools/synthetic.py)")
+    ap.add_argument("--no-zoo", action="store_true", help="skip the zoo models (with --vgg)")
     ap.add_argument("--peer-max", type=int, default=3_000_000, help="largest blob given to the peers")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -160,7 +162,7 @@ def main(argv=None):
     except ImportError:
         pass
 
-    blobs = zoo_blobs()
+    blobs = [] if args.no_zoo else zoo_blobs()
     if args.vgg:
         t0 = time.perf_counter()
         blobs += vgg_blobs()

@@ -48,8 +48,8 @@ __all__ = [
     "iter_blocks",
 ]
 
-#: Elements per processing block (int32 indices, 16M elements = 64 MiB).
-BLOCK = 1 << 24
+#: Elements per processing block (4M: float64 temporaries of 32 MiB).
+BLOCK = 1 << 22
 #: Default grid resolution in bits (levels = 2**(bits-1) - 1 per side).
 DEFAULT_BITS = 18
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
@@ -108,8 +108,7 @@ def screen_finite(x, *, xp=np) -> None:
     a = _flat32(x, xp)
     bad = 0
     for s in iter_blocks(a.size):
-        b = _bits(a[s], xp)
-        bad += int(((b & _EXP_MASK) == _EXP_MASK).sum())
+        bad += int(((_bits(a[s], xp) & _ABS_MASK) >= _EXP_MASK).sum())
     if bad:
         raise NonFiniteWeightsError(
             f"{bad} of {a.size} weights are NaN or Inf; lossy compression refuses them"
@@ -151,28 +150,37 @@ def keys_to_float(keys) -> np.ndarray:
     return (k ^ ((k >> 31) & _ABS_MASK)).view(np.float32)
 
 
-def _abs_canon(a32, xp):
-    """|a| with subnormals as 0, computed exactly from the bit pattern."""
-    mag = _bits(a32, xp) & _ABS_MASK
-    mag = xp.where(mag < _MIN_NORMAL_BITS, xp.int32(0), mag)
-    return mag.view(xp.float32)
+def _screen_and_max(a, m, xp, screen):
+    """One pass: count NaN/Inf (if ``screen``) and the largest canonical |x|
+    of the kept elements, both from integer bit patterns (order-free)."""
+    bad, best = 0, 0
+    for s in iter_blocks(a.size):
+        mag = _bits(a[s], xp) & _ABS_MASK
+        if mag.size == 0:
+            continue
+        if screen:
+            # exponent all ones <=> magnitude bits >= those of +inf
+            bad += int((mag >= _EXP_MASK).sum())
+        if m is not None:
+            mag = xp.where(m[s], mag, xp.int32(0))
+        best = max(best, int(mag.max()))
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{bad} of {a.size} weights are NaN or Inf; lossy compression refuses them"
+        )
+    if best < int(_MIN_NORMAL_BITS):  # zero or subnormal
+        return 0.0
+    return float(np.asarray(best, np.int32).view(np.float32))
 
 
 def max_abs(x, mask=None, *, xp=np) -> float:
     """Largest canonical ``|x|`` over the kept (``mask``) elements; 0.0 if none.
 
-    A maximum is order-free, so it is identical on both backends.
+    Taken on the float32 bit patterns (for non-negative floats they order
+    like the values), so it is exact and identical on both backends.
     """
     a = _flat32(x, xp)
-    m = _flat_mask(mask, a.size, xp)
-    best = np.float32(0.0)
-    for s in iter_blocks(a.size):
-        v = _abs_canon(a[s], xp)
-        if m is not None:
-            v = xp.where(m[s], v, xp.float32(0))
-        if v.size:
-            best = max(best, np.float32(float(v.max())))
-    return float(best)
+    return _screen_and_max(a, _flat_mask(mask, a.size, xp), xp, screen=False)
 
 
 def grid_levels(bits: int) -> int:
@@ -302,10 +310,8 @@ def grid_histogram(
     """
     a = _flat32(x, xp)
     m = _flat_mask(mask, a.size, xp)
-    if screen:
-        screen_finite(a, xp=xp)
     levels = grid_levels(bits)
-    mx = max_abs(a, m, xp=xp)
+    mx = _screen_and_max(a, m, xp, screen)
     step = grid_step(mx, bits)
     nbins_full = 2 * levels + 1
     parts, total, kept_index = [], 0, None

@@ -1,9 +1,10 @@
 """Weight sharing by 1-D k-means on the integer grid.
 
 The blob is mapped to a fine integer grid and histogrammed exactly
-(:mod:`~caffecompress.engine.grid`); clustering then runs on the host in NumPy
-on the histogram alone, and the labels come back from one gather through a
-host-built table (grid value -> cluster). The device never takes a float
+(:mod:`~caffecompress.engine.grid`); clustering then runs on the host (NumPy,
+or its numba twin) on the histogram alone, and the labels come back from one
+gather through a host-built table (grid value -> cluster), or for small
+blobs from an integer ``searchsorted`` on the cell edges. The device never takes a float
 decision, so ``xp=numpy`` and ``xp=cupy`` give the same codebook and labels
 byte for byte.
 
@@ -15,15 +16,20 @@ Rules (all deterministic)
   are differences of exact int64 prefix sums) and stop at the exact fixed
   point (no cell changes) or after ``max_iter``
   (:mod:`~caffecompress.engine.lloyd`).
-- Empty clusters: while iterating, an empty cluster is moved onto the bin
-  farthest from its centroid (scikit-learn's rule on bins; ties by lower
-  value; see :mod:`~caffecompress.engine.lloyd`). Clusters still empty when
-  ``max_iter`` stops the run are dropped from the codebook (``k_eff <= k``),
+- Empty clusters: when Lloyd reaches a fixed point with empty clusters,
+  each is moved onto a bin farthest from its centroid (scikit-learn's
+  choice of points, on bins; ties by lower value; see
+  :mod:`~caffecompress.engine.lloyd`) and Lloyd resumes. Clusters still
+  empty when ``max_iter`` stops the run are dropped from the codebook
+  (``k_eff <= k``),
   except the pinned zero of ``keep_zero``; dropping one never moves an
   occupied value to another cluster (the merged midpoint lies inside the
   empty gap).
 - ``keep_zero``: the initial centroid nearest zero (the lower on a tie) is
-  set to exactly 0.0 and stays there.
+  set to exactly 0.0 and stays there (with ``optimal`` the result is then
+  the best clustering found under that constraint, not a proven optimum).
+- ``density`` init: quantiles that coincide are merged, so ``k_eff`` can be
+  below ``k`` on blobs with a dominant value.
 - ``mask``: only kept (True) elements are clustered and count in ``sse``;
   labels of masked-out positions are the label of grid value 0, i.e. the
   zero centroid with ``keep_zero``, else the centroid nearest zero (lower on
