@@ -20,6 +20,7 @@ What is compared follows the project's fidelity rule:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -440,6 +441,26 @@ def _model_bytes(x) -> bytes:
     return _as_bytes(x)
 
 
+@contextlib.contextmanager
+def _opencv(what: str):
+    """Silence OpenCV's own log lines and turn ``cv2.error`` into one clear error."""
+    import cv2
+
+    from .errors import SchemaMismatchError
+
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    except cv2.error as e:
+        text = getattr(e, "err", "") or str(e)
+        reason = " ".join(ln.strip(" >") for ln in text.splitlines() if ln.strip(" >"))
+        raise SchemaMismatchError(f"OpenCV 4.x cannot {what}: {reason}") from None
+    finally:
+        log.setLogLevel(level)
+
+
 def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
     """Load a ``cv2.dnn.Net`` from prototxt text and caffemodel bytes, in memory.
 
@@ -454,12 +475,18 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
     Returns
     -------
     cv2.dnn.Net
+
+    Raises
+    ------
+    SchemaMismatchError
+        OpenCV refuses the pair (its reason in one line).
     """
     import cv2
 
     proto = np.frombuffer(_proto_bytes(prototxt), dtype=np.uint8)
     weights = np.frombuffer(_model_bytes(model), dtype=np.uint8)
-    net = cv2.dnn.readNetFromCaffe(proto, weights)
+    with _opencv("load this prototxt and caffemodel"):
+        net = cv2.dnn.readNetFromCaffe(proto, weights)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     return net
@@ -569,7 +596,8 @@ def run_net(net, blobs: dict[str, np.ndarray], layers: Sequence[str]) -> list[np
     for i in range(n):
         for name, blob in blobs.items():
             net.setInput(np.ascontiguousarray(blob[i : i + 1]), name)
-        outs = net.forward(list(layers))
+        with _opencv("run this net (do the prototxt and the weights match?)"):
+            outs = net.forward(list(layers))
         for acc, o in zip(per_layer, outs):
             acc.append(np.array(o, dtype=np.float32, copy=True))
     return [np.stack(acc) for acc in per_layer]

@@ -307,3 +307,16 @@ def test_opencv_net_from_a_compressed_file(tmp_path):
         n.setInput(blob)
     np.testing.assert_array_equal(net.forward(), ref.forward())
     assert V.opencv_net(str(out), prototxt=data / "example.prototxt") is not None
+
+
+def test_mismatched_weights_give_one_clear_error(zoo, capfd):
+    from caffecompress.errors import SchemaMismatchError
+
+    proto = zoo / "cifar10-quick/cifar10_quick.prototxt"
+    other = zoo / "mtcnn/det3.caffemodel"  # weights of another net: OpenCV cannot run it
+    with pytest.raises(SchemaMismatchError, match="OpenCV 4.x cannot"):
+        V.compare((proto, zoo / "cifar10-quick/cifar10_quick_iter_5000.caffemodel"), (proto, other))
+    with pytest.raises(SchemaMismatchError):
+        V.load_net(b"layer { name: 'x' type: 'NoSuchLayerType' bottom: 'a' top: 'b' }", b"")
+    err = capfd.readouterr().err
+    assert "getLayerShapesRecursively" not in err  # OpenCV's own log lines are silenced
