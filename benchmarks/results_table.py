@@ -20,7 +20,7 @@ models and over those of 100 KB and more.
 
 Usage::
 
-    .venv/bin/python benchmarks/results_table.py [--json OUT] [--only NAME]
+    .venv/bin/python benchmarks/results_table.py [--md OUT.md] [--json OUT] [--only NAME]
 """
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="zoo results table (issue 4)")
     ap.add_argument("--only")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--md", type=Path, help="also write the Markdown table here")
     a = ap.parse_args(argv)
     import zoo_ratios
 
@@ -126,6 +127,8 @@ def main(argv=None) -> int:
     print()
     md = table(rows, base)
     print(md)
+    if a.md:
+        a.md.write_text(md + "\n")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "baselines": base, "markdown": md}, indent=1))
     return 0

@@ -26,7 +26,7 @@ Usage::
 
     python tools/synthetic.py fit                    # rewrite tools/zoo_stats.json from the zoo
     python tools/synthetic.py vgg16 /tmp/vgg16.caffemodel
-    python tools/synthetic.py build NET.prototxt OUT.caffemodel [--seed S] [--scale F]
+    python tools/synthetic.py build NET.prototxt OUT.caffemodel [--seed S]
 """
 
 from __future__ import annotations
