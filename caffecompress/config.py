@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 __all__ = [
@@ -295,8 +295,3 @@ def make_settings(preset: str | None = None, config=None, **overrides) -> Settin
     if bad:
         raise TypeError(f"unknown compression option(s): {', '.join(sorted(bad))}")
     return Settings(**kw)
-
-
-def with_preset(settings: Settings, preset: str) -> Settings:
-    """Copy of ``settings`` with another preset."""
-    return replace(settings, preset=preset)

@@ -15,9 +15,9 @@ chunk index, and the bits are kept exactly (NaN payloads, -0.0, subnormals).
 from __future__ import annotations
 
 import dataclasses
-import json
 import lzma
 import math
+import os
 import threading
 import time
 import zlib
@@ -424,8 +424,9 @@ def compress(
 
     Parameters
     ----------
-    model : Model
-        As returned by :func:`caffecompress.read_caffemodel`.
+    model : Model or path
+        As returned by :func:`caffecompress.read_caffemodel` (a path is read
+        with it, without prototxt).
     preset : {"default", "lossless", "deep-compression"} or None
         None takes the preset from ``config`` (else ``default``).
     config : path or dict, optional
@@ -454,6 +455,11 @@ def compress(
         ``backend="gpu"`` or ``"hybrid"`` without a usable GPU.
     """
     t0 = time.perf_counter()
+    if isinstance(model, (str, os.PathLike)):
+        from .caffe import read_caffemodel  # noqa: PLC0415
+
+        model, release = read_caffemodel(model), True
+    check_model(model)
     settings = overrides.pop("settings", None) or make_settings(preset, config, **overrides)
     xp = _resolve_backend(settings.backend)
     positions = _positions(model)
@@ -616,17 +622,6 @@ def _make_layer(name, typ, blobs, extra: dict) -> Layer:
 
 def _layer_name(cm: CompressedModel, i: int):
     return cm.layers[i][0] if 0 <= i < len(cm.layers) else f"#{i}"
-
-
-def meta_json(meta: dict) -> str:
-    """Compact, deterministic JSON of a meta dict (NumPy scalars made plain)."""
-
-    def plain(v):
-        if isinstance(v, np.generic):
-            return v.item()
-        raise TypeError(f"meta value {v!r} is not a plain scalar")
-
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=plain, allow_nan=True)
 
 
 def check_model(model) -> None:
