@@ -329,3 +329,20 @@ def test_compressing_a_compressed_file(capsys, model, tmp_path):
     assert code == 1 and "decompress" in err
     assert_one_clean_line(err)
     assert not (tmp_path / "again.h5").exists()
+
+
+def test_batch_parallel_jobs_and_globs(capsys, tmp_path):
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    shutil.copy(EXAMPLE, src / "a" / "net.caffemodel")
+    shutil.copy(EXAMPLE, src / "b" / "net.caffemodel")  # same name in another folder
+    (src / "b" / "broken.caffemodel").write_bytes(EXAMPLE.read_bytes()[:1000])
+    outdir = tmp_path / "out"
+    code, out, err = run(capsys, "batch", str(src / "*" / "*.caffemodel"), "-o", outdir, "--jobs", "2",
+                         "--json")
+    assert code == 1
+    rep = json.loads(out)
+    assert rep["summary"]["ok"] == 2 and rep["summary"]["failed"] == 1
+    assert sorted(p.name for p in outdir.iterdir()) == ["b-net.ccz.h5", "net.ccz.h5"]
+    assert "broken.caffemodel" in err and "Traceback" not in err
