@@ -114,7 +114,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("original", metavar="ORIGINAL.caffemodel")
         p.add_argument("compressed", metavar="COMPRESSED.h5")
         p.add_argument("--prototxt", metavar="P",
-                       help="deploy prototxt (default: the one stored in COMPRESSED.h5)")
+                       help="deploy prototxt (default: the one stored in COMPRESSED.h5, else "
+                            "ORIGINAL.prototxt beside the original)")
         p.add_argument("--images", metavar="DIR", help="folder of images (default: bundled samples)")
         p.add_argument("--mean", metavar="VALUES|FILE.binaryproto",
                        help="mean to subtract: one value, comma-separated per channel, or a binaryproto")
@@ -395,8 +396,11 @@ def cmd_verify(args) -> int:
         proto = Path(args.prototxt).read_text()
     elif cm.prototxt is not None:
         proto = cm.prototxt
+    elif _prototxt_beside(Path(args.original)) is not None:
+        proto = _prototxt_beside(Path(args.original)).read_text()
     else:
-        raise UsageError("the compressed file holds no prototxt: pass --prototxt")
+        raise UsageError("the compressed file holds no prototxt and none is beside the original: "
+                         "pass --prototxt")
     orig = Path(args.original)
     if not orig.is_file():
         raise FileNotFoundError(f"{orig}: no such file")
