@@ -11,7 +11,9 @@ Every measurement runs in a fresh subprocess; peak memory is that process's
    weights' own bytes (the weights are already in memory: that is 1.0x).
 2. ``scaling``: one trained-like fc blob of 1x, 4x and 16x 2^20 values
    through the same encode: time per value should stay flat.
-3. ``pipeline``: ``caffecompress.compress(model, preset="default")`` + save
+3. ``fc6``: the largest blob alone (4096 x 25088), allocations traced with
+   ``tracemalloc`` (NumPy reports its buffers to it): where the peak comes from.
+4. ``pipeline``: ``caffecompress.compress(model, preset="default")`` + save
    to HDF5 (the model read before the clock starts, reported apart), then
    restore: ``caffecompress.decompress(file)`` + ``write_caffemodel``.
    Targets: compress <= 20 s, peak <= 2x the file, restore <= 10 s.
@@ -19,7 +21,7 @@ Every measurement runs in a fresh subprocess; peak memory is that process's
 Usage::
 
     .venv/bin/python benchmarks/bench_pipeline.py [--model /tmp/vgg16.caffemodel]
-        [--repeat 3] [--parts engine,scaling,pipeline] [--json OUT]
+        [--repeat 3] [--parts engine,scaling,fc6,pipeline] [--json OUT]
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ SCALING_SETUP = (
     "encode_blob(w[:256], bits=5, prune=0.5)  # warm-up (imports, any JIT)\n"
 )
 SCALING = "e = encode_blob(w, bits=5, prune=0.5)\nRESULT = {'n': int(w.size), 'coded_bytes': e.nbytes}\n"
+
+# The largest blob alone, allocations traced (NumPy reports its buffers to tracemalloc).
+FC6_SETUP = SCALING_SETUP.replace("(N // 1024, 1024)", "(4096, 25088)") + "import tracemalloc\n"
+FC6 = (
+    "tracemalloc.start()\n"
+    "e = encode_blob(w, bits=5, prune=0.5)\n"
+    "RESULT = {'n': int(w.size), 'blob_bytes': int(w.nbytes), 'traced_peak_bytes': tracemalloc.get_traced_memory()[1],\n"
+    "          'coded_bytes': e.nbytes}\n"
+    "tracemalloc.stop()\n"
+)
 
 PIPE_SETUP = (
     "import os, numpy as np, caffecompress\n"
@@ -126,6 +138,14 @@ def bench_scaling(repeat: int, base: int = 1 << 20) -> list:
     return out
 
 
+def bench_fc6(repeat: int) -> dict:
+    runs = [run_child(FC6, setup="N = 0\n" + FC6_SETUP) for _ in range(repeat)]
+    r = runs[-1]["result"]
+    peak = median(x["result"]["traced_peak_bytes"] for x in runs)
+    return {"n": r["n"], "blob_bytes": r["blob_bytes"], "wall_s": _summ(runs), "cpu_s": _summ(runs, "cpu_s"),
+            "traced_peak_bytes": peak, "traced_peak_over_blob": peak / r["blob_bytes"], "coded_bytes": r["coded_bytes"]}
+
+
 def bench_pipeline(path: Path, repeat: int, tmp: Path) -> dict:
     out_h5 = tmp / "vgg16.bench.h5"
     dest = tmp / "vgg16.bench.restored.caffemodel"
@@ -177,6 +197,12 @@ def report(res: dict) -> str:
         for s in res["scaling"]:
             L.append(f"| {s['mult']}x | {s['n']:,} | {s['wall_s']:.3f} | {s['ns_per_value']:.1f} | {s['peak_rss_bytes'] / 1e6:.0f} |")
         L.append("")
+    if "fc6" in res:
+        f = res["fc6"]
+        L += ["The largest blob alone (fc6-shaped 4096 x 25088 trained-like blob, encode, allocations traced):", "",
+              "| values | blob (MB) | time (s) | CPU (s) | traced peak (MB) | peak / blob |", "|---:|---:|---:|---:|---:|---:|",
+              f"| {f['n']:,} | {f['blob_bytes'] / 1e6:.0f} | {f['wall_s']:.1f} | {f['cpu_s']:.1f} | "
+              f"{f['traced_peak_bytes'] / 1e6:.0f} | {f['traced_peak_over_blob']:.2f}x |", ""]
     if "pipeline" in res:
         p = res["pipeline"]
         L += [
@@ -195,7 +221,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="engine and pipeline benchmark on the VGG-16-sized model")
     ap.add_argument("--model", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "vgg16.caffemodel")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--parts", default="engine,scaling,pipeline")
+    ap.add_argument("--parts", default="engine,scaling,fc6,pipeline")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     path = ensure_model(a.model)
@@ -205,6 +231,8 @@ def main(argv=None) -> int:
         res["engine"] = bench_engine(path, a.repeat)
     if "scaling" in parts:
         res["scaling"] = bench_scaling(a.repeat)
+    if "fc6" in parts:
+        res["fc6"] = bench_fc6(a.repeat)
     if "pipeline" in parts:
         res["pipeline"] = bench_pipeline(path, a.repeat, path.parent)
     print(report(res))
