@@ -373,12 +373,14 @@ def _search_bits(xin, plan, xp) -> int:
             tried[b] = math.inf if sw.exact else float(sw.sqnr_db)
         return tried[b]
 
-    b = min(max(7, lo), hi)
+    b0 = b = min(max(7, lo), hi)
     s = at(b)
     if s < target:
         b = min(hi, b + max(1, math.ceil((target - s) / 6.02)))
         while at(b) < target and b < hi:
             b += 1
+        while b - 1 > b0 and at(b - 1) >= target:  # the jump may have overshot
+            b -= 1
     else:
         while b > lo and at(b - 1) >= target:
             b -= 1
