@@ -18,7 +18,6 @@ import dataclasses
 import lzma
 import math
 import os
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -499,7 +498,6 @@ def compress(
     warn: list[str] = []
     if settings.preset == "deep-compression":
         warn.append(DEEP_COMPRESSION_WARNING)
-    big_lock = threading.Lock()
 
     def work(task):
         slot, li, bi, plan, oslot = task
@@ -509,9 +507,6 @@ def compress(
         shape = tuple(int(s) for s in arr.shape)
         if plan is None:  # CRC and stats copied from the owner below
             return BlobRecord(li, bi, shape, arr.dtype.str, "ref", {}, {}, 0, shared=oslot), None
-        if arr.size >= _BIG:
-            with big_lock:
-                return _one(arr, shape, li, bi, plan, where)
         return _one(arr, shape, li, bi, plan, where)
 
     def _one(arr, shape, li, bi, plan, where):
@@ -543,8 +538,13 @@ def compress(
     # of the other blobs through the pool
     if xp is not np and settings.backend != "hybrid":
         n_jobs = 1
-    with ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
-        futures = [pool.submit(work, t) for t in tasks]
+    # blobs of _BIG elements and more go one at a time through their own
+    # worker (peak memory), the others through the rest of the pool meanwhile
+    with ThreadPoolExecutor(max_workers=1) as big_pool, \
+            ThreadPoolExecutor(max_workers=max(1, n_jobs - 1)) as small_pool:
+        if n_jobs == 1:  # strictly one blob at a time
+            small_pool = big_pool
+        futures = [(big_pool if sizes[t[0]] >= _BIG else small_pool).submit(work, t) for t in tasks]
         for task, fut in zip(tasks, futures):
             rec, msg = fut.result()
             records[task[0]] = rec
