@@ -603,6 +603,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:  # `caffecompress info X | head`: the reader left, not an error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001  (one line, no traceback; see CAFFECOMPRESS_DEBUG)
         if debug:
             raise
