@@ -337,7 +337,7 @@ def cmd_info(args) -> int:
                "has_prototxt": cm.prototxt is not None, "layers": rows, "totals": tot}
         text = "\n".join([
             f"{path}: caffecompress format {fi['format_version']}, net {cm.name!r} "
-            f"(source {cm.format}), preset {cm.settings.get('preset')}, "
+            f"(source {cm.format}), {_settings_text(cm.settings)}, "
             f"prototxt {'stored' if cm.prototxt is not None else 'absent'}",
             report.format_table(rows, tot),
             f"file {fi['file_bytes']:,} B = streams {fi['payload_bytes'] - fi['index_bytes']:,} B"
@@ -359,6 +359,17 @@ def cmd_info(args) -> int:
         ])
     _emit(args, rep, text)
     return EXIT_OK
+
+
+def _settings_text(st: dict) -> str:
+    """``preset default, bits 4, prune 0.5`` from a stored settings dict."""
+    parts = [f"preset {st.get('preset')}"]
+    for k in ("bits", "conv_bits", "fc_bits", "prune", "init", "sqnr_target"):
+        if st.get(k) is not None:
+            parts.append(f"{k.replace('_', '-')} {st[k]}")
+    if st.get("layers"):
+        parts.append(f"{len(st['layers'])} layer override(s)")
+    return ", ".join(parts)
 
 
 def _parse_mean(s):
