@@ -13,16 +13,15 @@ Rules (deterministic)
   correctly rounded float64 division); a pinned centroid (the zero of
   ``keep_zero``) never moves.
 - **Empty clusters** keep their centroid while Lloyd runs. When it reaches
-  a fixed point with empty (unpinned) clusters, each of them is moved onto
-  one of the bins farthest from their centroids (scikit-learn's choice of
-  points, on bins), ranked by squared distance (descending), ties by lower
-  value, skipping bins whose value equals a new centroid; the occupied
-  clusters move to their means; centroids are re-sorted and Lloyd resumes.
-  Every such step strictly lowers the SSE; since the clustering path always
-  has more occupied bins than clusters, enough bins exist. Relocating only
-  at fixed points keeps the run insensitive to the grid's rounding (the
-  trajectory matches Lloyd on the original floats far more often than
-  relocating at every iteration does).
+  a fixed point with ``e`` empty (unpinned) clusters, they are dropped and
+  the ``e`` cells whose best two-way split lowers the SSE most are split
+  in two (centroids at the halves' means; gain formula in
+  :func:`split_gains`; ties by lower cell); then Lloyd resumes. Each such
+  step strictly lowers the SSE and keeps ``k`` clusters (fewer only if
+  fewer cells can be split). Greedy splitting uses an empty cluster where
+  it helps most; moving it onto the farthest point (scikit-learn's rule)
+  spends most of a large k on a heavy-tailed blob's outliers. Relocating
+  only at fixed points keeps the run insensitive to the grid's rounding.
 - Iteration stops at a fixed point without empty clusters, or after
   ``max_iter`` centroid updates.
 
@@ -35,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["lloyd_histogram", "assign_cuts", "NUMBA"]
+__all__ = ["lloyd_histogram", "assign_cuts", "split_gains", "NUMBA"]
 
 try:  # optional accelerator; the NumPy path is the reference and fallback
     import numba as _numba  # noqa: PLC0415
@@ -119,30 +118,65 @@ if NUMBA:
         return c, cuts, steps, 2
 
 
-def _relocate(vf, W, S1, c, cuts, pinned):
-    """One step that moves empty clusters onto the farthest bins (see module doc)."""
-    k = c.size
-    cnt = W[cuts[1:]] - W[cuts[:-1]]
-    sm = S1[cuts[1:]] - S1[cuts[:-1]]
-    occ = cnt > 0
-    new = c.copy()
-    new[occ] = sm[occ].astype(np.float64) / cnt[occ].astype(np.float64)
+def split_gains(W, S1, cuts, pinned=-1):
+    """Best two-way split of every cell: ``(gain, position)`` per cluster.
+
+    Splitting bins ``a:b`` at ``p`` lowers the SSE by
+    ``G = (W_L * W_R / W) * (mean_R - mean_L)**2`` (the between-halves
+    term; ``W`` counts, means from exact int64 sums), evaluated in float64 as
+    ``(float(W_L) * float(W_R) / float(W)) * d * d`` with
+    ``d = S_R / W_R - S_L / W_L``. The best ``p`` maximises ``G`` (lowest
+    ``p`` on ties). Cells with fewer than two bins, and the pinned one, get
+    gain ``-1``.
+    """
+    k = cuts.size - 1
+    m = int(cuts[-1])
+    gain = np.full(k, -1.0)
+    pos = np.zeros(k, np.int64)
+    if m < 2:
+        return gain, pos
+    p = np.arange(1, m, dtype=np.int64)
+    lab = np.searchsorted(cuts, p, side="right") - 1  # cell holding bin p
+    a, b = cuts[lab], cuts[lab + 1]
+    ok = p > a
     if pinned >= 0:
-        new[pinned] = 0.0
-    empty = ~occ
+        ok &= lab != pinned
+    p, lab, a, b = p[ok], lab[ok], a[ok], b[ok]
+    if p.size == 0:
+        return gain, pos
+    WL, WR = W[p] - W[a], W[b] - W[p]
+    SL, SR = S1[p] - S1[a], S1[b] - S1[p]
+    d = SR.astype(np.float64) / WR.astype(np.float64) - SL.astype(np.float64) / WL.astype(np.float64)
+    G = (WL.astype(np.float64) * WR.astype(np.float64) / (WL + WR).astype(np.float64)) * d * d
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    best = np.maximum.reduceat(G, starts)
+    hit = np.flatnonzero(G == np.repeat(best, np.diff(np.r_[starts, G.size])))
+    first = hit[np.searchsorted(hit, starts, side="left")]
+    gain[lab[starts]] = best
+    pos[lab[starts]] = p[first]
+    return gain, pos
+
+
+def _relocate(vf, W, S1, c, cuts, pinned):
+    """At a fixed point with empty clusters: drop them and split the cells
+    whose best split lowers the SSE most (see :func:`split_gains`)."""
+    cnt = W[cuts[1:]] - W[cuts[:-1]]
+    empty = cnt == 0
     if pinned >= 0:
         empty[pinned] = False
-    lab = np.repeat(np.arange(k), np.diff(cuts))
-    d = vf - c[lab]
-    d *= d
-    order = np.lexsort((vf, -d))  # farthest first, then lower value
-    cand = order[d[order] > 0]
-    cand = cand[~np.isin(vf[cand], new[~empty])]
-    e = np.flatnonzero(empty)
-    new[e] = vf[cand[: e.size]]
-    new = np.sort(new)
-    p = int(np.flatnonzero(new == 0.0)[0]) if pinned >= 0 else -1
-    return new, p
+    e = int(empty.sum())
+    gain, pos = split_gains(W, S1, cuts, pinned)
+    cand = np.flatnonzero(gain > 0)
+    cand = cand[np.lexsort((cand, -gain[cand]))][:e]  # largest gain, then lower cell
+    keep = ~empty
+    keep[cand] = False
+    j = cand
+    a, b, p = cuts[j], cuts[j + 1], pos[j]
+    mL = (S1[p] - S1[a]).astype(np.float64) / (W[p] - W[a]).astype(np.float64)
+    mR = (S1[b] - S1[p]).astype(np.float64) / (W[b] - W[p]).astype(np.float64)
+    new = np.sort(np.concatenate([c[keep], mL, mR]))
+    pz = int(np.flatnonzero(new == 0.0)[0]) if pinned >= 0 else -1
+    return new, pz
 
 
 def lloyd_histogram(values, counts, centroids, *, pinned=None, max_iter=20_000, use_numba=None):

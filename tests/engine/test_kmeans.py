@@ -81,12 +81,43 @@ def zoo_blobs(zoo, max_size=None):
 # ---------------------------------------------------------------- references
 
 
+def _split_largest_gain(vals_all, assign, means, occ):
+    """Drop empty clusters; split the clusters whose best two-way split (of
+    their sorted distinct values) lowers the SSE most (lowest split on ties,
+    lower cluster on ties), gain ``(nL * nR / n) * (mean_R - mean_L)**2``;
+    sums are exact for integer values."""
+    e = int((~occ).sum())
+    best = []
+    for j in np.flatnonzero(occ):
+        u, cnt = np.unique(vals_all[assign == j], return_counts=True)
+        if u.size < 2:
+            continue
+        cw = np.cumsum(cnt)
+        cs = np.cumsum(cnt * u)
+        nL, sL = cw[:-1], cs[:-1]
+        nR, sR = cw[-1] - nL, cs[-1] - sL
+        mL = sL.astype(np.float64) / nL.astype(np.float64)
+        mR = sR.astype(np.float64) / nR.astype(np.float64)
+        d = mR - mL
+        g = (nL.astype(np.float64) * nR.astype(np.float64) / (nL + nR).astype(np.float64)) * d * d
+        i = int(np.argmax(g))  # first maximum: lowest split
+        if g[i] > 0:
+            best.append((-float(g[i]), int(j), (mL[i], mR[i])))
+    best.sort(key=lambda t: (t[0], t[1]))
+    keep = occ.copy()
+    extra = []
+    for _, j, (ml, mr) in best[:e]:
+        keep[j] = False
+        extra += [ml, mr]
+    return np.sort(np.concatenate([means[keep], np.array(extra, np.float64)]))
+
+
 def reference_grid_lloyd(q, k):
     """Plain Lloyd on the integer grid values ``q``: argmin assignment (first
     centroid on ties), integer-sum means, empty clusters stay put; at a fixed
-    point, each empty cluster is moved onto a value farthest from its
-    centroid (ties: lower value; skipping values equal to a new centroid)
-    and Lloyd goes on, until a fixed point without empty clusters."""
+    point with ``e`` empty clusters, they are dropped and the ``e`` clusters
+    whose best two-way split gains most are split; until a fixed point
+    without empty clusters."""
     q = np.asarray(q, np.int64)
     lo, hi = float(q.min()), float(q.max())
     c = lo + (hi - lo) * (np.arange(k, dtype=np.float64) / (k - 1))
@@ -94,6 +125,7 @@ def reference_grid_lloyd(q, k):
     while True:
         new = np.argmin(np.abs(q[:, None] - c[None, :]), axis=1)
         fixed = assign is not None and np.array_equal(new, assign)
+        k = c.size
         if fixed and np.bincount(assign, minlength=k).all():
             break
         assign = new
@@ -103,22 +135,17 @@ def reference_grid_lloyd(q, k):
         nc = c.copy()
         nc[occ] = sm[occ] / cnt[occ]
         if fixed:
-            vals, first = np.unique(q, return_index=True)
-            d = (vals - c[assign[first]]) ** 2
-            order = np.lexsort((vals, -d))
-            cand = [float(vals[i]) for i in order if d[i] > 0 and vals[i] not in nc[occ]]
-            nc[~occ] = cand[: int((~occ).sum())]
-            nc = np.sort(nc)
+            nc = _split_largest_gain(q, assign, nc, occ)
         c = nc
-    used = np.bincount(assign, minlength=k) > 0
+    used = np.bincount(assign, minlength=c.size) > 0
     remap = np.cumsum(used) - 1
     return c[used], remap[assign]
 
 
 def reference_float_lloyd(x, k, init=None):
     """Lloyd on the original floats from the linear init (or ``init``), to its
-    fixed point, with the same empty-cluster rule (at fixed points: farthest
-    value, then lower value)."""
+    fixed point, with the same empty-cluster rule (split the cells that gain
+    most, at fixed points)."""
     xs = np.sort(canon(x).astype(np.float64).ravel())
     if init is None:
         c = xs[0] + (xs[-1] - xs[0]) * (np.arange(k) / (k - 1))
@@ -138,17 +165,8 @@ def reference_float_lloyd(x, k, init=None):
         nc = c.copy()
         nc[occ] = (P[cuts[1:]] - P[cuts[:-1]])[occ] / cnt[occ]
         if fixed:
-            lab = np.repeat(np.arange(k), cnt)
-            d = (xs - c[lab]) ** 2
-            order = np.lexsort((xs, -d))
-            cand = []
-            for i in order:
-                if d[i] > 0 and xs[i] not in nc[occ] and xs[i] not in cand:
-                    cand.append(xs[i])
-                if len(cand) == (~occ).sum():
-                    break
-            nc[~occ] = cand
-            nc = np.sort(nc)
+            nc = _split_largest_gain(xs, np.repeat(np.arange(k), cnt), nc, occ)
+            k = nc.size
         c = nc
     lab = np.repeat(np.arange(k), np.diff(cuts))
     return float(np.sum((xs - c[lab]) ** 2))
@@ -462,9 +480,9 @@ def test_lloyd_histogram_pinned_and_empty():
 def test_lloyd_relocates_empty_cluster_to_farthest_bin(use_numba):
     v = np.array([0, 1, 2, 100], np.int64)
     w = np.ones(4, np.int64)
-    # Lloyd stops at [1, 40, 100] with 40.0's cell empty; bins 0 and 2 are
-    # the farthest from their centroid (distance 1; 100 and 1 sit on theirs),
-    # the lower one wins, and Lloyd resumes to [0, 1.5, 100]
+    # Lloyd stops at [1, 40, 100] with 40.0's cell empty; the cell {0, 1, 2}
+    # gains 1.5 from a split at 0|1 and at 1|2; the lower split wins, giving
+    # [0, 1.5, 100], a fixed point
     c, cuts, it, conv = lloyd_histogram(v, w, np.array([0.5, 40.0, 60.0]), use_numba=use_numba)
     assert conv and c.tolist() == [0.0, 1.5, 100.0] and cuts.tolist() == [0, 1, 3, 4]
 
