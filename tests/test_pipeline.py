@@ -279,3 +279,10 @@ def test_gpu_backends_match_cpu_byte_for_byte(backend):
             for k in ra.parts:
                 assert ra.parts[k].tobytes() == rb.parts[k].tobytes(), (ra.layer, k)
         assert_same_model(cc.decompress(a), cc.decompress(b))
+
+
+def test_position_bonus():
+    s = Settings()
+    base = plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 3)).sqnr_target
+    assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 3), position="first_conv").sqnr_target == base + 6
+    assert plan_blob(s, "f", "InnerProduct", 0, (100, 4096), position="last_fc").sqnr_target == base + 6
