@@ -20,7 +20,6 @@ _LAZY = {
     "read_prototxt": "caffecompress.caffe:read_prototxt",
     "write_caffemodel": "caffecompress.caffe:write_caffemodel",
     "write_caffemodel_h5": "caffecompress.caffe:write_caffemodel_h5",
-    "caffemodel_bytes": "caffecompress.caffe:caffemodel_bytes",
     "read_binaryproto": "caffecompress.caffe:read_binaryproto",
     "compress": "caffecompress.pipeline:compress",
     "decompress": "caffecompress.container:decompress",

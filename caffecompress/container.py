@@ -51,6 +51,7 @@ from .errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
 __all__ = [
@@ -509,11 +510,18 @@ def read_layer(path, name: str) -> list[np.ndarray]:
         return out
 
 
-def caffemodel_bytes(path_or_cm) -> bytes:
-    """The restored ``.caffemodel`` as bytes in memory (no temporary file)."""
+def caffemodel_bytes(source) -> bytes:
+    """A dense ``.caffemodel`` as bytes in memory (no temporary file).
+
+    Parameters
+    ----------
+    source : Model, CompressedModel or path
+        A :class:`~caffecompress.model.Model` is serialized as it is; a
+        compressed model or file is restored first.
+    """
     from .caffe import caffemodel_bytes as _bytes  # noqa: PLC0415
 
-    return _bytes(decompress(path_or_cm))
+    return _bytes(source if isinstance(source, Model) else decompress(source))
 
 
 def file_info(path) -> dict:

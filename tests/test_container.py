@@ -303,6 +303,8 @@ def test_opencv_net_straight_from_compressed_file(tmp_path):
     ref.setInput(x)
     assert np.array_equal(net.forward(), ref.forward())
     assert cc.caffemodel_bytes(p) == (data / "example.caffemodel").read_bytes()
+    # a plain Model is serialized as it is, not treated as a compressed file
+    assert cc.caffemodel_bytes(m) == (data / "example.caffemodel").read_bytes()
 
 
 def test_crafted_index_claiming_a_huge_blob_is_refused(lossless_file, tmp_path):
