@@ -798,27 +798,3 @@ def format_reports(reports: Sequence[OutputReport]) -> str:
         )
     return "\n".join(lines)
 
-
-def opencv_net(compressed, prototxt: str | bytes | os.PathLike | None = None):
-    """A ``cv2.dnn.Net`` straight from a compressed file, through memory buffers.
-
-    Parameters
-    ----------
-    compressed : path or caffecompress.pipeline.CompressedModel
-        A file written by :func:`caffecompress.save` (or the object itself).
-    prototxt : str, bytes or os.PathLike, optional
-        Deploy prototxt text or path; default: the one stored in the file.
-
-    Raises
-    ------
-    ValueError
-        No prototxt given and none stored.
-    """
-    from . import container  # noqa: PLC0415
-    from .pipeline import CompressedModel  # noqa: PLC0415
-
-    cm = compressed if isinstance(compressed, CompressedModel) else container.open_compressed(compressed)
-    proto = prototxt if prototxt is not None else cm.prototxt
-    if proto is None:
-        raise ValueError("the compressed file holds no prototxt: pass prototxt=")
-    return load_net(proto, container.caffemodel_bytes(cm))
