@@ -28,8 +28,8 @@ Rules (all deterministic)
 - ``keep_zero``: the initial centroid nearest zero (the lower on a tie) is
   set to exactly 0.0 and stays there (with ``optimal`` the result is then
   the best clustering found under that constraint, not a proven optimum).
-- ``density`` init: quantiles that coincide are merged, so ``k_eff`` can be
-  below ``k`` on blobs with a dominant value.
+- ``density`` init: quantiles that coincide are merged; the missing
+  clusters are then created like relocated empty ones.
 - ``mask``: only kept (True) elements are clustered and count in ``sse``;
   labels of masked-out positions are the label of grid value 0, i.e. the
   zero centroid with ``keep_zero``, else the centroid nearest zero (lower on
@@ -197,7 +197,7 @@ def _cluster(h: GridHistogram, k, init, keep_zero, seed, max_iter, optimal_bins)
     pinned = None
     if keep_zero:
         c, pinned = _pin_zero(c)
-    c, cuts, it, conv = lloyd_histogram(v, w, c, pinned=pinned, max_iter=max_iter)
+    c, cuts, it, conv = lloyd_histogram(v, w, c, pinned=pinned, max_iter=max_iter, k=k)
     # drop clusters still empty (only if max_iter stopped the run), never the pinned zero
     keep = cuts[1:] > cuts[:-1]
     if keep_zero:

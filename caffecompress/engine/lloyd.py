@@ -157,14 +157,15 @@ def split_gains(W, S1, cuts, pinned=-1):
     return gain, pos
 
 
-def _relocate(vf, W, S1, c, cuts, pinned):
-    """At a fixed point with empty clusters: drop them and split the cells
-    whose best split lowers the SSE most (see :func:`split_gains`)."""
+def _relocate(vf, W, S1, c, cuts, pinned, missing=0):
+    """At a fixed point with empty clusters (or ``missing`` ones): drop the
+    empty ones and split the cells whose best split lowers the SSE most
+    (see :func:`split_gains`)."""
     cnt = W[cuts[1:]] - W[cuts[:-1]]
     empty = cnt == 0
     if pinned >= 0:
         empty[pinned] = False
-    e = int(empty.sum())
+    e = int(empty.sum()) + int(missing)
     gain, pos = split_gains(W, S1, cuts, pinned)
     cand = np.flatnonzero(gain > 0)
     cand = cand[np.lexsort((cand, -gain[cand]))][:e]  # largest gain, then lower cell
@@ -179,7 +180,9 @@ def _relocate(vf, W, S1, c, cuts, pinned):
     return new, pz
 
 
-def lloyd_histogram(values, counts, centroids, *, pinned=None, max_iter=20_000, use_numba=None):
+def lloyd_histogram(
+    values, counts, centroids, *, pinned=None, max_iter=20_000, use_numba=None, k=None
+):
     """Lloyd's algorithm on a weighted 1-D histogram, to its exact fixed point.
 
     Parameters
@@ -198,6 +201,10 @@ def lloyd_histogram(values, counts, centroids, *, pinned=None, max_iter=20_000, 
     use_numba : bool, optional
         Force (True) or forbid (False) the compiled iterations; default: use
         them when numba is installed. Results are identical.
+    k : int, optional
+        Target number of clusters when fewer initial centroids are given
+        (e.g. merged duplicate quantiles): the missing ones are created like
+        relocated empty ones, by splitting cells at fixed points.
 
     Returns
     -------
@@ -218,6 +225,7 @@ def lloyd_histogram(values, counts, centroids, *, pinned=None, max_iter=20_000, 
     p = -1 if pinned is None else int(pinned)
     use_numba = NUMBA if use_numba is None else (bool(use_numba) and NUMBA)
     steps_fn = _steps_numba if use_numba else _steps_numpy
+    k = c.size if k is None else int(k)
     cuts = assign_cuts(vf, c)
     it = 0
     while it < max_iter:
@@ -228,11 +236,15 @@ def lloyd_histogram(values, counts, centroids, *, pinned=None, max_iter=20_000, 
         empty = cuts[1:] == cuts[:-1]
         if p >= 0:
             empty[p] = False
-        if not empty.any():
+        missing = max(0, k - c.size)
+        if not empty.any() and not missing:
             return c, cuts, it, True
         if it >= max_iter:
             break
-        c, p = _relocate(vf, W, S1, c, cuts, p)
+        new, p2 = _relocate(vf, W, S1, c, cuts, p, missing)
+        if not empty.any() and new.size == c.size:
+            return c, cuts, it, True  # nothing left to split
+        c, p = new, p2
         it += 1
         cuts = assign_cuts(vf, c)
     return c, cuts, it, False
