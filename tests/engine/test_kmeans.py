@@ -500,3 +500,21 @@ def test_lloyd_numpy_and_numba_agree(zoo):
             a = lloyd_histogram(h.values, h.counts, c0, use_numba=True)
             b = lloyd_histogram(h.values, h.counts, c0, use_numba=False)
             assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1], b[1]) and a[2:] == b[2:], (name, k)
+
+
+def test_every_k_from_2_to_4096():
+    # every k up to 300, then a stride (each call costs the same; the suite stays fast)
+    rng = np.random.default_rng(12)
+    x = (rng.standard_t(3, size=6000) * 0.05).astype(np.float32)
+    prev_sse = np.inf
+    for k in [*range(2, 301), *range(301, 4096, 97), 4095, 4096]:
+        r = share_weights(x, k=k)
+        assert r.converged and 1 <= r.k <= k and not r.exact, k
+        assert r.labels.dtype == (np.uint8 if k <= 256 else np.uint16)
+        cb = r.codebook
+        assert np.all(cb[1:] > cb[:-1]) and int(r.labels.max()) < r.k
+        if k in (2, 3, 16, 64, 65, 256, 257, 4096):
+            assert r.k == k  # empty clusters were refilled
+        if k <= 64:  # same grid: more clusters never hurt much
+            assert r.sse <= prev_sse * 1.05, k
+            prev_sse = r.sse
