@@ -331,7 +331,10 @@ def grid_histogram(
             parts.append((np.asarray(to_host(uv), np.int64), np.asarray(to_host(uc), np.int64)))
         else:
             c = xp.bincount(sel + xp.int32(levels), minlength=nbins_full)
-            dense = c if dense is None else dense + c
+            if dense is None:
+                dense = c
+            else:
+                dense += c
     if dense is not None:
         c = np.asarray(to_host(dense), np.int64)
         nz = np.flatnonzero(c)

@@ -44,6 +44,7 @@ except Exception:  # pragma: no cover - numba absent or broken
 NUMBA = _numba is not None
 
 _CONVERGED, _MAXITER = 0, 2
+_SPLIT_CHUNK = 1 << 20
 
 
 def assign_cuts(vf: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -133,27 +134,31 @@ def split_gains(W, S1, cuts, pinned=-1):
     m = int(cuts[-1])
     gain = np.full(k, -1.0)
     pos = np.zeros(k, np.int64)
-    if m < 2:
-        return gain, pos
-    p = np.arange(1, m, dtype=np.int64)
-    lab = np.searchsorted(cuts, p, side="right") - 1  # cell holding bin p
-    a, b = cuts[lab], cuts[lab + 1]
-    ok = p > a
-    if pinned >= 0:
-        ok &= lab != pinned
-    p, lab, a, b = p[ok], lab[ok], a[ok], b[ok]
-    if p.size == 0:
-        return gain, pos
-    WL, WR = W[p] - W[a], W[b] - W[p]
-    SL, SR = S1[p] - S1[a], S1[b] - S1[p]
-    d = SR.astype(np.float64) / WR.astype(np.float64) - SL.astype(np.float64) / WL.astype(np.float64)
-    G = (WL.astype(np.float64) * WR.astype(np.float64) / (WL + WR).astype(np.float64)) * d * d
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    best = np.maximum.reduceat(G, starts)
-    hit = np.flatnonzero(G == np.repeat(best, np.diff(np.r_[starts, G.size])))
-    first = hit[np.searchsorted(hit, starts, side="left")]
-    gain[lab[starts]] = best
-    pos[lab[starts]] = p[first]
+    # in chunks of split positions so temporaries stay small on huge
+    # histograms; a later chunk wins only on a strictly larger gain, which
+    # keeps the lowest position on ties
+    for lo in range(1, m, _SPLIT_CHUNK):
+        p = np.arange(lo, min(m, lo + _SPLIT_CHUNK), dtype=np.int64)
+        lab = np.searchsorted(cuts, p, side="right") - 1  # cell holding bin p
+        a, b = cuts[lab], cuts[lab + 1]
+        ok = p > a
+        if pinned >= 0:
+            ok &= lab != pinned
+        p, lab, a, b = p[ok], lab[ok], a[ok], b[ok]
+        if p.size == 0:
+            continue
+        WL, WR = W[p] - W[a], W[b] - W[p]
+        SL, SR = S1[p] - S1[a], S1[b] - S1[p]
+        d = SR.astype(np.float64) / WR.astype(np.float64) - SL.astype(np.float64) / WL.astype(np.float64)
+        G = (WL.astype(np.float64) * WR.astype(np.float64) / (WL + WR).astype(np.float64)) * d * d
+        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+        best = np.maximum.reduceat(G, starts)
+        hit = np.flatnonzero(G == np.repeat(best, np.diff(np.r_[starts, G.size])))
+        first = hit[np.searchsorted(hit, starts, side="left")]
+        cells = lab[starts]
+        better = best > gain[cells]
+        gain[cells[better]] = best[better]
+        pos[cells[better]] = p[first[better]]
     return gain, pos
 
 

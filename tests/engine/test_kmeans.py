@@ -518,3 +518,27 @@ def test_every_k_from_2_to_4096():
         if k <= 64:  # same grid: more clusters never hurt much
             assert r.sse <= prev_sse * 1.05, k
             prev_sse = r.sse
+
+
+def test_split_gains_in_chunks_match(monkeypatch):
+    rng = np.random.default_rng(13)
+    v = np.unique(rng.integers(-(10**6), 10**6, 50_000))
+    w = rng.integers(1, 5, v.size)
+    W, S = np.r_[0, np.cumsum(w)], np.r_[0, np.cumsum(w * v)]
+    cuts = np.r_[0, np.sort(rng.choice(np.arange(1, v.size), 40, replace=False)), v.size]
+    g1, p1 = lloyd.split_gains(W, S, cuts, pinned=3)
+    monkeypatch.setattr(lloyd, "_SPLIT_CHUNK", 777)
+    g2, p2 = lloyd.split_gains(W, S, cuts, pinned=3)
+    assert g1.tobytes() == g2.tobytes() and np.array_equal(p1, p2)
+    assert g1[3] == -1.0 and np.all(g1[np.arange(g1.size) != 3] > 0)
+    # brute force on one cell: the gain is the SSE drop of the best split
+    j = 7
+    a, b = cuts[j], cuts[j + 1]
+    vv, ww = v[a:b].astype(np.float64), w[a:b].astype(np.float64)
+
+    def sse(x, y):
+        return float(np.dot(y, (x - np.dot(x, y) / y.sum()) ** 2))
+
+    drops = [sse(vv, ww) - sse(vv[:i], ww[:i]) - sse(vv[i:], ww[i:]) for i in range(1, b - a)]
+    assert g1[j] == pytest.approx(max(drops), rel=1e-6)
+    assert p1[j] == a + 1 + int(np.argmax(drops))
