@@ -118,8 +118,10 @@ class SharedWeights:
         return self.codebook[to_host(self.labels)]
 
 
-def default_bits(k: int) -> int:
-    """Grid bits used when ``bits`` is not given: 20 up to k = 64, else 24.
+def default_bits(k: int, n: int = 0) -> int:
+    """Grid bits used when ``bits`` is not given: 20 up to k = 64, else 24
+    (22 for blobs over 4M elements, whose 24-bit histogram would occupy
+    millions of bins: time and host memory for little gain).
 
     Lloyd converges slowly in 1-D: centroids keep drifting by tiny amounts
     for thousands of iterations. On a grid, a drift smaller than half a step
@@ -130,7 +132,9 @@ def default_bits(k: int) -> int:
     one (0.6 %); at k = 256, 20 bits leave single blobs up to 11 % apart
     (summed SSE 1.0001), 24 bits at most 0.19 %.
     """
-    return 20 if int(k) <= 64 else 24
+    if int(k) <= 64:
+        return 20
+    return 24 if int(n) <= (1 << 22) else 22
 
 
 def _label_dtype(k: int):
@@ -364,7 +368,7 @@ def share_weights(
     max_iter : int
         Lloyd iteration cap.
     bits : int, optional
-        Grid resolution; default :func:`default_bits` (k).
+        Grid resolution; default :func:`default_bits` (k, size).
     optimal_bins : int, None or "auto"
         For ``init="optimal"``: place the programme's cuts between at most
         this many groups of adjacent grid bins (exact costs; then Lloyd on
@@ -394,8 +398,8 @@ def share_weights(
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    bits = default_bits(k) if bits is None else int(bits)
     shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+    bits = default_bits(k, int(np.prod(shape))) if bits is None else int(bits)
     a = _grid._flat32(x, xp)
     m = _grid._flat_mask(mask, a.size, xp)
     dtype = _label_dtype(k)

@@ -328,6 +328,7 @@ def test_errors():
 
 def test_default_bits():
     assert [default_bits(k) for k in (2, 16, 64, 65, 4096)] == [20, 20, 20, 24, 24]
+    assert default_bits(256, 1 << 22) == 24 and default_bits(256, (1 << 22) + 1) == 22
 
 
 # ---------------------------------------------------------------- oracles
