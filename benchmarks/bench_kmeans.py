@@ -17,7 +17,10 @@ weights, in float64) of:
 - ``ckmeans``: exact Ckmeans.1d.dp (k <= 255, so k = 255 stands in for 256).
 
 Everything runs on one thread (OMP/BLAS threads set to 1 before import;
-faiss told so too) so the ratios compare algorithms, not core counts.
+faiss told so too) so the ratios compare algorithms, not core counts. The
+SSE is computed after the clock stops. ``--backend gpu`` runs the cc-*
+methods with CuPy (blob copied to the device outside the clock, labels left
+there); only quote such figures from a run on a named device.
 Times are medians of ``--repeat`` runs for blobs under 50k elements, one run
 above. Blobs larger than ``--peer-max`` elements are clustered by
 caffecompress only (scikit-learn needs minutes per VGG fc blob).
@@ -91,10 +94,20 @@ def sse_of(x64, centers, labels):
     return float(np.dot(d, d))
 
 
+# Each method returns a function that computes the SSE once the clock has
+# stopped, so the timings hold only the clustering itself.
+
+
 def run_cc(x, x64, k, init):
-    r = share_weights(x, k=k, init=init)
-    d = x64 - r.restore().astype(np.float64).ravel()
-    return float(np.dot(d, d))
+    r = share_weights(x, k=k, init=init, xp=XP)
+    if XP is not np:
+        XP.cuda.Device().synchronize()
+
+    def sse():
+        d = x64 - r.restore().astype(np.float64).ravel()
+        return float(np.dot(d, d))
+
+    return sse
 
 
 def run_sklearn(x, x64, k):
@@ -103,7 +116,7 @@ def run_sklearn(x, x64, k):
     init = linear_points(x, k).astype(np.float32).reshape(-1, 1)
     km = KMeans(n_clusters=k, n_init=1, init=init, algorithm="lloyd", random_state=0)
     lab = km.fit_predict(x.reshape(-1, 1))
-    return sse_of(x64, km.cluster_centers_.ravel(), lab)
+    return lambda: sse_of(x64, km.cluster_centers_.ravel(), lab)
 
 
 def run_faiss(x, x64, k):
@@ -114,14 +127,14 @@ def run_faiss(x, x64, k):
                       max_points_per_centroid=xs.shape[0] // k + 1, min_points_per_centroid=1)
     km.train(xs, init_centroids=linear_points(x, k).astype(np.float32).reshape(-1, 1))
     _, lab = km.index.search(xs, 1)
-    return sse_of(x64, km.centroids.ravel(), lab.ravel())
+    return lambda: sse_of(x64, km.centroids.ravel(), lab.ravel())
 
 
 def run_ckmeans(x, x64, k):
     import ckmeans  # noqa: PLC0415
 
     clusters = ckmeans.ckmeans(x64, min(k, 255))
-    return float(sum(np.sum((c - c.mean()) ** 2) for c in clusters))
+    return lambda: float(sum(np.sum((c - c.mean()) ** 2) for c in clusters))
 
 
 METHODS = {
@@ -133,15 +146,16 @@ METHODS = {
     "ckmeans": run_ckmeans,
 }
 PEERS = ("sklearn", "faiss", "ckmeans")
+XP = np  # set by --backend
 
 
 def measure(fn, x, x64, k, repeat):
-    ts, sse = [], None
+    ts, fin = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        sse = fn(x, x64, k)
+        fin = fn(x, x64, k)
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), sse
+    return statistics.median(ts), fin()
 
 
 def main(argv=None):
@@ -153,7 +167,12 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--backend", default="cpu", help="array backend of the cc-* methods (cpu | gpu)")
     args = ap.parse_args(argv)
+    global XP
+    from caffecompress.backend import get_xp  # noqa: PLC0415
+
+    XP = get_xp(args.backend)
     warnings.filterwarnings("ignore")
     try:
         import faiss  # noqa: PLC0415
@@ -172,7 +191,8 @@ def main(argv=None):
     # warm-up (numba compile / cache load, imports) outside the clock
     warm = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
     for name in args.methods:
-        METHODS[name](warm, warm.astype(np.float64), 16)
+        xw = XP.asarray(warm) if name.startswith("cc-") else warm
+        METHODS[name](xw, warm.astype(np.float64), 16)()
 
     rows = []
     for k in args.ks:
@@ -181,12 +201,13 @@ def main(argv=None):
             x64 = grid.canonicalize(x).astype(np.float64)
             distinct = np.unique(x).size
             rep = args.repeat if x.size < 50_000 else 1
+            xd = XP.asarray(x)  # cc-* methods get the blob where they run (copy not timed)
             for name in args.methods:
                 if name in PEERS and (x.size > args.peer_max or distinct <= k):
                     continue  # peers: size cap; blobs with <= k values are stored exactly by us
                 if name == "ckmeans" and k > 256:
                     continue
-                t, sse = measure(METHODS[name], x, x64, k, rep)
+                t, sse = measure(METHODS[name], xd if name.startswith("cc-") else x, x64, k, rep)
                 rows.append({"k": k, "blob": bname, "n": int(x.size), "method": name, "s": t, "sse": sse})
             print(f"  k={k:4d} {bname:40s} n={x.size:>10,d} done", file=sys.stderr)
 
