@@ -47,7 +47,7 @@ ZOO_LAYERS = {
     ("yufacedetectnet", "yufacedetectnet-open-v1.prototxt", "yufacedetectnet-open-v1.caffemodel"): [
         "conv1_1", "conv4_3", "conv6_3"
     ],
-    ("ultraface", "slim-320.prototxt", "slim-320.caffemodel"): ["conv_dw_1_1" if False else None],
+    ("ultraface", "slim-320.prototxt", "slim-320.caffemodel"): [None],  # None: the net's largest blob
 }
 
 
