@@ -168,7 +168,12 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--backend", default="cpu", help="array backend of the cc-* methods (cpu | gpu)")
+    ap.add_argument("--summary", type=Path, help="only print the summary of a saved --json file")
     args = ap.parse_args(argv)
+    if args.summary:
+        rows = json.loads(args.summary.read_text())
+        summarize(rows, sorted({r["k"] for r in rows}))
+        return
     global XP
     from caffecompress.backend import get_xp  # noqa: PLC0415
 
@@ -249,16 +254,21 @@ def summarize(rows, ks):
             worst = max(by[(k, b, "cc-linear")]["sse"] / by[(k, b, "sklearn")]["sse"] for b in peer_blobs
                         if by[(k, b, "sklearn")]["sse"] > 0)
             sse_tot = sum(by[(k, b, "cc-linear")]["sse"] for b in peer_blobs) / sum(by[(k, b, "sklearn")]["sse"] for b in peer_blobs)
-            print(f"target linear vs sklearn >= {target}x: median {statistics.median(sp):.1f}x, total {tot:.1f}x; "
-                  f"SSE <= sklearn on {le}/{len(peer_blobs)} blobs (worst ratio {worst:.5f}, summed-SSE ratio {sse_tot:.5f})")
+            big = [s_ for s_, b in zip(sp, peer_blobs) if by[(k, b, "sklearn")]["n"] >= 10_000]
+            print(f"target linear vs sklearn >= {target}x: median {statistics.median(sp):.1f}x "
+                  f"(blobs >= 10k weights: {statistics.median(big) if big else float('nan'):.1f}x over {len(big)}), "
+                  f"total {tot:.1f}x; SSE <= sklearn on {le}/{len(peer_blobs)} blobs "
+                  f"(worst ratio {worst:.5f}, summed-SSE ratio {sse_tot:.5f})")
         ck_blobs = [b for b in blobs if (k, b, "ckmeans") in by and (k, b, "cc-optimal") in by]
         if ck_blobs and k <= 32:
             sp = [by[(k, b, "ckmeans")]["s"] / by[(k, b, "cc-optimal")]["s"] for b in ck_blobs]
             tot = sum(by[(k, b, "ckmeans")]["s"] for b in ck_blobs) / sum(by[(k, b, "cc-optimal")]["s"] for b in ck_blobs)
             worst = max(by[(k, b, "cc-optimal")]["sse"] / by[(k, b, "ckmeans")]["sse"] for b in ck_blobs
                         if by[(k, b, "ckmeans")]["sse"] > 0)
-            print(f"target optimal vs ckmeans >= 3x: median {statistics.median(sp):.1f}x, total {tot:.1f}x; "
-                  f"worst SSE ratio optimal/ckmeans {worst:.5f}")
+            big = [s_ for s_, b in zip(sp, ck_blobs) if by[(k, b, "ckmeans")]["n"] >= 10_000]
+            print(f"target optimal vs ckmeans >= 3x: median {statistics.median(sp):.1f}x "
+                  f"(blobs >= 10k weights: {statistics.median(big) if big else float('nan'):.1f}x over {len(big)}), "
+                  f"total {tot:.1f}x; worst SSE ratio optimal/ckmeans {worst:.5f}")
 
 
 if __name__ == "__main__":
