@@ -25,9 +25,11 @@ Rules (all deterministic)
   except the pinned zero of ``keep_zero``; dropping one never moves an
   occupied value to another cluster (the merged midpoint lies inside the
   empty gap).
-- ``keep_zero``: the initial centroid nearest zero (the lower on a tie) is
-  set to exactly 0.0 and stays there (with ``optimal`` the result is then
-  the best clustering found under that constraint, not a proven optimum).
+- ``keep_zero``: the init places ``k - 1`` centroids and 0.0 is added as a
+  fixed one (if the init already put one at 0.0, the missing cluster is
+  created by a split). With ``optimal`` that is the optimal ``k - 1``
+  clustering plus zero, refined by Lloyd: the best answer when no kept value
+  sits near zero (pruned blobs), otherwise not a proven optimum.
 - ``density`` init: quantiles that coincide are merged; the missing
   clusters are then created like relocated empty ones.
 - ``mask``: only kept (True) elements are clustered and count in ``sse``;
@@ -168,14 +170,6 @@ def _init_random(v, w, k, seed):
     return np.sort(v[idx]).astype(np.float64)
 
 
-def _pin_zero(c):
-    """Set the centroid nearest 0 (lower on a tie) to 0; return (c, index)."""
-    c = c.copy()
-    z = int(np.argmin(np.abs(c)))
-    c[z] = 0.0
-    return c, z
-
-
 def _optimal_centroids(v, w, k, max_bins):
     from .optimal import optimal_partition  # noqa: PLC0415
 
@@ -190,17 +184,20 @@ def _optimal_centroids(v, w, k, max_bins):
 def _cluster(h: GridHistogram, k, init, keep_zero, seed, max_iter, optimal_bins):
     """Centroids (grid units, strictly ascending), iterations, converged."""
     v, w = h.values, h.counts
+    # keep_zero: k - 1 free centroids from the init, plus the pinned 0.0
+    kf = k - 1 if keep_zero else k
     if init == "linear":
-        c = _init_linear(v, w, k)
+        c = _init_linear(v, w, kf) if kf > 1 else np.array([(float(v[0]) + float(v[-1])) * 0.5])
     elif init == "density":
-        c = _init_density(v, w, k)
+        c = _init_density(v, w, kf)
     elif init == "random":
-        c = _init_random(v, w, k, seed)
+        c = _init_random(v, w, kf, seed)
     else:
-        c = _optimal_centroids(v, w, k, optimal_bins)
+        c = _optimal_centroids(v, w, kf, optimal_bins)
     pinned = None
     if keep_zero:
-        c, pinned = _pin_zero(c)
+        c = np.union1d(c, [0.0])
+        pinned = int(np.flatnonzero(c == 0.0)[0])
     c, cuts, it, conv = lloyd_histogram(v, w, c, pinned=pinned, max_iter=max_iter, k=k)
     # drop clusters still empty (only if max_iter stopped the run), never the pinned zero
     keep = cuts[1:] > cuts[:-1]

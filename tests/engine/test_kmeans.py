@@ -543,3 +543,17 @@ def test_split_gains_in_chunks_match(monkeypatch):
     drops = [sse(vv, ww) - sse(vv[:i], ww[:i]) - sse(vv[i:], ww[i:]) for i in range(1, b - a)]
     assert g1[j] == pytest.approx(max(drops), rel=1e-6)
     assert p1[j] == a + 1 + int(np.argmax(drops))
+
+
+@pytest.mark.parametrize("init", ["linear", "optimal"])
+def test_keep_zero_on_pruned_blob_is_k_minus_1_free_clusters_plus_zero(init):
+    rng = np.random.default_rng(14)
+    x = (rng.standard_t(4, size=20_000) * 0.05).astype(np.float32)
+    from caffecompress.engine.prune import prune_mask
+
+    mask = prune_mask(x, sparsity=0.5)  # no kept value near zero
+    a = share_weights(x, k=16, keep_zero=True, mask=mask, init=init)
+    b = share_weights(x, k=15, mask=mask, init=init)
+    assert a.k == 16 and 0.0 in a.codebook.tolist()
+    assert a.codebook[a.codebook != 0].tobytes() == b.codebook.tobytes()
+    assert a.sse == b.sse
