@@ -367,7 +367,7 @@ def _search_bits(xin, plan, xp) -> int:
 
     def at(b):
         if b not in tried:
-            sw = kmeans.share_weights(xin, k=1 << b, init=plan.init, keep_zero=mask is not None,
+            sw = kmeans.share_weights(xin, k=1 << b, init=plan.init, keep_zero=False,
                                       mask=mask, xp=xp)
             tried[b] = math.inf if sw.exact else float(sw.sqnr_db)
         return tried[b]

@@ -122,7 +122,9 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     init : str
         k-means initialisation (see :func:`~caffecompress.engine.kmeans.share_weights`).
     keep_zero : bool, optional
-        Keep 0.0 as an exact centroid; default: when pruning.
+        Keep 0.0 as an exact centroid. Default False: a ``shared+sparse``
+        blob restores its pruned positions from the position stream, so only
+        the kept weights are clustered and no code is spent on zero.
     xp : module
         numpy or cupy: where the per-element work runs.
 
@@ -160,7 +162,7 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
         mask = prune_mask(xd, sparsity=float(prune), xp=xp)
         if bool(mask.all()):
             mask = None
-    kz = (mask is not None) if keep_zero is None else bool(keep_zero)
+    kz = bool(keep_zero)  # pruned positions come back from the position stream, not a zero code
     sw = kmeans.share_weights(xd, k=k, init=init, keep_zero=kz, mask=mask, xp=xp)
     meta = {"shape": _shape_str(shape), "bits": bits}
     parts = {"codebook": np.ascontiguousarray(sw.codebook, np.float32)}
