@@ -68,6 +68,7 @@ __all__ = [
     "decode",
     "decode_numpy",
     "decode_doubling",
+    "decode_blocks",
     "have_compiled",
     "coded_bits",
     "stream_parts",
@@ -385,9 +386,7 @@ def encode(
         )
     if sym.dtype.kind == "i" and int(sym.min()) < 0:
         raise ValueError(f"symbols must lie in [0, {nsym})")
-    counts = _host(xp.bincount(sym if xp is np and sym.dtype.kind == "u" else sym.astype(xp.int64), minlength=nsym))
-    if counts.size > nsym:
-        raise ValueError(f"symbols must lie in [0, {nsym})")
+    counts = _symbol_counts(sym, nsym, xp)
     nused = int(np.count_nonzero(counts))
     lim = auto_max_len(nused) if max_len is None else int(max_len)
     lengths = code_lengths(counts, lim, engine="numpy" if engine == "numpy" else "auto")
@@ -404,6 +403,22 @@ def encode(
     else:
         payload, offsets = _pack(sym, lengths, codes, n, nbits, int(chunk), xp)
     return HuffmanStream(lengths, payload, offsets, n, int(chunk))
+
+
+_COUNT_BLOCK = 1 << 22  # symbols per bincount: its intp copy stays at 32 MiB
+
+
+def _symbol_counts(sym, nsym: int, xp) -> np.ndarray:
+    """int64 count of every symbol, block by block (bincount copies its input
+    to intp: on a whole 100M-symbol stream that would be 800 MB)."""
+    counts = np.zeros(nsym, np.int64)
+    for s in range(0, int(sym.size), _COUNT_BLOCK):
+        blk = sym[s : s + _COUNT_BLOCK]
+        c = _host(xp.bincount(blk if xp is np and blk.dtype.kind == "u" else blk.astype(xp.int64), minlength=nsym))
+        if c.size > nsym:
+            raise ValueError(f"symbols must lie in [0, {nsym})")
+        counts += c
+    return counts
 
 
 def _pack(sym, lengths, codes, n: int, nbits: int, chunk: int, xp):
@@ -725,6 +740,39 @@ def decode(stream: HuffmanStream, *, xp=np, engine: str = "auto"):
     if bad >= 0:
         raise CorruptDataError(f"Huffman chunk {bad} does not decode to its stated end")
     return out
+
+
+def decode_blocks(stream: HuffmanStream, block: int = 1 << 22):
+    """Decode a stream piece by piece: yield its symbols in consecutive arrays.
+
+    Each piece holds ``block`` symbols (rounded up to whole chunks; the last
+    may be shorter), so a long stream is never held decoded in full. The
+    checks are those of :func:`decode`; a damaged chunk raises
+    :class:`~caffecompress.errors.CorruptDataError` when its piece is reached.
+    Without numba the whole stream is decoded once and handed out in slices.
+    """
+    run = _numba_decoder()
+    if run is None:
+        out = decode(stream)
+        step = max(int(block), 1)
+        for s in range(0, out.size, step):
+            yield out[s : s + step]
+        return
+    table, L, offsets, nch = _validate(stream)
+    dt = _out_dtype(stream.nsym)
+    n, chunk = int(stream.n), int(stream.chunk)
+    per = max(1, int(block) // chunk)  # chunks per piece
+    offs = offsets.astype(np.int64)
+    payload = np.asarray(stream.payload)
+    for c0 in range(0, nch, per):
+        c1 = min(c0 + per, nch)
+        i0 = c0 * chunk
+        m = min(c1 * chunk, n) - i0
+        out = np.empty(m, dt)
+        bad = run(payload, offs[c0:c1], offs[c0 + 1 : c1 + 1], table, L, m, chunk, out)
+        if bad >= 0:
+            raise CorruptDataError(f"Huffman chunk {c0 + bad} does not decode to its stated end")
+        yield out
 
 
 # --------------------------------------------------------------------------

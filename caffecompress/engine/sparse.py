@@ -96,6 +96,33 @@ def _gap_positions(sym: np.ndarray, b: int, size: int, count: int) -> np.ndarray
     return pos
 
 
+def _gap_fill(out: np.ndarray, sym: np.ndarray, b: int, count: int) -> None:
+    """Set ``out`` at the kept positions a gap stream describes, block by block
+    (the checks of :func:`_gap_positions`, without int64 copies of the stream)."""
+    M = (1 << b) - 1
+    size = out.size
+    base = 0  # position the next symbol starts from
+    seen = 0
+    for s in range(0, sym.size, _BLOCK):
+        blk = sym[s : s + _BLOCK].astype(np.int64)
+        if blk.size and int(blk.max()) > M:
+            raise CorruptDataError("sparse gap symbol out of range")
+        keep = blk != M
+        blk += keep
+        np.cumsum(blk, out=blk)
+        blk += base - 1
+        base = int(blk[-1]) + 1 if blk.size else base
+        pos = blk[keep]
+        seen += pos.size
+        if seen > count:
+            break
+        if pos.size and int(pos[-1]) >= size:
+            raise CorruptDataError("sparse positions run past the end of the blob")
+        out[pos] = True
+    if seen != count:
+        raise CorruptDataError(f"sparse positions: {seen} kept weights decoded, {count} expected")
+
+
 def _gap_counts(pos: np.ndarray, b: int) -> tuple[np.ndarray, int]:
     """Symbol counts of the gap stream without building it."""
     M = (1 << b) - 1
@@ -104,6 +131,59 @@ def _gap_counts(pos: np.ndarray, b: int) -> tuple[np.ndarray, int]:
     counts = np.bincount(gaps - nfill * M, minlength=M + 1)
     counts[M] += int(nfill.sum())
     return counts, int(counts.sum())
+
+
+_BLOCK = 1 << 22  # mask elements per block: int64 temporaries stay at 32 MiB
+
+
+def _gap_blocks(m: np.ndarray):
+    """Yield the gaps (pruned weights before each kept one) block by block,
+    as ``np.diff(np.flatnonzero(m), prepend=-1) - 1`` would give them, without
+    an int64 copy of every kept position."""
+    last = -1
+    for s in range(0, m.size, _BLOCK):
+        pos = np.flatnonzero(m[s : s + _BLOCK])
+        if pos.size == 0:
+            continue
+        pos += s
+        gaps = np.diff(pos, prepend=last) - 1
+        last = int(pos[-1])
+        yield gaps
+
+
+def _all_gap_counts(m: np.ndarray, bits) -> dict:
+    """``{b: (counts, n)}`` of the gap stream for every width ``b``, in one pass."""
+    acc = {b: np.zeros((1 << b), np.int64) for b in bits}
+    for gaps in _gap_blocks(m):
+        for b in bits:
+            M = (1 << b) - 1
+            nfill = gaps // M
+            c = np.bincount(gaps - nfill * M, minlength=M + 1)
+            c[M] += int(nfill.sum())
+            acc[b] += c
+    return {b: (c, int(c.sum())) for b, c in acc.items()}
+
+
+def _gap_stream(m: np.ndarray, b: int) -> np.ndarray:
+    """The whole gap stream of width ``b`` (what ``_gap_symbols`` gives), built block by block."""
+    pieces = [_gap_symbols_from_gaps(g, b) for g in _gap_blocks(m)]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
+
+
+def _gap_symbols_from_gaps(gaps: np.ndarray, b: int) -> np.ndarray:
+    M = (1 << b) - 1
+    nfill = gaps // M
+    ends = np.cumsum(nfill + 1) - 1
+    out = np.full(int(ends[-1]) + 1 if ends.size else 0, M, np.uint8)
+    out[ends] = (gaps - nfill * M).astype(np.uint8)
+    return out
+
+
+def _byte_counts(packed: np.ndarray) -> np.ndarray:
+    c = np.zeros(256, np.int64)
+    for s in range(0, packed.size, _BLOCK):
+        c += np.bincount(packed[s : s + _BLOCK], minlength=256)
+    return c
 
 
 def _huff_size(counts: np.ndarray, n: int, chunk: int) -> int:
@@ -121,18 +201,19 @@ def candidate_sizes(mask, *, chunk: int = 4096) -> dict:
         when nothing is pruned). Meta entries are not counted (same for all).
     """
     m = _flat_mask(mask)
-    pos = np.flatnonzero(m)
     out = {}
     best = None
+    gc = _all_gap_counts(m, GAP_BITS)
     for b in GAP_BITS:
-        counts, n = _gap_counts(pos, b)
+        counts, n = gc[b]
         sz = _huff_size(counts, n, chunk)
         if best is None or sz < best[0]:
             best = (sz, b)
     out["gaps"] = best
     packed = np.packbits(m)
-    out["bitmask"] = _huff_size(np.bincount(packed, minlength=256), packed.size, chunk)
-    out["gap4"] = (_gap_counts(pos, 4)[1] + 1) // 2
+    out["bitmask"] = _huff_size(_byte_counts(packed), packed.size, chunk)
+    del packed
+    out["gap4"] = (gc[4][1] + 1) // 2
     if m.all():
         out["all"] = 0
     return out
@@ -151,8 +232,7 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
         Symbols per Huffman chunk.
     """
     m = _flat_mask(mask)
-    pos = np.flatnonzero(m)
-    count = int(pos.size)
+    count = int(np.count_nonzero(m))
     b = None
     if method == "auto":
         sizes = candidate_sizes(m, chunk=chunk)
@@ -166,7 +246,7 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
     if method == "gaps":
         if b is None:
             b = candidate_sizes(m, chunk=chunk)["gaps"][1]
-        s = H.encode(_gap_symbols(pos, b), nsym=1 << b, chunk=chunk)
+        s = H.encode(_gap_stream(m, b), nsym=1 << b, chunk=chunk)
         meta, parts = H.stream_parts(s)
         meta.update(count=count, bits=b)
         return SparsePositions("gaps", meta, parts)
@@ -176,7 +256,7 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
         meta.update(count=count)
         return SparsePositions("bitmask", meta, parts)
     if method == "gap4":
-        sym = _gap_symbols(pos, 4)
+        sym = _gap_stream(m, 4)
         meta = {"count": count, "n": int(sym.size)}
         if sym.size % 2:
             sym = np.concatenate([sym, np.zeros(1, np.uint8)])
@@ -215,7 +295,7 @@ def decode_positions(sp: SparsePositions, size: int) -> np.ndarray:
             raise CorruptDataError("sparse gap table has the wrong alphabet")
         if s.n > size + count:  # every symbol advances by >= 1, or is a kept one
             raise CorruptDataError("sparse gap stream longer than the blob allows")
-        out[_gap_positions(H.decode(s), b, size, count)] = True
+        _gap_fill(out, H.decode(s), b, count)
         return out
     if sp.method == "bitmask":
         s = H.stream_from_parts(sp.meta, sp.parts)
@@ -233,6 +313,6 @@ def decode_positions(sp: SparsePositions, size: int) -> np.ndarray:
             raise CorruptDataError("sparse gap4 stream has the wrong size")
         sym = np.empty(2 * nib.size, np.uint8)
         sym[0::2], sym[1::2] = nib >> 4, nib & 15
-        out[_gap_positions(sym[:n], 4, size, count)] = True
+        _gap_fill(out, sym[:n], 4, count)
         return out
     raise CorruptDataError(f"unknown sparse method {sp.method!r}")
