@@ -332,7 +332,14 @@ def _positions(model: Model) -> dict:
 
 
 def _lossy(x, plan, xp, where):
-    """Encode ``x`` under ``plan``; return ((method, meta, parts), restored host array, bits, sqnr)."""
+    """Encode ``x`` under ``plan``; return ((method, meta, parts), bits, sqnr, crc32, zeros).
+
+    The stored streams are decoded back block by block (never the whole
+    restored blob at once): the CRC32 and zero count of the restored array
+    (in ``x``'s dtype) and the weight SQNR come from that decode, with the
+    same block order and arithmetic as :func:`crc32_of`, :func:`_count_zeros`
+    and :func:`sqnr_db`, so the figures are those of the whole array.
+    """
     eng = _engine()
     f = x.reshape(-1)
     if not all(np.isfinite(f[s : s + _BLOCK]).all() for s in range(0, f.size, _BLOCK)):
@@ -341,9 +348,29 @@ def _lossy(x, plan, xp, where):
     xin = xd if xp is np else xp.asarray(xd)
     bits = plan.bits if plan.bits is not None else _search_bits(xin, plan, xp)
     enc = eng.encode_blob(xin, bits=bits, prune=plan.prune, init=plan.init, xp=xp)
+    del xin
     parts = {k: to_host(v) for k, v in enc.parts.items()}
-    y = to_host(eng.decode_blob(enc.method, enc.meta, parts, xp=np)).reshape(x.shape)
-    return (enc.method, dict(enc.meta), parts), y, bits, sqnr_db(xd, y)
+    xf = xd.reshape(-1)
+    crc, zeros, sig, err, s = 0, 0, 0.0, 0.0, 0
+    for yb in eng.iter_decode_blob(enc.method, enc.meta, parts, block=_BLOCK):
+        a = xf[s : s + yb.size]
+        d = a - yb
+        sig += float(np.dot(a, a))
+        err += float(np.dot(d, d))
+        del d
+        ob = yb.astype(x.dtype, copy=False)
+        crc = zlib.crc32(memoryview(ob).cast("B"), crc)
+        zeros += int(np.count_nonzero(ob == 0))
+        s += yb.size
+    if s != f.size:
+        raise CorruptDataError(f"decoded {s} values, expected {f.size}", **where)
+    if err == 0.0:
+        sq = math.inf
+    elif sig == 0.0:
+        sq = -math.inf
+    else:
+        sq = 10.0 * math.log10(sig / err)
+    return (enc.method, dict(enc.meta), parts), bits, sq, crc & 0xFFFFFFFF, zeros
 
 
 def _search_bits(xin, plan, xp) -> int:
@@ -513,14 +540,12 @@ def compress(
         msg = None
         if not plan.lossless:
             try:
-                (method, meta, parts), y, bits, s = _lossy(arr, plan, xp, where)
+                (method, meta, parts), bits, s, crc, zeros = _lossy(arr, plan, xp, where)
                 if method == "raw":  # coding would not shrink it: store the exact bytes
                     raise _StoreLossless
-                out = y.astype(arr.dtype, copy=False)
-                del y
-                sp = _count_zeros(out) / max(out.size, 1)
+                sp = zeros / max(arr.size, 1)
                 return BlobRecord(li, bi, shape, arr.dtype.str, method, meta, parts,
-                                  crc32_of(out), kind=plan.kind, bits=int(bits),
+                                  crc, kind=plan.kind, bits=int(bits),
                                   sparsity=sp, sqnr=s), None
             except NonFiniteWeightsError as exc:
                 msg = f"{exc}; stored losslessly"

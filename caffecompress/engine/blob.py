@@ -35,7 +35,7 @@ from ..errors import CorruptDataError
 from . import huffman as H
 from . import sparse as S
 
-__all__ = ["EncodedBlob", "METHODS", "encode_blob", "decode_blob", "blob_stats"]
+__all__ = ["EncodedBlob", "METHODS", "encode_blob", "decode_blob", "iter_decode_blob", "blob_stats"]
 
 METHODS = ("raw", "exact", "shared", "shared+sparse")
 #: Largest codebook of the lossless ``exact`` method.
@@ -233,6 +233,88 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
     out = np.zeros(size, np.float32)
     out[mask] = book[lab]
     return out.reshape(shape)
+
+
+def _label_blocks(meta, parts, nsym: int, block: int):
+    """The label stream in consecutive pieces of ``block`` labels (checked as in :func:`_decode_labels`)."""
+    n = int(meta.get("nlab", -1))
+    if n < 0:
+        raise CorruptDataError("blob meta lacks the label count")
+    if nsym <= 1:
+        if "l_lengths" in parts or "l_n" in meta:
+            raise CorruptDataError("a one-value codebook with a label stream")
+        for s in range(0, n, block):
+            yield np.zeros(min(block, n - s), np.uint8)
+        return
+    st = H.stream_from_parts(meta, parts, "l_")
+    if st.n != n or st.nsym != nsym:
+        raise CorruptDataError(f"label stream has {st.n} labels over {st.nsym} symbols, expected {n} over {nsym}")
+    yield from H.decode_blocks(st, block)
+
+
+def iter_decode_blob(method: str, meta: dict, parts: dict, *, block: int = 1 << 22):
+    """Restore a blob piece by piece: yield its flat float32 values in order.
+
+    Every piece but the last holds exactly ``block`` values (host NumPy), so
+    the concatenation equals ``decode_blob(...).reshape(-1)`` while no more
+    than a piece (plus, for ``shared+sparse``, the blob's boolean keep-mask)
+    is decoded at a time: for checksums and error sums over big blobs.
+
+    Raises
+    ------
+    CorruptDataError
+        As :func:`decode_blob`; a damaged stream may raise after some pieces
+        were yielded.
+    """
+    block = max(int(block), 1)
+    shape = _parse_shape(meta)
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if method in ("raw",) or method not in METHODS:
+        y = decode_blob(method, meta, parts).reshape(-1)
+        for s in range(0, size, block):
+            yield y[s : s + block]
+        return
+    book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
+    if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
+        raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
+    if method in ("exact", "shared"):
+        if int(meta.get("nlab", -1)) != size:
+            raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
+        # label pieces come in whole Huffman chunks: regroup them to ``block``
+        pend, have = [], 0
+        for lab in _label_blocks(meta, parts, book.size, block):
+            pend.append(lab)
+            have += lab.size
+            while have >= block:
+                cat = np.concatenate(pend) if len(pend) > 1 else pend[0]
+                yield book[cat[:block]]
+                rest = cat[block:]
+                pend, have = ([rest] if rest.size else []), rest.size
+        if have:
+            yield book[np.concatenate(pend) if len(pend) > 1 else pend[0]]
+        return
+    # shared+sparse: the keep-mask whole (1 byte a weight), the labels in pieces
+    pmeta = {k[2:]: v for k, v in meta.items() if k.startswith("p_")}
+    pparts = {k[2:]: v for k, v in parts.items() if k.startswith("p_")}
+    pm = str(pmeta.pop("method", ""))
+    mask = S.decode_positions(S.SparsePositions(pm, pmeta, pparts), size)
+    count = int(np.count_nonzero(mask))
+    if int(meta.get("nlab", -1)) != count:
+        raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {count} kept weights")
+    labs = _label_blocks(meta, parts, book.size, block)
+    buf = np.zeros(0, np.uint8)
+    for s in range(0, size, block):
+        m = mask[s : s + block]
+        need = int(np.count_nonzero(m))
+        while buf.size < need:
+            more = next(labs, None)
+            if more is None:
+                raise CorruptDataError("label stream ends before the kept weights do")
+            buf = np.concatenate([buf, more])
+        out = np.zeros(m.size, np.float32)
+        out[m] = book[buf[:need]]
+        buf = buf[need:]
+        yield out
 
 
 def blob_stats(x, enc: EncodedBlob, y=None) -> dict:
