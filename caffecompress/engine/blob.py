@@ -91,6 +91,32 @@ def _labels_parts(labels, nsym: int, xp, meta: dict, parts: dict) -> None:
     parts.update(p)
 
 
+_LABEL_BLOCK = 1 << 20  # labels made per step when streamed (temporaries ~20 MiB)
+
+
+def _labels_parts_blocks(blocks, counts, mflat, nsym: int, meta: dict, parts: dict) -> None:
+    """:func:`_labels_parts` for labels made block by block (host only): the
+    kept labels' ``counts`` fix the code, each block is packed as it comes."""
+    n = int(np.sum(counts))
+    meta["nlab"] = n
+    if nsym <= 1:
+        return
+
+    def kept():
+        s0 = 0
+        for lab in blocks(_LABEL_BLOCK):
+            if mflat is None:
+                yield lab
+            else:
+                yield lab[mflat[s0 : s0 + lab.size]]
+            s0 += lab.size
+
+    s = H.encode_blocks(kept(), n=n, counts=counts, nsym=nsym)
+    m, p = H.stream_parts(s, "l_")
+    meta.update(m)
+    parts.update(p)
+
+
 def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
     """Codebook of distinct bit patterns (<= EXACT_MAX) + coded indices, else None."""
     keys = x32.reshape(-1).view(np.uint32)
@@ -163,21 +189,28 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
         if bool(mask.all()):
             mask = None
     kz = bool(keep_zero)  # pruned positions come back from the position stream, not a zero code
-    sw = kmeans.share_weights(xd, k=k, init=init, keep_zero=kz, mask=mask, xp=xp)
+    # on the host the labels are never held whole: they are made block by
+    # block and packed straight into the Huffman stream (same bytes)
+    sw, lazy = kmeans._share(xd, k, init, kz, mask, 0, kmeans.DEFAULT_MAX_ITER, None, "auto", xp,
+                             lazy=xp is np)
     meta = {"shape": _shape_str(shape), "bits": bits}
     parts = {"codebook": np.ascontiguousarray(sw.codebook, np.float32)}
-    labels = sw.labels.reshape(-1)
+    nsym = int(sw.codebook.size)
+    mflat = None if mask is None else mask.reshape(-1)
     if mask is None:
         method = "exact" if sw.exact else "shared"
-        _labels_parts(labels, int(sw.codebook.size), xp, meta, parts)
     else:
         method = "shared+sparse"
-        mflat = mask.reshape(-1)
         sp = S.encode_positions(_host(mflat))
         meta["p_method"] = sp.method
         meta.update({"p_" + k_: v for k_, v in sp.meta.items()})
         parts.update({"p_" + k_: v for k_, v in sp.parts.items()})
-        _labels_parts(labels[mflat], int(sw.codebook.size), xp, meta, parts)
+    if lazy is None:
+        labels = sw.labels.reshape(-1)
+        _labels_parts(labels if mflat is None else labels[mflat], nsym, xp, meta, parts)
+    else:
+        blocks, counts = lazy
+        _labels_parts_blocks(blocks, counts, mflat, nsym, meta, parts)
     enc = EncodedBlob(method, meta, parts)
     return enc if enc.nbytes < raw_bytes else _raw(x32, shape)
 

@@ -206,11 +206,26 @@ def grid_index(x, step: float, levels: int, *, xp=np):
     map to 0 by an integer test, not by the division.
     """
     a = _flat32(x, xp)
+    if a.size <= _INDEX_STEP:
+        return _grid_index_part(a, step, levels, xp)
+    # element-wise, so done in steps into one int32 result: the float64 and
+    # mask temporaries stay at a step's size instead of 4.25x the block's
+    q = xp.empty(a.size, xp.int32)
+    for s in iter_blocks(a.size, _INDEX_STEP):
+        q[s] = _grid_index_part(a[s], step, levels, xp)
+    return q
+
+
+_INDEX_STEP = 1 << 20  # elements per step of grid_index
+
+
+def _grid_index_part(a, step, levels, xp):
     t = a.astype(xp.float64)
     t /= xp.float64(step)
     xp.rint(t, out=t)
     xp.clip(t, -levels, levels, out=t)  # clamp before the float->int cast
     q = t.astype(xp.int32)
+    del t
     mag = _bits(a, xp) & _ABS_MASK
     q[mag < _MIN_NORMAL_BITS] = 0
     return q

@@ -65,6 +65,7 @@ __all__ = [
     "canonical_codes",
     "decode_table",
     "encode",
+    "encode_blocks",
     "decode",
     "decode_numpy",
     "decode_doubling",
@@ -456,6 +457,113 @@ def _pack(sym, lengths, codes, n: int, nbits: int, chunk: int, xp):
     out[1 : nw + 1] |= (g & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
     payload = _host(out[:nw32]).astype(">u4").view(np.uint8)[: (nbits + 7) // 8].copy()
     return payload, offsets
+
+
+def encode_blocks(blocks, *, n: int, counts, nsym: int, max_len: int | None = None,
+                  chunk: int = 4096) -> HuffmanStream:
+    """Huffman-code a stream handed over in pieces, with its symbol counts known.
+
+    Gives the same :class:`HuffmanStream` as ``encode(np.concatenate(list(blocks)),
+    nsym=nsym, ...)`` without the whole stream in memory: ``counts`` fixes the
+    code (and the payload size), then every piece is packed where the last
+    one stopped.
+
+    Parameters
+    ----------
+    blocks : iterable of 1-D host integer arrays
+        The symbols in order, any piece sizes; ``n`` in all.
+    n : int
+        Total number of symbols.
+    counts : array_like of int
+        Occurrences of every symbol in the whole stream (length ``nsym``).
+    nsym, max_len, chunk
+        As :func:`encode`.
+
+    Raises
+    ------
+    ValueError
+        The pieces do not hold ``n`` symbols with exactly these ``counts``.
+    """
+    if not 1 <= nsym <= MAX_SYMBOLS:
+        raise ValueError(f"nsym must be in 1..{MAX_SYMBOLS}, got {nsym}")
+    if chunk < 1 or chunk > (1 << 30):
+        raise ValueError(f"chunk must be in 1..2**30, got {chunk}")
+    counts = np.asarray(counts, np.int64)
+    if counts.shape != (nsym,) or int(counts.sum()) != n or (counts < 0).any():
+        raise ValueError("counts must give every symbol's count and sum to n")
+    run = _numba_part_encoder()
+    if run is None or n == 0:
+        pieces = [np.asarray(b).reshape(-1) for b in blocks]
+        sym = np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
+        out = encode(sym, nsym=nsym, max_len=max_len, chunk=chunk)
+        if not np.array_equal(_symbol_counts(sym, nsym, np), counts):
+            raise ValueError("the blocks do not hold the stated symbol counts")
+        return out
+    nused = int(np.count_nonzero(counts))
+    lim = auto_max_len(nused) if max_len is None else int(max_len)
+    lengths = code_lengths(counts, lim)
+    codes = canonical_codes(lengths)
+    nbits = coded_bits(counts, lengths)
+    payload = np.zeros((nbits + 7) // 8, np.uint8)
+    offsets = np.empty(-(-n // chunk) + 1, np.uint64)
+    offsets[-1] = nbits
+    state = np.zeros(5, np.int64)  # acc, bits in acc, bit position, byte position, symbols done
+    seen = np.zeros(nsym, np.int64)
+    for b in blocks:
+        b = np.ascontiguousarray(np.asarray(b).reshape(-1))
+        if b.dtype.kind not in "ui":
+            raise TypeError(f"symbols must be integers, got {b.dtype}")
+        if b.size == 0:
+            continue
+        if int(state[4]) + b.size > n:
+            raise ValueError(f"the blocks hold more than {n} symbols")
+        seen += _symbol_counts(b, nsym, np)  # also rejects symbols >= nsym
+        if b.dtype.kind == "i" and int(b.min()) < 0:
+            raise ValueError(f"symbols must lie in [0, {nsym})")
+        run(b, lengths, codes, int(chunk), payload, offsets, state)
+    if int(state[4]) != n or not np.array_equal(seen, counts):
+        raise ValueError("the blocks do not hold the stated symbols")
+    if state[1]:
+        payload[state[3]] = np.uint8((int(state[0]) << (8 - int(state[1]))) & 0xFF)
+    return HuffmanStream(lengths, payload, offsets, n, int(chunk))
+
+
+@functools.cache
+def _numba_part_encoder():
+    """numba packer for one piece of a stream, resuming from ``state`` (None without numba)."""
+    try:
+        import numba  # noqa: PLC0415  (optional extra)
+    except Exception:  # pragma: no cover
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def run(sym, lengths, codes, chunk, payload, offsets, state):  # pragma: no cover - compiled
+        acc = np.uint64(state[0])
+        have = state[1]
+        bit = state[2]
+        o = state[3]
+        base = state[4]
+        for j in range(sym.size):
+            i = base + j
+            if i % chunk == 0:
+                offsets[i // chunk] = bit
+            s = sym[j]
+            ln = np.int64(lengths[s])
+            acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+            have += ln
+            bit += ln
+            while have >= 8:
+                have -= 8
+                payload[o] = np.uint8((acc >> np.uint64(have)) & np.uint64(0xFF))
+                o += 1
+        # keep only the bits not yet written (fewer than 8)
+        state[0] = np.int64(acc & ((np.uint64(1) << np.uint64(have)) - np.uint64(1)))
+        state[1] = have
+        state[2] = bit
+        state[3] = o
+        state[4] = base + sym.size
+
+    return run
 
 
 @functools.cache

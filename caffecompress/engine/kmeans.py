@@ -226,10 +226,11 @@ def _table(first: np.ndarray, k: int, lo: int, hi: int, dtype) -> np.ndarray:
     return np.repeat(np.arange(k, dtype=dtype), np.diff(edges))
 
 
-def _labels_on_grid(a, m, h, c_grid, qcache, xp, dtype):
-    """Labels of every element: a gather through a host-built table, or for
-    blobs much smaller than the table, an integer ``searchsorted`` on the
-    cell edges (the same function, so the same labels)."""
+def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
+    """Labels of every element, yielded per block of ``block`` elements: a
+    gather through a host-built table, or for blobs much smaller than the
+    table, an integer ``searchsorted`` on the cell edges (the same function,
+    so the same labels)."""
     lo = int(min(h.values[0], 0))
     hi = int(max(h.values[-1], 0))
     first = _first_above(c_grid, lo, hi)
@@ -239,20 +240,41 @@ def _labels_on_grid(a, m, h, c_grid, qcache, xp, dtype):
         dev = xp.asarray(table)
     else:
         dev = xp.asarray(first.astype(np.int32))
-    out = xp.empty(a.size, dtype=dtype)
-    for s in iter_blocks(a.size):
-        q = qcache if qcache is not None else grid_index(a[s], h.step, h.levels, xp=xp)
+    for s in iter_blocks(a.size, block):
+        q = qcache[s] if qcache is not None else grid_index(a[s], h.step, h.levels, xp=xp)
         if m is not None:
             q = xp.where(m[s], q, xp.int32(0))
         if use_table:
             idx = q - xp.int32(lo)
+            del q
             # in range by construction; clamp anyway (CuPy wraps
             # out-of-range gathers where NumPy raises)
             xp.clip(idx, 0, table.size - 1, out=idx)
-            out[s] = xp.take(dev, idx)
+            yield xp.take(dev, idx)
         else:
             # int32 on both sides, explicit side
-            out[s] = xp.searchsorted(dev, q, side="right").astype(dtype)
+            yield xp.searchsorted(dev, q, side="right").astype(dtype)
+
+
+def _labels_on_grid(a, m, h, c_grid, qcache, xp, dtype):
+    """Labels of every element (see :func:`_label_blocks_on_grid`)."""
+    out = xp.empty(a.size, dtype=dtype)
+    s0 = 0
+    for lab in _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype):
+        out[s0 : s0 + lab.size] = lab
+        s0 += lab.size
+    return out
+
+
+def _kept_label_counts(h, c_grid, k):
+    """How many kept elements each label gets: the histogram's counts summed
+    per cell (the labels :func:`_label_blocks_on_grid` gives kept elements)."""
+    lo = int(min(h.values[0], 0))
+    hi = int(max(h.values[-1], 0))
+    first = _first_above(c_grid, lo, hi)
+    lab = np.searchsorted(first, h.values, side="right")
+    out = np.zeros(k, np.int64)
+    np.add.at(out, lab, h.counts)
     return out
 
 
@@ -388,6 +410,15 @@ def share_weights(
     ValueError
         ``k`` or ``init`` out of range, or a mask of the wrong size.
     """
+    sw, _ = _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, lazy=False)
+    return sw
+
+
+def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, *, lazy):
+    """:func:`share_weights`; with ``lazy`` and a clustered (not exact) blob,
+    the labels are left out (``labels=None``) and ``(blocks, counts)`` comes
+    back beside the result: ``blocks(size)`` yields every element's label
+    block by block, ``counts`` how many kept elements each label has."""
     k = int(k)
     if not K_MIN <= k <= K_MAX:
         raise ValueError(f"k must be in {K_MIN}..{K_MAX}, got {k}")
@@ -405,7 +436,7 @@ def share_weights(
     def result(codebook, labels, sse, signal, exact, it=0, conv=True):
         return SharedWeights(
             codebook=np.ascontiguousarray(codebook, np.float32),
-            labels=labels.reshape(shape),
+            labels=None if labels is None else labels.reshape(shape),
             sse=float(sse),
             sqnr_db=_sqnr(signal, sse),
             k=int(codebook.size),
@@ -419,7 +450,7 @@ def share_weights(
 
     if h.n == 0:
         # nothing kept: one zero centroid, every label 0
-        return result(np.zeros(1, np.float32), xp.zeros(a.size, dtype=dtype), 0.0, 0.0, True)
+        return result(np.zeros(1, np.float32), xp.zeros(a.size, dtype=dtype), 0.0, 0.0, True), None
 
     has_zero = bool(np.any(h.values == 0))
     need_zero = keep_zero and not has_zero
@@ -433,7 +464,7 @@ def share_weights(
             # label of grid value 0 for masked positions: nearest to zero
             zlab = int(np.argmin(np.abs(codebook.astype(np.float64))))
             labels = _exact_labels(a, m, D, zlab, xp, dtype)
-            return result(codebook, labels, 0.0, signal, True)
+            return result(codebook, labels, 0.0, signal, True), None
         # distinct floats share grid bins: one centroid per occupied bin
         c_grid = h.values.astype(np.float64)
         if need_zero:
@@ -445,5 +476,11 @@ def share_weights(
     codebook = (c_grid * h.step).astype(np.float32)
     sse, signal = _sse(h, c_grid, codebook)
     qc = qcache if a.size <= _grid.BLOCK else None
+    if lazy:
+        def blocks(block=None):
+            return _label_blocks_on_grid(a, m, h, c_grid, qc, xp, dtype, block)
+
+        return (result(codebook, None, sse, signal, False, it, conv),
+                (blocks, _kept_label_counts(h, c_grid, codebook.size)))
     labels = _labels_on_grid(a, m, h, c_grid, qc, xp, dtype)
-    return result(codebook, labels, sse, signal, False, it, conv)
+    return result(codebook, labels, sse, signal, False, it, conv), None

@@ -95,3 +95,43 @@ def test_gap_fill_rejects_overrun(monkeypatch):
         S._gap_fill(out, np.array([3, 3, 3, 3], np.uint8), 4, 4)  # positions 3, 7, 11, 15
     with pytest.raises(CorruptDataError):
         S._gap_fill(np.zeros(10, bool), np.array([0, 0], np.uint8), 4, 3)
+
+
+@pytest.mark.parametrize("piece", [1, 999, 4096, 70_001])
+def test_encode_blocks_equals_encode(piece):
+    r = np.random.default_rng(4)
+    sym = (r.geometric(0.1, 150_000) % 300).astype(np.uint16)
+    want = H.encode(sym, nsym=300)
+    counts = np.bincount(sym, minlength=300)
+    got = H.encode_blocks((sym[i : i + piece] for i in range(0, sym.size, piece)),
+                          n=sym.size, counts=counts, nsym=300)
+    assert got.payload.tobytes() == want.payload.tobytes()
+    np.testing.assert_array_equal(got.offsets, want.offsets)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+
+
+def test_encode_blocks_rejects_wrong_counts():
+    sym = np.arange(1000, dtype=np.uint8) % 5
+    counts = np.bincount(sym, minlength=5)
+    counts[0] += 1
+    counts[1] -= 1
+    with pytest.raises(ValueError):
+        H.encode_blocks([sym[:500], sym[500:]], n=1000, counts=counts, nsym=5)
+
+
+@pytest.mark.parametrize("bits,prune", [(4, 0.0), (9, 0.0), (5, 0.7)])
+def test_streamed_labels_equal_materialised(monkeypatch, bits, prune):
+    """encode_blob packs labels block by block: the same bytes as coding them whole."""
+    from caffecompress.engine.kmeans import share_weights
+    from caffecompress.engine.prune import prune_mask
+
+    monkeypatch.setattr(B, "_LABEL_BLOCK", 3000)
+    x = _blob(60_000, seed=5)
+    enc = B.encode_blob(x, bits=bits, prune=prune)
+    mask = prune_mask(x, sparsity=prune) if prune else None
+    sw = share_weights(x, k=1 << bits, mask=mask)
+    lab = sw.labels.reshape(-1)
+    lab = lab if mask is None else lab[mask.reshape(-1)]
+    ref = H.encode(lab, nsym=sw.codebook.size)
+    assert enc.parts["l_payload"].tobytes() == ref.payload.tobytes()
+    np.testing.assert_array_equal(enc.parts["codebook"], sw.codebook)
