@@ -26,7 +26,15 @@ import numpy as np
 
 from ..backend import to_host
 from . import grid as _grid
-from .grid import iter_blocks, screen_finite
+from .grid import iter_blocks as _iter_blocks
+from .grid import screen_finite
+
+_STEP = 1 << 20  # elements per block: the int32/int64 temporaries stay at 4-8 MiB
+
+
+def iter_blocks(n: int):
+    """Blocks of :data:`_STEP` elements (the counts do not depend on the block size)."""
+    return _iter_blocks(n, _STEP)
 
 __all__ = ["prune_mask", "magnitude_std"]
 
@@ -53,12 +61,12 @@ def magnitude_std(x, *, xp=np) -> float:
     if n == 0:
         return 0.0
     s1 = []
-    for s in iter_blocks(n):
+    for s in _iter_blocks(n):
         b = _grid.canonicalize(to_host(a[s])).astype(np.float64)
         s1.append(float(np.sum(b)))
     mean = math.fsum(s1) / n
     s2 = []
-    for s in iter_blocks(n):
+    for s in _iter_blocks(n):
         b = _grid.canonicalize(to_host(a[s])).astype(np.float64)
         b -= mean
         s2.append(float(np.dot(b, b)))

@@ -133,7 +133,7 @@ def _gap_counts(pos: np.ndarray, b: int) -> tuple[np.ndarray, int]:
     return counts, int(counts.sum())
 
 
-_BLOCK = 1 << 22  # mask elements per block: int64 temporaries stay at 32 MiB
+_BLOCK = 1 << 20  # mask elements per block: int64 temporaries stay at 8 MiB
 
 
 def _gap_blocks(m: np.ndarray):
@@ -200,7 +200,11 @@ def candidate_sizes(mask, *, chunk: int = 4096) -> dict:
         ``{"gaps": (bytes, b), "bitmask": bytes, "gap4": bytes}`` (+ ``"all"``: 0
         when nothing is pruned). Meta entries are not counted (same for all).
     """
-    m = _flat_mask(mask)
+    return _candidate_sizes(_flat_mask(mask), chunk)[0]
+
+
+def _candidate_sizes(m, chunk):
+    """:func:`candidate_sizes` and the gap counts of every width behind it."""
     out = {}
     best = None
     gc = _all_gap_counts(m, GAP_BITS)
@@ -216,7 +220,7 @@ def candidate_sizes(mask, *, chunk: int = 4096) -> dict:
     out["gap4"] = (gc[4][1] + 1) // 2
     if m.all():
         out["all"] = 0
-    return out
+    return out, gc
 
 
 def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> SparsePositions:
@@ -234,8 +238,9 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
     m = _flat_mask(mask)
     count = int(np.count_nonzero(m))
     b = None
+    gc = None
     if method == "auto":
-        sizes = candidate_sizes(m, chunk=chunk)
+        sizes, gc = _candidate_sizes(m, chunk)
         flat = {k: (v[0] if isinstance(v, tuple) else v) for k, v in sizes.items()}
         method = min(flat, key=lambda k: (flat[k], METHODS.index(k)))
         b = sizes["gaps"][1] if method == "gaps" else None
@@ -246,7 +251,10 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
     if method == "gaps":
         if b is None:
             b = candidate_sizes(m, chunk=chunk)["gaps"][1]
-        s = H.encode(_gap_stream(m, b), nsym=1 << b, chunk=chunk)
+        counts, n = _all_gap_counts(m, [b])[b] if gc is None else gc[b]
+        # the stream is packed piece by piece, never held whole
+        s = H.encode_blocks((_gap_symbols_from_gaps(g, b) for g in _gap_blocks(m)),
+                            n=n, counts=counts, nsym=1 << b, chunk=chunk)
         meta, parts = H.stream_parts(s)
         meta.update(count=count, bits=b)
         return SparsePositions("gaps", meta, parts)
