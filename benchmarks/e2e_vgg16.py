@@ -48,11 +48,13 @@ def main(argv=None):
     out_size = out.stat().st_size
     print(f"model {a.model} ({fmt_mb(size)}), preset {a.preset}, {a.repeat} runs, cpus {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"compress: median {median(r['wall_s'] for r in comp):.1f} s, peak RSS "
-          f"{fmt_mb(max(r['peak_rss_bytes'] for r in comp))} ({max(r['peak_rss_bytes'] for r in comp) / size:.2f}x the file), "
-          f"ratio {size / out_size:.2f}x, CPU {median(r['cpu_s'] for r in comp):.1f} s")
-    print(f"restore:  median {median(r['wall_s'] for r in rest):.1f} s, peak RSS "
-          f"{fmt_mb(max(r['peak_rss_bytes'] for r in rest))}")
+    cpk = [r["peak_rss_bytes"] for r in comp]
+    rpk = [r["peak_rss_bytes"] for r in rest]
+    print(f"compress: median {median(r['wall_s'] for r in comp):.1f} s, peak RSS median "
+          f"{fmt_mb(median(cpk))} ({median(cpk) / size:.2f}x the file), max {fmt_mb(max(cpk))} "
+          f"({max(cpk) / size:.2f}x), ratio {size / out_size:.2f}x, CPU {median(r['cpu_s'] for r in comp):.1f} s")
+    print(f"restore:  median {median(r['wall_s'] for r in rest):.1f} s, peak RSS median "
+          f"{fmt_mb(median(rpk))}, max {fmt_mb(max(rpk))}")
     for p in (out, back):
         p.unlink(missing_ok=True)
 
