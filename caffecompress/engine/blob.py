@@ -28,7 +28,6 @@ positions).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 
@@ -247,21 +246,6 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         return data.reshape(shape).copy()
     if method not in METHODS:
         raise CorruptDataError(f"unknown blob method {method!r}")
-    if xp is np:
-        # on the host, piece by piece into the result: no whole-blob label
-        # array or gathered copy beside it
-        pieces = iter_decode_blob(method, meta, parts)
-        first = next(pieces, None)  # the streams' checks run before the result is allocated
-        out = np.empty(size, np.float32)
-        s0 = 0
-        for piece in itertools.chain([] if first is None else [first], pieces):
-            if s0 + piece.size > size:
-                raise CorruptDataError(f"blob decodes to more than {size} values")
-            out[s0 : s0 + piece.size] = piece
-            s0 += piece.size
-        if s0 != size:
-            raise CorruptDataError(f"blob decodes to {s0} values, expected {size}")
-        return out.reshape(shape)
     book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
     if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
         raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
