@@ -18,6 +18,7 @@ __all__ = [
     "BackendUnavailableError",
     "NonFiniteWeightsError",
     "OutputExistsError",
+    "MissingDependencyError",
 ]
 
 
@@ -74,3 +75,7 @@ class OutputExistsError(_Located, FileExistsError):
 
 class BackendUnavailableError(CaffeCompressError, RuntimeError):
     """The GPU backend was asked for and no usable CuPy/CUDA device exists."""
+
+
+class MissingDependencyError(CaffeCompressError, ImportError):
+    """An optional package a feature needs is not installed (the message says which extra)."""

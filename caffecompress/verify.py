@@ -91,6 +91,28 @@ class TextMessage:
         return vals[-1] if vals else default
 
 
+def _cv2():
+    """Import OpenCV 4.x, or say plainly what to install.
+
+    OpenCV 5 removed ``readNetFromCaffe``, so only 4.x can run Caffe models.
+    """
+    from .errors import MissingDependencyError
+
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "verifying and running nets needs OpenCV 4.x: pip install 'caffecompress[verify]' "
+            f"(opencv-python-headless<5) [{exc}]"
+        ) from exc
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):
+        raise MissingDependencyError(
+            f"OpenCV {cv2.__version__} has no Caffe importer (removed in OpenCV 5): "
+            "install opencv-python-headless<5"
+        )
+    return cv2
+
+
 def _tokens(text: str) -> list[tuple[str, str]]:
     out = []
     pos = 0
@@ -320,7 +342,7 @@ def load_images(folder: str | os.PathLike) -> list[np.ndarray]:
     FileNotFoundError
         If the folder holds no readable image.
     """
-    import cv2
+    cv2 = _cv2()
 
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
@@ -375,7 +397,7 @@ def make_blob(
     numpy.ndarray
         ``(len(images), C, H, W)`` float32.
     """
-    import cv2
+    cv2 = _cv2()
 
     shape = tuple(int(s) for s in shape)
     c, h, w = shape[-3:]
@@ -444,7 +466,7 @@ def _model_bytes(x) -> bytes:
 @contextlib.contextmanager
 def _opencv(what: str):
     """Silence OpenCV's own log lines and turn ``cv2.error`` into one clear error."""
-    import cv2
+    cv2 = _cv2()
 
     from .errors import SchemaMismatchError
 
@@ -481,7 +503,7 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
     SchemaMismatchError
         OpenCV refuses the pair (its reason in one line).
     """
-    import cv2
+    cv2 = _cv2()
 
     proto = np.frombuffer(_proto_bytes(prototxt), dtype=np.uint8)
     weights = np.frombuffer(_model_bytes(model), dtype=np.uint8)

@@ -320,3 +320,13 @@ def test_mismatched_weights_give_one_clear_error(zoo, capfd):
         V.load_net(b"layer { name: 'x' type: 'NoSuchLayerType' bottom: 'a' top: 'b' }", b"")
     err = capfd.readouterr().err
     assert "getLayerShapesRecursively" not in err  # OpenCV's own log lines are silenced
+
+
+def test_missing_opencv_is_a_clear_typed_error(monkeypatch):
+    """Without OpenCV, verify says which extra to install (no bare ImportError text)."""
+    from caffecompress.errors import CaffeCompressError, MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
+    with pytest.raises(MissingDependencyError, match=r"caffecompress\[verify\]") as info:
+        V.load_net("input: 'data'", b"")
+    assert isinstance(info.value, CaffeCompressError) and isinstance(info.value, ImportError)
