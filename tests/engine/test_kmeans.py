@@ -81,12 +81,12 @@ def zoo_blobs(zoo, max_size=None):
 # ---------------------------------------------------------------- references
 
 
-def _split_largest_gain(vals_all, assign, means, occ):
+def _split_largest_gain(vals_all, assign, means, occ, missing=0):
     """Drop empty clusters; split the clusters whose best two-way split (of
     their sorted distinct values) lowers the SSE most (lowest split on ties,
     lower cluster on ties), gain ``(nL * nR / n) * (mean_R - mean_L)**2``;
     sums are exact for integer values."""
-    e = int((~occ).sum())
+    e = int((~occ).sum()) + max(0, int(missing))
     best = []
     for j in np.flatnonzero(occ):
         u, cnt = np.unique(vals_all[assign == j], return_counts=True)
@@ -116,17 +116,21 @@ def reference_grid_lloyd(q, k):
     """Plain Lloyd on the integer grid values ``q``: argmin assignment (first
     centroid on ties), integer-sum means, empty clusters stay put; at a fixed
     point with ``e`` empty clusters, they are dropped and the ``e`` clusters
-    whose best two-way split gains most are split; until a fixed point
-    without empty clusters."""
+    whose best two-way split gains most are split (and, while fewer than
+    ``k`` clusters remain because too few cells could split, as many more as
+    are missing); until a fixed point without empty or missing clusters, or
+    one where nothing is left to split."""
     q = np.asarray(q, np.int64)
     lo, hi = float(q.min()), float(q.max())
+    target = k
     c = lo + (hi - lo) * (np.arange(k, dtype=np.float64) / (k - 1))
     assign = None
     while True:
         new = np.argmin(np.abs(q[:, None] - c[None, :]), axis=1)
         fixed = assign is not None and np.array_equal(new, assign)
         k = c.size
-        if fixed and np.bincount(assign, minlength=k).all():
+        full = np.bincount(new, minlength=k).all()
+        if fixed and full and k >= target:
             break
         assign = new
         cnt = np.bincount(assign, minlength=k)
@@ -135,7 +139,9 @@ def reference_grid_lloyd(q, k):
         nc = c.copy()
         nc[occ] = sm[occ] / cnt[occ]
         if fixed:
-            nc = _split_largest_gain(q, assign, nc, occ)
+            nc = _split_largest_gain(q, assign, nc, occ, missing=target - k)
+            if full and nc.size == c.size:
+                break  # missing clusters, but no cell can be split
         c = nc
     used = np.bincount(assign, minlength=c.size) > 0
     remap = np.cumsum(used) - 1
