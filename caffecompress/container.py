@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from .errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
+from .fileio import atomic_write
 from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
@@ -117,26 +117,6 @@ def check_output_path(path, *, inputs=(), force=False) -> Path:
     if path.is_dir():
         raise OutputExistsError("output is a directory", path=path)
     return path
-
-
-def atomic_write(path, write, *, suffix=""):
-    """Call ``write(tmp_path)`` and rename the result onto ``path``.
-
-    An interrupted or failed run leaves nothing under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _build(cm: CompressedModel) -> np.ndarray:

@@ -335,3 +335,14 @@ def test_output_is_reproducible(tmp_path):
         cc.save(cc.compress(tiny_model(), preset=preset), a)
         cc.save(cc.compress(tiny_model(), preset=preset, jobs=1), b)
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_saved_file_has_normal_permissions(lossless_file):
+    """The temp-then-rename write must not leave mkstemp's 0600 on the result."""
+    import os
+
+    _, path = lossless_file
+    mode = os.stat(path).st_mode & 0o777
+    old = os.umask(0)
+    os.umask(old)
+    assert mode == 0o666 & ~old

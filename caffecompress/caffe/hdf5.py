@@ -140,17 +140,14 @@ def write_caffemodel_h5(model: Model, path) -> None:
     contiguous float32 datasets ``"0"``, ``"1"``, ... with their exact shapes.
     No size limit (Caffe recommends HDF5 for models over 2 GB).
     """
-    import tempfile
-
-    from .writer import check_output_path, publish
+    from ..fileio import atomic_write
+    from .writer import check_output_path
 
     h5py = _h5py()
     p = os.fspath(path)
     check_output_path(model, p)
-    d = os.path.dirname(os.path.abspath(p))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(p) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
+
+    def write(tmp):
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             for lay in model.layers:
@@ -159,10 +156,5 @@ def write_caffemodel_h5(model: Model, path) -> None:
                 g = data.create_group(lay.name)
                 for i, arr in enumerate(lay.blobs):
                     g.create_dataset(str(i), data=np.ascontiguousarray(arr, dtype=np.float32))
-        publish(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(p, write)

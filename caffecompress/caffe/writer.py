@@ -20,11 +20,11 @@ No protobuf is needed here; payloads are streamed from the arrays' memory
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
 from ..errors import FormatError, OutputExistsError
+from ..fileio import atomic_write as _atomic_write
 from ..model import Layer, Model
 from . import wire
 from .wire import LEN
@@ -184,42 +184,15 @@ def _same_file(a, b) -> bool:
         return False
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the OS allows (threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: str, path: str) -> None:
-    """Give a finished temp file normal permissions and rename it onto ``path``."""
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
-    os.replace(tmp, path)
-
-
 def atomic_write(path, chunks) -> None:
     """Write chunks to a temporary file beside ``path``, then rename it into place."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             for c in chunks:
                 f.write(c)
-        publish(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    _atomic_write(path, write)
 
 
 def check_output_path(model: Model, path) -> None:
