@@ -393,14 +393,16 @@ def encode(
     lengths = code_lengths(counts, lim, engine="numpy" if engine == "numpy" else "auto")
     codes = canonical_codes(lengths)
     nbits = coded_bits(counts, lengths)
-    run = _numba_encoder() if (xp is np and engine != "numpy") else None
+    run = _numba_part_encoder() if (xp is np and engine != "numpy") else None
     if engine == "compiled" and run is None:
         raise RuntimeError("the compiled encoder needs numba (pip install 'caffecompress[fast]')")
     if run is not None:
         payload = np.zeros((nbits + 7) // 8, np.uint8)
         offsets = np.empty(-(-n // chunk) + 1, np.uint64)
         offsets[-1] = nbits
-        run(np.ascontiguousarray(sym), lengths, codes, int(chunk), payload, offsets)
+        state = np.zeros(5, np.int64)
+        run(np.ascontiguousarray(sym), lengths, codes, int(chunk), payload, offsets, state)
+        _flush(payload, state)
     else:
         payload, offsets = _pack(sym, lengths, codes, n, nbits, int(chunk), xp)
     return HuffmanStream(lengths, payload, offsets, n, int(chunk))
@@ -523,9 +525,14 @@ def encode_blocks(blocks, *, n: int, counts, nsym: int, max_len: int | None = No
         run(b, lengths, codes, int(chunk), payload, offsets, state)
     if int(state[4]) != n or not np.array_equal(seen, counts):
         raise ValueError("the blocks do not hold the stated symbols")
+    _flush(payload, state)
+    return HuffmanStream(lengths, payload, offsets, n, int(chunk))
+
+
+def _flush(payload, state) -> None:
+    """Write the packer's last partial byte (its bits left-aligned, zero-padded)."""
     if state[1]:
         payload[state[3]] = np.uint8((int(state[0]) << (8 - int(state[1]))) & 0xFF)
-    return HuffmanStream(lengths, payload, offsets, n, int(chunk))
 
 
 @functools.cache
@@ -562,38 +569,6 @@ def _numba_part_encoder():
         state[2] = bit
         state[3] = o
         state[4] = base + sym.size
-
-    return run
-
-
-@functools.cache
-def _numba_encoder():
-    """Compile the sequential encoder with numba (None without numba)."""
-    try:
-        import numba  # noqa: PLC0415  (optional extra)
-    except Exception:  # pragma: no cover
-        return None
-
-    @numba.njit(cache=True, nogil=True)
-    def run(sym, lengths, codes, chunk, payload, offsets):  # pragma: no cover - compiled
-        acc = np.uint64(0)
-        have = 0
-        bit = 0
-        o = 0
-        for i in range(sym.size):
-            if i % chunk == 0:
-                offsets[i // chunk] = bit
-            s = sym[i]
-            ln = np.int64(lengths[s])
-            acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
-            have += ln
-            bit += ln
-            while have >= 8:
-                have -= 8
-                payload[o] = np.uint8((acc >> np.uint64(have)) & np.uint64(0xFF))
-                o += 1
-        if have:
-            payload[o] = np.uint8((acc << np.uint64(8 - have)) & np.uint64(0xFF))
 
     return run
 
