@@ -255,13 +255,7 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         lab = _host(_decode_labels(meta, parts, book.size, xp))
         return book[lab].reshape(shape)
     # shared+sparse
-    pmeta = {k[2:]: v for k, v in meta.items() if k.startswith("p_")}
-    pparts = {k[2:]: v for k, v in parts.items() if k.startswith("p_")}
-    pm = str(pmeta.pop("method", ""))
-    mask = S.decode_positions(S.SparsePositions(pm, pmeta, pparts), size)
-    count = int(np.count_nonzero(mask))
-    if int(meta.get("nlab", -1)) != count:
-        raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {count} kept weights")
+    mask = _kept_mask(meta, parts, size)
     lab = _host(_decode_labels(meta, parts, book.size, xp))
     out = np.zeros(size, np.float32)
     out[mask] = book[lab]
@@ -327,13 +321,7 @@ def iter_decode_blob(method: str, meta: dict, parts: dict, *, block: int = 1 << 
             yield book[np.concatenate(pend) if len(pend) > 1 else pend[0]]
         return
     # shared+sparse: the keep-mask whole (1 byte a weight), the labels in pieces
-    pmeta = {k[2:]: v for k, v in meta.items() if k.startswith("p_")}
-    pparts = {k[2:]: v for k, v in parts.items() if k.startswith("p_")}
-    pm = str(pmeta.pop("method", ""))
-    mask = S.decode_positions(S.SparsePositions(pm, pmeta, pparts), size)
-    count = int(np.count_nonzero(mask))
-    if int(meta.get("nlab", -1)) != count:
-        raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {count} kept weights")
+    mask = _kept_mask(meta, parts, size)
     labs = _label_blocks(meta, parts, book.size, block)
     buf = np.zeros(0, np.uint8)
     for s in range(0, size, block):
@@ -392,3 +380,16 @@ def blob_stats(x, enc: EncodedBlob, y=None) -> dict:
         "bytes": nb,
         "bits_per_weight": 8.0 * nb / max(x.size, 1),
     }
+
+
+def _kept_mask(meta, parts, size: int) -> np.ndarray:
+    """Decode a shared+sparse blob's keep-mask (its ``p_`` streams) and check
+    that the label count matches the kept weights."""
+    pmeta = {k[2:]: v for k, v in meta.items() if k.startswith("p_")}
+    pparts = {k[2:]: v for k, v in parts.items() if k.startswith("p_")}
+    pm = str(pmeta.pop("method", ""))
+    mask = S.decode_positions(S.SparsePositions(pm, pmeta, pparts), size)
+    count = int(np.count_nonzero(mask))
+    if int(meta.get("nlab", -1)) != count:
+        raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {count} kept weights")
+    return mask
