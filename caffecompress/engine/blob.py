@@ -215,18 +215,25 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     return enc if enc.nbytes < raw_bytes else _raw(x32, shape)
 
 
-def _decode_labels(meta, parts, nsym: int, xp):
+def _label_stream(meta, parts, nsym: int):
+    """Check a blob's label count and stream: ``(n, HuffmanStream)``, or
+    ``(n, None)`` for a one-value codebook (which stores no labels)."""
     n = int(meta.get("nlab", -1))
     if n < 0:
         raise CorruptDataError("blob meta lacks the label count")
     if nsym <= 1:
         if "l_lengths" in parts or "l_n" in meta:
             raise CorruptDataError("a one-value codebook with a label stream")
-        return xp.zeros(n, np.uint8)
+        return n, None
     s = H.stream_from_parts(meta, parts, "l_")
     if s.n != n or s.nsym != nsym:
         raise CorruptDataError(f"label stream has {s.n} labels over {s.nsym} symbols, expected {n} over {nsym}")
-    return H.decode(s, xp=xp)
+    return n, s
+
+
+def _decode_labels(meta, parts, nsym: int, xp):
+    n, s = _label_stream(meta, parts, nsym)
+    return xp.zeros(n, np.uint8) if s is None else H.decode(s, xp=xp)
 
 
 def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
@@ -263,19 +270,12 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
 
 
 def _label_blocks(meta, parts, nsym: int, block: int):
-    """The label stream in consecutive pieces of ``block`` labels (checked as in :func:`_decode_labels`)."""
-    n = int(meta.get("nlab", -1))
-    if n < 0:
-        raise CorruptDataError("blob meta lacks the label count")
-    if nsym <= 1:
-        if "l_lengths" in parts or "l_n" in meta:
-            raise CorruptDataError("a one-value codebook with a label stream")
+    """The label stream in consecutive pieces of ``block`` labels (checked by :func:`_label_stream`)."""
+    n, st = _label_stream(meta, parts, nsym)
+    if st is None:
         for s in range(0, n, block):
             yield np.zeros(min(block, n - s), np.uint8)
         return
-    st = H.stream_from_parts(meta, parts, "l_")
-    if st.n != n or st.nsym != nsym:
-        raise CorruptDataError(f"label stream has {st.n} labels over {st.nsym} symbols, expected {n} over {nsym}")
     yield from H.decode_blocks(st, block)
 
 
