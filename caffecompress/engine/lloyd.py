@@ -25,9 +25,13 @@ Rules (deterministic)
 - Iteration stops at a fixed point without empty clusters, or after
   ``max_iter`` centroid updates.
 
-The plain iterations run either in NumPy or, when numba is installed, in a
-compiled twin with the same floating-point expressions (so the same bits);
-the rare relocation step is NumPy in both cases.
+The whole run (iterations and relocations) is NumPy, or, when numba is
+installed, a compiled twin with the same floating-point expressions (so the
+same bits, cells and iteration count; parity-tested). The twin is
+incremental: once every centroid is its cell's mean, a step recomputes only
+the cells whose bounds moved and searches only the midpoints next to a
+centroid that changed, starting from the old bound, so a late step costs
+what changes, not ``O(k log m)``.
 """
 
 from __future__ import annotations
@@ -80,8 +84,33 @@ def _steps_numpy(vf, W, S1, c, cuts, pinned, max_steps):
 if NUMBA:
 
     @_numba.njit(cache=True, nogil=True)
-    def _search_right(vf, t):  # pragma: no cover - compiled
-        lo, hi = 0, vf.size
+    def _search_right(vf, t, hint):  # pragma: no cover - compiled
+        """``np.searchsorted(vf, t, side='right')``, galloping out from
+        ``hint`` (boundaries move little between Lloyd steps); any correct
+        search gives the same position."""
+        n = vf.size
+        if hint < 0:
+            hint = 0
+        elif hint > n:
+            hint = n
+        if hint < n and vf[hint] <= t:
+            lo, step = hint + 1, 1  # answer > hint
+            hi = lo
+            while hi < n and vf[hi] <= t:
+                lo = hi + 1
+                hi = lo + step
+                step <<= 1
+            if hi > n:
+                hi = n
+        else:
+            hi, step = hint, 1  # answer <= hint
+            lo = hi
+            while lo > 0 and vf[lo - 1] > t:
+                hi = lo - 1
+                lo = hi - step
+                step <<= 1
+            if lo < 0:
+                lo = 0
         while lo < hi:
             mid = (lo + hi) >> 1
             if vf[mid] <= t:
@@ -92,31 +121,132 @@ if NUMBA:
 
     @_numba.njit(cache=True, nogil=True)
     def _steps_numba(vf, W, S1, c, cuts, pinned, max_steps):  # pragma: no cover - compiled
+        # The same iterations as _steps_numpy, but incremental: after the
+        # first step every occupied centroid is its cell's mean, so only
+        # cells whose bounds moved get a new centroid, and only midpoints
+        # next to a centroid that changed are searched again. Skipped work
+        # would recompute identical values, so the result (bits, cuts,
+        # step count) is the full iteration's.
         k = c.size
         c = c.copy()
         cuts = cuts.copy()
-        nxt = np.empty_like(cuts)
+        dirty = np.ones(k, np.bool_)
+        changed = np.zeros(k, np.bool_)
         steps = 0
         while steps < max_steps:
             for j in range(k):
-                n = W[cuts[j + 1]] - W[cuts[j]]
-                if n > 0:
-                    c[j] = np.float64(S1[cuts[j + 1]] - S1[cuts[j]]) / np.float64(n)
-            if pinned >= 0:
+                changed[j] = False
+                if dirty[j]:
+                    dirty[j] = False
+                    n = W[cuts[j + 1]] - W[cuts[j]]
+                    if n > 0:
+                        v = np.float64(S1[cuts[j + 1]] - S1[cuts[j]]) / np.float64(n)
+                        if j == pinned:
+                            v = 0.0
+                        if v != c[j]:
+                            c[j] = v
+                            changed[j] = True
+            if pinned >= 0 and c[pinned] != 0.0:
                 c[pinned] = 0.0
+                changed[pinned] = True
             steps += 1
-            nxt[0] = 0
-            nxt[k] = vf.size
             same = True
             for j in range(k - 1):
-                p = _search_right(vf, (c[j] + c[j + 1]) * 0.5)
-                nxt[j + 1] = p
-                if p != cuts[j + 1]:
-                    same = False
+                if changed[j] or changed[j + 1]:
+                    p = _search_right(vf, (c[j] + c[j + 1]) * 0.5, cuts[j + 1])
+                    if p != cuts[j + 1]:
+                        cuts[j + 1] = p
+                        dirty[j] = True
+                        dirty[j + 1] = True
+                        same = False
             if same:
                 return c, cuts, steps, 0
-            cuts[:] = nxt
         return c, cuts, steps, 2
+
+    @_numba.njit(cache=True, nogil=True)
+    def _split_gains_numba(W, S1, cuts, pinned):  # pragma: no cover - compiled
+        # split_gains' loop: same float expressions, lowest position on ties
+        k = cuts.size - 1
+        gain = np.full(k, -1.0)
+        pos = np.zeros(k, np.int64)
+        for j in range(k):
+            if j == pinned:
+                continue
+            a, b = cuts[j], cuts[j + 1]
+            for p in range(a + 1, b):
+                WL, WR = W[p] - W[a], W[b] - W[p]
+                SL, SR = S1[p] - S1[a], S1[b] - S1[p]
+                d = np.float64(SR) / np.float64(WR) - np.float64(SL) / np.float64(WL)
+                G = (np.float64(WL) * np.float64(WR) / np.float64(WL + WR)) * d * d
+                if G > gain[j]:
+                    gain[j] = G
+                    pos[j] = p
+        return gain, pos
+
+    @_numba.njit(cache=True, nogil=True)
+    def _relocate_numba(W, S1, c, cuts, pinned, missing):  # pragma: no cover - compiled
+        k = c.size
+        empty = np.zeros(k, np.bool_)
+        e = missing
+        for j in range(k):
+            if cuts[j + 1] == cuts[j] and j != pinned:
+                empty[j] = True
+                e += 1
+        gain, pos = _split_gains_numba(W, S1, cuts, pinned)
+        cand = np.flatnonzero(gain > 0)
+        # largest gain first, lower cell on ties (a stable sort of -gain)
+        cand = cand[np.argsort(-gain[cand], kind="mergesort")][:e]
+        keep = ~empty
+        keep[cand] = False
+        nk = int(keep.sum())
+        new = np.empty(nk + 2 * cand.size, np.float64)
+        new[:nk] = c[keep]
+        for i in range(cand.size):
+            j = cand[i]
+            a, b, p = cuts[j], cuts[j + 1], pos[j]
+            new[nk + 2 * i] = np.float64(S1[p] - S1[a]) / np.float64(W[p] - W[a])
+            new[nk + 2 * i + 1] = np.float64(S1[b] - S1[p]) / np.float64(W[b] - W[p])
+        new = np.sort(new)
+        pz = -1
+        if pinned >= 0:
+            pz = np.flatnonzero(new == 0.0)[0]
+        return new, pz
+
+    @_numba.njit(cache=True, nogil=True)
+    def _assign_cuts_numba(vf, c):  # pragma: no cover - compiled
+        cuts = np.empty(c.size + 1, np.int64)
+        cuts[0] = 0
+        cuts[c.size] = vf.size
+        for j in range(c.size - 1):
+            cuts[j + 1] = _search_right(vf, (c[j] + c[j + 1]) * 0.5, 0)
+        return cuts
+
+    @_numba.njit(cache=True, nogil=True)
+    def _lloyd_numba(vf, W, S1, c, p, max_iter, k):  # pragma: no cover - compiled
+        # lloyd_histogram's driver loop, compiled (see _lloyd_numpy)
+        cuts = _assign_cuts_numba(vf, c)
+        it = 0
+        while it < max_iter:
+            c, cuts, steps, status = _steps_numba(vf, W, S1, c, cuts, p, max_iter - it)
+            it += steps
+            if status != 0:
+                break
+            n_empty = 0
+            for j in range(c.size):
+                if cuts[j + 1] == cuts[j] and j != p:
+                    n_empty += 1
+            missing = max(0, k - c.size)
+            if n_empty == 0 and missing == 0:
+                return c, cuts, it, True
+            if it >= max_iter:
+                break
+            new, p2 = _relocate_numba(W, S1, c, cuts, p, missing)
+            if n_empty == 0 and new.size == c.size:
+                return c, cuts, it, True
+            c, p = new, p2
+            it += 1
+            cuts = _assign_cuts_numba(vf, c)
+        return c, cuts, it, False
 
 
 def split_gains(W, S1, cuts, pinned=-1):
@@ -229,12 +359,21 @@ def lloyd_histogram(
     c = np.array(centroids, np.float64)
     p = -1 if pinned is None else int(pinned)
     use_numba = NUMBA if use_numba is None else (bool(use_numba) and NUMBA)
-    steps_fn = _steps_numba if use_numba else _steps_numpy
     k = c.size if k is None else int(k)
+    if use_numba:
+        c, cuts, it, conv = _lloyd_numba(vf, W, S1, c, p, int(max_iter), k)
+        return c, cuts, int(it), bool(conv)
+    return _lloyd_numpy(vf, W, S1, c, p, int(max_iter), k)
+
+
+def _lloyd_numpy(vf, W, S1, c, p, max_iter, k):
+    """The driver: Lloyd steps to a fixed point, then relocation of empty
+    (or missing) clusters, until a fixed point needs none (NumPy reference
+    of ``_lloyd_numba``)."""
     cuts = assign_cuts(vf, c)
     it = 0
     while it < max_iter:
-        c, cuts, steps, status = steps_fn(vf, W, S1, c, cuts, p, max_iter - it)
+        c, cuts, steps, status = _steps_numpy(vf, W, S1, c, cuts, p, max_iter - it)
         it += steps
         if status != _CONVERGED:
             break

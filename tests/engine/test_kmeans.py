@@ -509,6 +509,30 @@ def test_lloyd_numpy_and_numba_agree(zoo):
             assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1], b[1]) and a[2:] == b[2:], (name, k)
 
 
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.data())
+def test_compiled_lloyd_driver_is_the_numpy_one(data):
+    """The compiled driver (incremental steps, galloping searches, compiled
+    relocation) gives the NumPy driver's centroid bits, cells, iteration
+    count and status: with a pinned zero, missing clusters, and a cap."""
+    m = data.draw(st.integers(3, 300))
+    v = np.cumsum(data.draw(hnp.arrays(np.int64, m, elements=st.integers(1, 50)))) - 25 * m // 2
+    w = data.draw(hnp.arrays(np.int64, m, elements=st.integers(1, 1000)))
+    k = data.draw(st.integers(2, min(m - 1, 40)))
+    n0 = data.draw(st.integers(1, k))
+    c = np.unique(data.draw(hnp.arrays(np.float64, n0, elements=st.floats(float(v[0]), float(v[-1])))))
+    pinned = None
+    if data.draw(st.booleans()):
+        c = np.union1d(c, [0.0])
+        pinned = int(np.flatnonzero(c == 0.0)[0])
+    k = max(k, c.size)
+    max_iter = data.draw(st.sampled_from([1, 3, 20_000]))
+    a = lloyd_histogram(v, w, c, pinned=pinned, max_iter=max_iter, k=k, use_numba=True)
+    b = lloyd_histogram(v, w, c, pinned=pinned, max_iter=max_iter, k=k, use_numba=False)
+    assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+
+
 def test_every_k_from_2_to_4096():
     # every k up to 300, then a stride (each call costs the same; the suite stays fast)
     rng = np.random.default_rng(12)
