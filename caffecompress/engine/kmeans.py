@@ -220,10 +220,30 @@ def _first_above(c_grid: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return np.clip(np.floor(t).astype(np.int64) + 1, lo, hi + 1)
 
 
-def _table(first: np.ndarray, k: int, lo: int, hi: int, dtype) -> np.ndarray:
-    """Lookup table grid value ``lo..hi`` -> label."""
-    edges = np.concatenate([[lo], first, [hi + 1]])
-    return np.repeat(np.arange(k, dtype=dtype), np.diff(edges))
+def _coarse_table(first: np.ndarray, k: int, lo: int, hi: int, n: int, dtype):
+    """Lookup of grid value -> label, at most ``max(n, 4096)`` entries.
+
+    ``table[i]`` is the label of grid value ``lo + (i << shift)`` (the
+    number of ``first`` at or below it); a value inside a coarse cell then
+    moves up past the cell's own boundaries, one compare per round,
+    ``rounds`` times (the most boundaries any cell holds; 0 with
+    ``shift == 0``, a full table). Integer gathers and compares only, so
+    any backend gives the same labels as a search on the boundaries.
+
+    Returns ``(table, shift, rounds, bounds)``: ``bounds`` is ``first``
+    with a sentinel above every grid value, as int32.
+    """
+    span = hi - lo + 1
+    shift = max(0, (span - 1).bit_length() - (max(n, 4096).bit_length() - 1))
+    e = first.astype(np.int64) - lo  # in 0..span
+    # coarse cell i starts at i << shift: label = #(e <= i << shift)
+    start = np.minimum(-((-e) >> shift), ((span - 1) >> shift) + 1)
+    size = ((span - 1) >> shift) + 1
+    edges = np.concatenate([[0], start, [size]])
+    table = np.repeat(np.arange(k, dtype=dtype), np.diff(edges))
+    rounds = int(np.max(np.diff(np.append(table.astype(np.int64), k - 1)))) if shift else 0
+    bounds = np.append(first, hi + 1).astype(np.int32)
+    return table, shift, rounds, bounds
 
 
 def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
@@ -234,10 +254,12 @@ def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
     lo = int(min(h.values[0], 0))
     hi = int(max(h.values[-1], 0))
     first = _first_above(c_grid, lo, hi)
-    use_table = a.size * 4 >= hi - lo + 1
+    # small blobs: one integer search per element is the fewest calls;
+    # larger ones: a gather through a (coarse) table, a few passes in all
+    use_table = a.size >= _TABLE_MIN or a.size * 4 >= hi - lo + 1
     if use_table:
-        table = _table(first, c_grid.size, lo, hi, dtype)
-        dev = xp.asarray(table)
+        table, shift, rounds, bounds = _coarse_table(first, c_grid.size, lo, hi, a.size, dtype)
+        dev, dev_bounds = xp.asarray(table), xp.asarray(bounds)
     else:
         dev = xp.asarray(first.astype(np.int32))
     for s in iter_blocks(a.size, block):
@@ -246,14 +268,22 @@ def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
             q = xp.where(m[s], q, xp.int32(0))
         if use_table:
             idx = q - xp.int32(lo)
-            del q
+            if shift:
+                idx >>= shift
             # in range by construction; clamp anyway (CuPy wraps
             # out-of-range gathers where NumPy raises)
             xp.clip(idx, 0, table.size - 1, out=idx)
-            yield xp.take(dev, idx)
+            lab = xp.take(dev, idx)
+            del idx
+            for _ in range(rounds):
+                lab += (q >= xp.take(dev_bounds, lab)).astype(dtype)
+            yield lab
         else:
             # int32 on both sides, explicit side
             yield xp.searchsorted(dev, q, side="right").astype(dtype)
+
+
+_TABLE_MIN = 1 << 14  # elements from which labels come from a table
 
 
 def _labels_on_grid(a, m, h, c_grid, qcache, xp, dtype):

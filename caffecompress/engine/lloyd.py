@@ -144,11 +144,14 @@ if NUMBA:
                         if j == pinned:
                             v = 0.0
                         if v != c[j]:
-                            c[j] = v
                             changed[j] = True
-            if pinned >= 0 and c[pinned] != 0.0:
+                        # assigned even when equal: the first step must
+                        # give -0.0 inits the NumPy step's +0.0 bits
+                        c[j] = v
+            if pinned >= 0:
+                if c[pinned] != 0.0:
+                    changed[pinned] = True
                 c[pinned] = 0.0
-                changed[pinned] = True
             steps += 1
             same = True
             for j in range(k - 1):

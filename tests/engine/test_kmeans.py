@@ -533,6 +533,41 @@ def test_compiled_lloyd_driver_is_the_numpy_one(data):
     assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
 
 
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+def test_compiled_lloyd_driver_gives_plus_zero_for_a_minus_zero_init():
+    v = np.array([-5, -1, 0, 3, 9], np.int64)
+    w = np.array([2, 1, 4, 1, 3], np.int64)
+    for pinned in (None, 1):
+        c0 = np.array([-3.0, -0.0, 6.0])
+        a = lloyd_histogram(v, w, c0, pinned=pinned, use_numba=True)
+        b = lloyd_histogram(v, w, c0, pinned=pinned, use_numba=False)
+        assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+        assert not np.signbit(a[0][1])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.data())
+def test_coarse_label_table_equals_a_search_on_the_boundaries(data):
+    from caffecompress.engine.kmeans import _coarse_table
+
+    span = data.draw(st.sampled_from([10, 5000, 100_000]))
+    lo = data.draw(st.integers(-span, 0))
+    hi = data.draw(st.integers(0, span))
+    k = data.draw(st.integers(2, 300))
+    # ascending boundaries in lo..hi+1, often bunched (outlier clusters)
+    first = np.sort(data.draw(hnp.arrays(np.int64, k - 1, elements=st.integers(lo, hi + 1))))
+    n = data.draw(st.integers(1, 3000))
+    dtype = np.uint8 if k <= 256 else np.uint16
+    table, shift, rounds, bounds = _coarse_table(first, k, lo, hi, n, dtype)
+    g = np.arange(lo, hi + 1, dtype=np.int32)
+    lab = table[(g - lo) >> shift]
+    for _ in range(rounds):
+        lab += (g >= bounds[lab]).astype(dtype)
+    assert table.size <= max(n, 4096) or shift == 0
+    assert rounds <= k - 1
+    assert np.array_equal(lab, np.searchsorted(first, g, side="right"))
+
+
 def test_every_k_from_2_to_4096():
     # every k up to 300, then a stride (each call costs the same; the suite stays fast)
     rng = np.random.default_rng(12)
