@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: the first example that reaches a numba kernel
+# pays its compile (or cache load) time, and the machines are shared.
+settings.register_profile("caffecompress", deadline=None)
+settings.load_profile("caffecompress")
 
 ROOT = Path(__file__).resolve().parents[1]
 # CI and developers have shared/ beside the checkout; never copy zoo files in.

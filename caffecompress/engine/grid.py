@@ -231,6 +231,73 @@ def _grid_index_part(a, step, levels, xp):
     return q
 
 
+try:  # optional accelerator; the NumPy path is the reference and fallback
+    import numba as _numba  # noqa: PLC0415
+except Exception:  # pragma: no cover - numba absent or broken
+    _numba = None
+
+NUMBA = _numba is not None
+#: Host blobs up to this size take the compiled histogram (two calls in
+#: all, where the NumPy path makes dozens of small ones).
+SMALL = 1 << 16
+
+if NUMBA:
+
+    @_numba.njit(cache=True, nogil=True)
+    def _small_screen_max_numba(a, m, use_mask):  # pragma: no cover - compiled
+        # _screen_and_max: NaN/Inf count, and the largest canonical |x| of
+        # the kept elements (integer tests on the bit patterns)
+        ib = a.view(np.int32)
+        bad = 0
+        best = np.float32(0.0)
+        for i in range(a.size):
+            mag = ib[i] & 0x7FFFFFFF
+            if mag >= 0x7F800000:
+                bad += 1
+            elif mag >= 0x00800000 and (not use_mask or m[i]):
+                v = abs(a[i])
+                if v > best:
+                    best = v
+        return bad, best
+
+    @_numba.njit(cache=True, nogil=True)
+    def _small_index_hist_numba(a, m, use_mask, step, levels):  # pragma: no cover - compiled
+        # grid_index (the same float64 division, rint and clamp; subnormals
+        # and zero -> 0 by the integer test) and the exact histogram of the
+        # kept values (a sort, then runs: any sort gives the same runs)
+        n = a.size
+        ib = a.view(np.int32)
+        q = np.empty(n, np.int32)
+        sel = np.empty(n, np.int32)
+        ns = 0
+        for i in range(n):
+            if (ib[i] & 0x7FFFFFFF) < 0x00800000:
+                qi = np.int32(0)
+            else:
+                t = np.rint(np.float64(a[i]) / step)
+                if t < -levels:
+                    t = -levels
+                elif t > levels:
+                    t = levels
+                qi = np.int32(t)
+            q[i] = qi
+            if not use_mask or m[i]:
+                sel[ns] = qi
+                ns += 1
+        sel = np.sort(sel[:ns])
+        values = np.empty(ns, np.int64)
+        counts = np.empty(ns, np.int64)
+        nb = 0
+        for i in range(ns):
+            if nb > 0 and sel[i] == values[nb - 1]:
+                counts[nb - 1] += 1
+            else:
+                values[nb] = sel[i]
+                counts[nb] = 1
+                nb += 1
+        return q, values[:nb].copy(), counts[:nb].copy(), ns
+
+
 @dataclasses.dataclass(frozen=True)
 class GridHistogram:
     """Exact histogram of a blob's kept elements on the integer grid (host).
@@ -332,6 +399,10 @@ def grid_histogram(
     a = _flat32(x, xp)
     m = _flat_mask(mask, a.size, xp)
     levels = grid_levels(bits)
+    if NUMBA and xp is np and a.size <= SMALL:
+        out = _small_histogram(a, m, bits, levels, screen, keep_index)
+        if out is not None:
+            return out
     mx = _screen_and_max(a, m, xp, screen)
     step = grid_step(mx, bits)
     nbins_full = 2 * levels + 1
@@ -379,3 +450,27 @@ def grid_histogram(
         max_abs=mx,
     )
     return (h, kept_index) if keep_index else h
+
+
+def _small_histogram(a, m, bits, levels, screen, keep_index):
+    """:func:`grid_histogram` of a small host blob by the compiled twin
+    (the same histogram, step and grid values; parity-tested); None for
+    unscreened non-finite input, which the NumPy path handles."""
+    use_mask = m is not None
+    mm = m if use_mask else np.zeros(0, np.bool_)
+    a = np.ascontiguousarray(a)
+    bad, best = _small_screen_max_numba(a, mm, use_mask)
+    if bad:
+        if not screen:
+            return None
+        raise NonFiniteWeightsError(
+            f"{bad} of {a.size} weights are NaN or Inf; lossy compression refuses them"
+        )
+    mx = float(best)
+    step = grid_step(mx, bits)
+    q, values, counts, total = _small_index_hist_numba(a, mm, use_mask, step, levels)
+    h = GridHistogram(
+        bits=int(bits), levels=levels, step=step, values=values, counts=counts,
+        n=int(total), size=int(a.size), max_abs=mx,
+    )
+    return (h, q if a.size else None) if keep_index else h  # as the NumPy path: no block, no index

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -138,3 +138,35 @@ def test_bad_inputs():
         grid.grid_histogram(np.ones(4, np.float32), mask=np.ones(3, bool))
     with pytest.raises(TypeError):
         grid.grid_histogram(np.ones(4, np.float32), mask=np.ones(4, np.int8))
+
+
+@pytest.mark.skipif(not grid.NUMBA, reason="numba not installed")
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    hnp.arrays(np.float32, st.integers(0, 3000),
+               elements=st.one_of(st.floats(-1e3, 1e3, width=32), st.sampled_from([0.0, -0.0, 1e-40, -3e-39, 1.5, -1.5]))),
+    st.sampled_from([2, 6, 12, 20, 24]),
+    st.data(),
+)
+def test_compiled_small_histogram_is_the_numpy_one(x, bits, data):
+    mask = data.draw(st.none() | hnp.arrays(np.bool_, x.size))
+    h, q = grid.grid_histogram(x, bits=bits, mask=mask, keep_index=True)
+    grid.NUMBA = False
+    try:
+        r, qr = grid.grid_histogram(x, bits=bits, mask=mask, keep_index=True)
+    finally:
+        grid.NUMBA = True
+    assert (h.step, h.max_abs, h.n, h.size, h.levels) == (r.step, r.max_abs, r.n, r.size, r.levels)
+    assert np.array_equal(h.values, r.values) and np.array_equal(h.counts, r.counts)
+    assert h.values.dtype == r.values.dtype == np.int64 and h.counts.dtype == np.int64
+    if x.size == 0:
+        assert q is None and qr is None
+    else:
+        assert q.dtype == qr.dtype == np.int32 and np.array_equal(q, qr)
+
+
+@pytest.mark.skipif(not grid.NUMBA, reason="numba not installed")
+def test_compiled_small_histogram_refuses_non_finite():
+    x = np.array([1.0, np.nan, np.inf, 2.0], np.float32)
+    with pytest.raises(NonFiniteWeightsError, match="2 of 4"):
+        grid.grid_histogram(x)
