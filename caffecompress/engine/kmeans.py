@@ -50,7 +50,7 @@ import math
 import numpy as np
 
 from . import grid as _grid
-from .lloyd import assign_cuts, lloyd_histogram
+from .lloyd import NUMBA, assign_cuts, lloyd_histogram
 from .grid import (
     GridHistogram,
     float_keys,
@@ -247,23 +247,34 @@ def _coarse_table(first: np.ndarray, k: int, lo: int, hi: int, n: int, dtype):
 
 
 def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
-    """Labels of every element, yielded per block of ``block`` elements: a
-    gather through a host-built table, or for blobs much smaller than the
-    table, an integer ``searchsorted`` on the cell edges (the same function,
-    so the same labels)."""
+    """Labels of every element, yielded per block of ``block`` elements.
+
+    Label = the number of cell boundaries (:func:`_first_above`) at or
+    below the element's grid value (masked-out elements: grid value 0).
+    Blobs of ``_TABLE_MIN`` elements or more, or dense in the grid, gather
+    through a (coarse) table (:func:`_coarse_table`); smaller ones search
+    the boundaries (on the host with numba, one compiled call). The same
+    function of the grid value every way, so the same labels.
+    """
     lo = int(min(h.values[0], 0))
     hi = int(max(h.values[-1], 0))
-    first = _first_above(c_grid, lo, hi)
-    # small blobs: one integer search per element is the fewest calls;
-    # larger ones: a gather through a (coarse) table, a few passes in all
     use_table = a.size >= _TABLE_MIN or a.size * 4 >= hi - lo + 1
+    compiled = not use_table and NUMBA and xp is np
+    if not compiled:
+        first = _first_above(c_grid, lo, hi)
     if use_table:
         table, shift, rounds, bounds = _coarse_table(first, c_grid.size, lo, hi, a.size, dtype)
         dev, dev_bounds = xp.asarray(table), xp.asarray(bounds)
-    else:
+    elif not compiled:
         dev = xp.asarray(first.astype(np.int32))
     for s in iter_blocks(a.size, block):
         q = qcache[s] if qcache is not None else grid_index(a[s], h.step, h.levels, xp=xp)
+        if compiled:
+            lab = np.empty(q.size, dtype)
+            mm = m[s] if m is not None else np.zeros(0, np.bool_)
+            _search_labels_numba(q, mm, m is not None, c_grid, lo, hi, lab)
+            yield lab
+            continue
         if m is not None:
             q = xp.where(m[s], q, xp.int32(0))
         if use_table:
@@ -355,16 +366,70 @@ def _exact_labels(a, m, D, zlab, xp, dtype):
 
 
 def _sse(h: GridHistogram, c_grid: np.ndarray, codebook: np.ndarray):
-    """SSE and signal power of the kept elements, on the host from the histogram."""
+    """SSE and signal power of the kept elements, on the host from the
+    histogram (grid values against the float32 codebook).
+
+    Sums run in bin order, one addition after another (``np.cumsum``), so
+    the compiled twin adds in the same order and gives the same bits.
+    """
     if h.nbins == 0:
         return 0.0, 0.0
+    if NUMBA:
+        sse, signal = _sse_numba(h.values, h.counts, np.asarray(c_grid, np.float64),
+                                 np.asarray(codebook).astype(np.float64), float(h.step))
+        return float(sse), float(signal)
     vf = h.values.astype(np.float64)
     cuts = assign_cuts(vf, c_grid)
     lab = np.repeat(np.arange(c_grid.size), np.diff(cuts))
     xv = vf * h.step
     d = xv - codebook[lab].astype(np.float64)
     wf = h.counts.astype(np.float64)
-    return float(np.sum(wf * d * d)), float(np.sum(wf * xv * xv))
+    return float(np.cumsum(wf * d * d)[-1]), float(np.cumsum(wf * xv * xv)[-1])
+
+
+if NUMBA:
+    import numba as _numba  # noqa: PLC0415
+
+    @_numba.njit(cache=True, nogil=True)
+    def _sse_numba(v, counts, c, cb, step):  # pragma: no cover - compiled
+        # _sse's NumPy expressions, element by element, in bin order
+        m = v.size
+        sse = 0.0
+        sig = 0.0
+        j = 0
+        t = (c[0] + c[1]) * 0.5 if c.size > 1 else np.inf
+        for i in range(m):
+            vf = np.float64(v[i])
+            # cells as assign_cuts: a value at a midpoint goes to the lower one
+            while j < c.size - 1 and vf > t:
+                j += 1
+                t = (c[j] + c[j + 1]) * 0.5 if j < c.size - 1 else np.inf
+            xv = vf * step
+            d = xv - cb[j]
+            wf = np.float64(counts[i])
+            sse += wf * d * d
+            sig += wf * xv * xv
+        return sse, sig
+
+    @_numba.njit(cache=True, nogil=True)
+    def _search_labels_numba(q, m, use_mask, c, lo, hi, out):  # pragma: no cover - compiled
+        # _first_above's boundaries, then per element the number of
+        # boundaries at or below its grid value (searchsorted side='right')
+        k = c.size
+        first = np.empty(k - 1, np.int64)
+        for j in range(k - 1):
+            f = np.int64(np.floor((c[j] + c[j + 1]) * 0.5)) + 1
+            first[j] = min(max(f, lo), hi + 1)
+        for i in range(q.size):
+            g = 0 if use_mask and not m[i] else np.int64(q[i])
+            a, b = 0, k - 1
+            while a < b:
+                mid = (a + b) >> 1
+                if first[mid] <= g:
+                    a = mid + 1
+                else:
+                    b = mid
+            out[i] = a
 
 
 def _sqnr(signal, sse):

@@ -225,8 +225,13 @@ if NUMBA:
         return cuts
 
     @_numba.njit(cache=True, nogil=True)
-    def _lloyd_numba(vf, W, S1, c, p, max_iter, k):  # pragma: no cover - compiled
-        # lloyd_histogram's driver loop, compiled (see _lloyd_numpy)
+    def _lloyd_numba(v, w, c, p, max_iter, k):  # pragma: no cover - compiled
+        # lloyd_histogram's driver loop, compiled (see _moments, _lloyd_numpy)
+        vf = v.astype(np.float64)
+        W = np.zeros(v.size + 1, np.int64)
+        S1 = np.zeros(v.size + 1, np.int64)
+        W[1:] = np.cumsum(w)
+        S1[1:] = np.cumsum(w * v)
         cuts = _assign_cuts_numba(vf, c)
         it = 0
         while it < max_iter:
@@ -354,19 +359,24 @@ def lloyd_histogram(
     """
     v = np.asarray(values, np.int64)
     w = np.asarray(counts, np.int64)
-    vf = v.astype(np.float64)
-    W = np.zeros(v.size + 1, np.int64)
-    S1 = np.zeros(v.size + 1, np.int64)
-    np.cumsum(w, out=W[1:])
-    np.cumsum(w * v, out=S1[1:])
     c = np.array(centroids, np.float64)
     p = -1 if pinned is None else int(pinned)
     use_numba = NUMBA if use_numba is None else (bool(use_numba) and NUMBA)
     k = c.size if k is None else int(k)
     if use_numba:
-        c, cuts, it, conv = _lloyd_numba(vf, W, S1, c, p, int(max_iter), k)
+        c, cuts, it, conv = _lloyd_numba(v, w, c, p, int(max_iter), k)
         return c, cuts, int(it), bool(conv)
+    vf, W, S1 = _moments(v, w)
     return _lloyd_numpy(vf, W, S1, c, p, int(max_iter), k)
+
+
+def _moments(v, w):
+    """``float64(v)`` and the exact int64 prefix sums of ``w`` and ``w * v``."""
+    W = np.zeros(v.size + 1, np.int64)
+    S1 = np.zeros(v.size + 1, np.int64)
+    np.cumsum(w, out=W[1:])
+    np.cumsum(w * v, out=S1[1:])
+    return v.astype(np.float64), W, S1
 
 
 def _lloyd_numpy(vf, W, S1, c, p, max_iter, k):

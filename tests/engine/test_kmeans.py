@@ -233,6 +233,48 @@ def test_properties(x, k, init, keep_zero, data):
     assert r2.codebook.tobytes() == cb.tobytes() and r2.labels.tobytes() == r.labels.tobytes()
 
 
+def _numpy_only(fn):
+    """Run ``fn()`` with every compiled twin of the clustering path off."""
+    from caffecompress.engine import kmeans
+
+    mods = (grid, lloyd, kmeans)
+    saved = [m.NUMBA for m in mods]
+    try:
+        for m in mods:
+            m.NUMBA = False
+        return fn()
+    finally:
+        for m, v in zip(mods, saved):
+            m.NUMBA = v
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(blobs, ks, st.sampled_from(INITS), st.booleans(), st.data())
+def test_compiled_twins_give_the_numpy_result(x, k, init, keep_zero, data):
+    """Histogram, Lloyd, SSE and label twins together: the same codebook,
+    labels, SSE and SQNR bits, iterations and grid as the NumPy-only path."""
+    mask = data.draw(hnp.arrays(np.bool_, x.shape)) if data.draw(st.booleans()) else None
+    kw = dict(k=k, init=init, keep_zero=keep_zero, mask=mask, seed=3)
+    a = share_weights(x, **kw)
+    b = _numpy_only(lambda: share_weights(x, **kw))
+    assert a.codebook.tobytes() == b.codebook.tobytes()
+    assert a.labels.dtype == b.labels.dtype and a.labels.tobytes() == b.labels.tobytes()
+    assert np.float64(a.sse).tobytes() == np.float64(b.sse).tobytes()
+    assert np.float64(a.sqnr_db).tobytes() == np.float64(b.sqnr_db).tobytes()
+    assert (a.k, a.exact, a.iterations, a.converged, a.bits, a.step) == (b.k, b.exact, b.iterations, b.converged, b.bits, b.step)
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+def test_compiled_twins_give_the_numpy_result_on_zoo(zoo):
+    for name, w in zoo_blobs(zoo, max_size=70_000)[::3]:
+        for k in (16, 256):
+            a = share_weights(w, k=k)
+            b = _numpy_only(lambda: share_weights(w, k=k))
+            assert a.codebook.tobytes() == b.codebook.tobytes() and a.labels.tobytes() == b.labels.tobytes(), (name, k)
+            assert np.float64(a.sse).tobytes() == np.float64(b.sse).tobytes() and a.iterations == b.iterations, (name, k)
+
+
 @pytest.mark.parametrize("k", [2, 16, 256, 4096])
 @pytest.mark.parametrize("init", INITS)
 def test_special_blobs(k, init):
