@@ -170,3 +170,30 @@ def test_compiled_small_histogram_refuses_non_finite():
     x = np.array([1.0, np.nan, np.inf, 2.0], np.float32)
     with pytest.raises(NonFiniteWeightsError, match="2 of 4"):
         grid.grid_histogram(x)
+
+
+@pytest.mark.skipif(not grid.NUMBA, reason="numba not installed")
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.sampled_from([2, 8, 13, 20, 24, 25, 30]), st.data())
+def test_compiled_sorted_runs_are_numpy_unique(bits, data):
+    L = grid.grid_levels(bits)
+    x = data.draw(hnp.arrays(np.int32, st.integers(0, 2000),
+                             elements=st.integers(-L, L) | st.sampled_from([-L, L, 0])))
+    v, c = grid._sorted_runs_numba(x, L)
+    uv, uc = np.unique(x, return_counts=True)
+    assert v.dtype == c.dtype == np.int64
+    assert np.array_equal(v, uv) and np.array_equal(c, uc)
+
+
+@pytest.mark.skipif(not grid.NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("bits", [20, 24])
+def test_compiled_sorted_runs_on_a_large_blob(bits):
+    # above grid.SMALL: the block path, sorted by the compiled radix sort
+    x = (np.random.default_rng(bits).standard_t(3, 300_000) * 0.02).astype(np.float32)
+    h = grid.grid_histogram(x, bits=bits)
+    grid.NUMBA = False
+    try:
+        r = grid.grid_histogram(x, bits=bits)
+    finally:
+        grid.NUMBA = True
+    assert np.array_equal(h.values, r.values) and np.array_equal(h.counts, r.counts) and h.step == r.step
