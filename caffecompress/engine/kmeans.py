@@ -251,15 +251,17 @@ def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
 
     Label = the number of cell boundaries (:func:`_first_above`) at or
     below the element's grid value (masked-out elements: grid value 0).
-    Blobs of ``_TABLE_MIN`` elements or more, or dense in the grid, gather
-    through a (coarse) table (:func:`_coarse_table`); smaller ones search
-    the boundaries (on the host with numba, one compiled call). The same
-    function of the grid value every way, so the same labels.
+    Blobs of ``_TABLE_MIN`` elements or more, or dense in the grid, and
+    every host blob when numba is there, gather through a (coarse) table
+    (:func:`_coarse_table`) and then step past the boundaries inside the
+    coarse cell (in rounds of compares, or on the host one compiled walk);
+    other small blobs search the boundaries. The same function of the grid
+    value every way, so the same labels.
     """
     lo = int(min(h.values[0], 0))
     hi = int(max(h.values[-1], 0))
-    use_table = a.size >= _TABLE_MIN or a.size * 4 >= hi - lo + 1
-    compiled = not use_table and NUMBA and xp is np
+    compiled = NUMBA and xp is np
+    use_table = not compiled and (a.size >= _TABLE_MIN or a.size * 4 >= hi - lo + 1)
     if not compiled:
         first = _first_above(c_grid, lo, hi)
     if use_table:
@@ -272,7 +274,7 @@ def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
         if compiled:
             lab = np.empty(q.size, dtype)
             mm = m[s] if m is not None else np.zeros(0, np.bool_)
-            _search_labels_numba(q, mm, m is not None, c_grid, lo, hi, lab)
+            _host_labels_numba(q, mm, m is not None, c_grid, lo, hi, lab)
             yield lab
             continue
         if m is not None:
@@ -412,24 +414,36 @@ if NUMBA:
         return sse, sig
 
     @_numba.njit(cache=True, nogil=True)
-    def _search_labels_numba(q, m, use_mask, c, lo, hi, out):  # pragma: no cover - compiled
-        # _first_above's boundaries, then per element the number of
-        # boundaries at or below its grid value (searchsorted side='right')
+    def _host_labels_numba(q, m, use_mask, c, lo, hi, out):  # pragma: no cover - compiled
+        # the labels of _label_blocks_on_grid in one call: _first_above's
+        # boundaries (the same float expressions), a coarse table of the
+        # label at every 2**shift-th grid value, then per element a walk
+        # past the boundaries inside its coarse cell
         k = c.size
-        first = np.empty(k - 1, np.int64)
+        bounds = np.empty(k, np.int64)
         for j in range(k - 1):
             f = np.int64(np.floor((c[j] + c[j + 1]) * 0.5)) + 1
-            first[j] = min(max(f, lo), hi + 1)
+            bounds[j] = min(max(f, lo), hi + 1)
+        bounds[k - 1] = hi + 1  # sentinel: above every grid value
+        span = hi - lo + 1
+        shift = 0
+        # at most one entry an element (and at most 2**20: 4 MiB)
+        while ((span - 1) >> shift) + 1 > min(max(q.size, 1024), 1 << 20):
+            shift += 1
+        size = ((span - 1) >> shift) + 1
+        table = np.empty(size, np.int32)
+        lab = 0
+        for i in range(size):
+            g = lo + (np.int64(i) << shift)
+            while g >= bounds[lab]:
+                lab += 1
+            table[i] = lab
         for i in range(q.size):
-            g = 0 if use_mask and not m[i] else np.int64(q[i])
-            a, b = 0, k - 1
-            while a < b:
-                mid = (a + b) >> 1
-                if first[mid] <= g:
-                    a = mid + 1
-                else:
-                    b = mid
-            out[i] = a
+            g = np.int64(0) if use_mask and not m[i] else np.int64(q[i])
+            lab = np.int64(table[(g - lo) >> shift])
+            while g >= bounds[lab]:
+                lab += 1
+            out[i] = lab
 
 
 def _sqnr(signal, sse):

@@ -266,6 +266,21 @@ def test_compiled_twins_give_the_numpy_result(x, k, init, keep_zero, data):
 
 
 @pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("k", [16, 256])
+def test_compiled_twins_give_the_numpy_result_on_a_large_masked_blob(k, monkeypatch):
+    # above grid.SMALL and over several blocks: block-wise histogram, the
+    # compiled radix sort, and labels block by block
+    monkeypatch.setattr(grid, "BLOCK", 1 << 16)
+    rng = np.random.default_rng(k)
+    x = (rng.standard_t(3, 300_000) * 0.02).astype(np.float32)
+    mask = np.abs(x) > 0.01
+    a = share_weights(x, k=k, mask=mask)
+    b = _numpy_only(lambda: share_weights(x, k=k, mask=mask))
+    assert a.codebook.tobytes() == b.codebook.tobytes() and a.labels.tobytes() == b.labels.tobytes()
+    assert np.float64(a.sse).tobytes() == np.float64(b.sse).tobytes() and a.iterations == b.iterations
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
 def test_compiled_twins_give_the_numpy_result_on_zoo(zoo):
     for name, w in zoo_blobs(zoo, max_size=70_000)[::3]:
         for k in (16, 256):
