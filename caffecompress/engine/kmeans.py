@@ -2,11 +2,13 @@
 
 The blob is mapped to a fine integer grid and histogrammed exactly
 (:mod:`~caffecompress.engine.grid`); clustering then runs on the host (NumPy,
-or its numba twin) on the histogram alone, and the labels come back from one
-gather through a host-built table (grid value -> cluster), or for small
-blobs from an integer ``searchsorted`` on the cell edges. The device never takes a float
+or its numba twin) on the histogram alone, and the labels come back from a
+gather through a host-built (coarse) table of grid value -> cluster plus
+integer compares, or for small device blobs from an integer
+``searchsorted`` on the cell edges. The device never takes a float
 decision, so ``xp=numpy`` and ``xp=cupy`` give the same codebook and labels
-byte for byte.
+byte for byte; with numba, the host's histogram, Lloyd run, SSE and labels
+run as compiled twins of the NumPy code, parity-tested bit for bit.
 
 Rules (all deterministic)
 -------------------------
@@ -536,7 +538,7 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     shape = tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
-    bits = default_bits(k, int(np.prod(shape))) if bits is None else int(bits)
+    bits = default_bits(k, math.prod(shape)) if bits is None else int(bits)
     a = _grid._flat32(x, xp)
     m = _grid._flat_mask(mask, a.size, xp)
     dtype = _label_dtype(k)
@@ -561,7 +563,8 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
         # nothing kept: one zero centroid, every label 0
         return result(np.zeros(1, np.float32), xp.zeros(a.size, dtype=dtype), 0.0, 0.0, True), None
 
-    has_zero = bool(np.any(h.values == 0))
+    iz = int(np.searchsorted(h.values, 0))  # values are sorted
+    has_zero = iz < h.nbins and int(h.values[iz]) == 0
     need_zero = keep_zero and not has_zero
     if h.nbins + need_zero <= k:
         D = _distinct_keys(a, m, xp, k)
