@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,7 @@ from hypothesis import settings
 settings.register_profile("caffecompress", deadline=None)
 settings.load_profile("caffecompress")
 
-ROOT = Path(__file__).resolve().parents[1]
-# CI and developers have shared/ beside the checkout; never copy zoo files in.
-ZOO = Path(os.environ.get("CAFFE_ZOO", ROOT.parent / "shared" / "caffe-zoo"))
-
-
-def zoo_manifest() -> list[dict]:
-    """Rows of the zoo's MANIFEST.tsv (empty when the zoo is absent)."""
-    path = ZOO / "MANIFEST.tsv"
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    head = lines[0].split("\t")
-    return [dict(zip(head, ln.split("\t"))) for ln in lines[1:] if ln.strip()]
+from zoofiles import ROOT, ZOO, zoo_manifest  # noqa: E402,F401  (re-exported to tests)
 
 
 @pytest.fixture(scope="session")

@@ -5,24 +5,12 @@ Nothing here writes into the repository; fixtures go to pytest's tmp dirs.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-ZOO = Path(os.environ.get("CAFFE_ZOO", ROOT.parent / "shared" / "caffe-zoo"))
-
-
-def zoo_manifest() -> list[dict]:
-    """Rows of the zoo's MANIFEST.tsv (empty when the zoo is absent)."""
-    path = ZOO / "MANIFEST.tsv"
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    head = lines[0].split("\t")
-    return [dict(zip(head, ln.split("\t"))) for ln in lines[1:] if ln.strip()]
+from zoofiles import ZOO, zoo_manifest  # noqa: F401  (tests/ is on sys.path via its conftest)
 
 # The retrained-MTCNN det2/det3 prototxts are swapped upstream (MANIFEST notes).
 _SWAPPED = {"mtcnn-retrained/det2.caffemodel": "det3.prototxt", "mtcnn-retrained/det3.caffemodel": "det2.prototxt"}
