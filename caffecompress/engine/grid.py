@@ -31,6 +31,7 @@ import numpy as np
 
 from ..backend import to_host
 from ..errors import NonFiniteWeightsError
+from .packedmask import PackedMask
 
 __all__ = [
     "BLOCK",
@@ -81,6 +82,10 @@ def _flat32(x, xp):
 def _flat_mask(mask, size, xp):
     if mask is None:
         return None
+    if isinstance(mask, PackedMask):  # host, flat, read block by block as it is
+        if mask.size != size:
+            raise ValueError(f"mask has {mask.size} elements, weights have {size}")
+        return mask
     m = xp.asarray(mask)
     if m.dtype != xp.bool_:
         raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
