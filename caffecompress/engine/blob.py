@@ -92,7 +92,7 @@ def _labels_parts(labels, nsym: int, xp, meta: dict, parts: dict) -> None:
     parts.update(p)
 
 
-_LABEL_BLOCK = 1 << 20  # labels made per step when streamed (temporaries ~20 MiB)
+_LABEL_BLOCK = 1 << 18  # labels made per step when streamed (temporaries ~5 MiB)
 
 
 def _labels_parts_blocks(blocks, counts, mflat, nsym: int, meta: dict, parts: dict) -> None:

@@ -222,7 +222,8 @@ def grid_index(x, step: float, levels: int, *, xp=np):
     return q
 
 
-_INDEX_STEP = 1 << 20  # elements per step of grid_index
+_INDEX_STEP = 1 << 18  # elements per step of grid_index: float64 temporaries of 2 MiB
+_COUNT_STEP = 1 << 20  # least elements per histogram step (each step zeroes and adds the bins)
 
 
 def _grid_index_part(a, step, levels, xp):
@@ -322,8 +323,9 @@ def grid_histogram(
     screen : bool
         Refuse NaN/Inf first (:class:`NonFiniteWeightsError`).
     keep_index : bool
-        Also return the int32 grid values of a single-block blob (so a caller
-        can reuse them instead of recomputing); ``None`` for larger blobs.
+        Also return the int32 grid values of a blob indexed in one piece (so
+        a caller can reuse them instead of recomputing); ``None`` for blobs
+        counted in steps.
 
     Returns
     -------
@@ -337,39 +339,45 @@ def grid_histogram(
     nbins_full = 2 * levels + 1
     parts, total, kept_index = [], 0, None
     dense = None
-    # counted in steps of about the histogram's own size (a blob over one
-    # block is also indexed in such steps): the kept indices and bincount's
-    # int64 copy of them stay no bigger than the bins, and each step's bins
-    # cost no more than its elements
-    hstep = min(BLOCK, max(_INDEX_STEP, nbins_full))
-    for s in iter_blocks(a.size, None if a.size <= BLOCK else hstep):
+    # counted in steps of about the histogram's own size: the int32 index,
+    # its kept part and bincount's int64 copy of it stay no bigger than the
+    # bins, and each step's bins cost no more than its elements. A blob is
+    # indexed whole only where that pays: it fits in one step, or (up to a
+    # block) has fewer kept elements than bins, which a sort counts faster.
+    hstep = min(BLOCK, max(_COUNT_STEP, nbins_full))
+    nk = a.size if m is None else m.count if isinstance(m, PackedMask) else int(xp.count_nonzero(m))
+    whole = a.size <= BLOCK and (a.size <= hstep or nk < nbins_full)
+    for s in iter_blocks(a.size, None if whole else hstep):
         q = grid_index(a[s], step, levels, xp=xp)
-        if keep_index and s.start == 0 and s.stop == a.size:
+        if keep_index and whole:
             kept_index = q
-        ms = None if m is None else m[s]
-        nkept = int(q.size) if ms is None else int(ms.sum())
-        total += nkept
-        if nkept == 0:
+        sel = q if m is None else q[m[s]]
+        total += int(sel.size)
+        if sel.size == 0:
             continue
-        if nkept < nbins_full and a.size <= BLOCK:
+        if whole and sel.size < nbins_full:
             # fewer elements than bins: a sort-based unique is cheaper than
             # 2L+1 int64 bins (a 24-bit grid's are 128 MiB to zero, count and
             # scan; measured 0.27 s against 0.10 s for a 2.4M-weight conv
             # blob); the result (values, counts) is the same exact histogram.
-            uv, uc = xp.unique(q if ms is None else q[ms], return_counts=True)
+            uv, uc = xp.unique(sel, return_counts=True)
             parts.append((np.asarray(to_host(uv), np.int64), np.asarray(to_host(uc), np.int64)))
             continue
-        for t in iter_blocks(q.size, hstep):
-            sel = q[t] if ms is None else q[t][ms[t]]
-            c = xp.bincount(sel + xp.int32(levels), minlength=nbins_full)
-            if dense is None:
-                dense = c
-            else:
-                dense += c
+        c = xp.bincount(sel + xp.int32(levels), minlength=nbins_full)
+        del sel, q
+        if dense is None:
+            dense = c
+        else:
+            dense += c
+        del c  # else the last step's bins live on through the next bincount
     if dense is not None:
         c = np.asarray(to_host(dense), np.int64)
-        nz = np.flatnonzero(c)
-        parts.append((nz.astype(np.int64) - levels, c[nz]))
+        del dense
+        nz = np.flatnonzero(c)  # int64 already: shifted in place, no copies
+        counts = c[nz]
+        del c
+        nz -= levels
+        parts.append((nz, counts))
     if parts:
         values, counts = _merge_counts(parts)
     else:

@@ -408,7 +408,7 @@ def encode(
     return HuffmanStream(lengths, payload, offsets, n, int(chunk))
 
 
-_COUNT_BLOCK = 1 << 22  # symbols per bincount: its intp copy stays at 32 MiB
+_COUNT_BLOCK = 1 << 18  # symbols per bincount: its intp copy stays at 2 MiB
 
 
 def _symbol_counts(sym, nsym: int, xp) -> np.ndarray:

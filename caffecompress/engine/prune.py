@@ -30,7 +30,7 @@ from .grid import iter_blocks as _iter_blocks
 from .grid import screen_finite
 from .packedmask import PackedMask
 
-_STEP = 1 << 20  # elements per block: the int32/int64 temporaries stay at 4-8 MiB
+_STEP = 1 << 18  # elements per block: the int32/int64 temporaries stay at 1-2 MiB
 
 
 def iter_blocks(n: int):

@@ -136,7 +136,7 @@ def _gap_counts(pos: np.ndarray, b: int) -> tuple[np.ndarray, int]:
     return counts, int(counts.sum())
 
 
-_BLOCK = 1 << 20  # mask elements per block: int64 temporaries stay at 8 MiB
+_BLOCK = 1 << 18  # mask elements per block: int64 temporaries stay at 2 MiB
 
 
 def _gap_blocks(m: np.ndarray):
