@@ -15,8 +15,9 @@ Methods:
     Weight sharing by 1-D k-means (:func:`~caffecompress.engine.kmeans.share_weights`):
     the codebook plus Huffman-coded labels.
 ``shared+sparse``
-    Magnitude pruning first (:func:`~caffecompress.engine.prune.prune_mask`),
-    then the positions of the kept weights
+    Magnitude pruning first (:func:`~caffecompress.engine.prune.prune_mask`;
+    on the host its packed form, :func:`~caffecompress.engine.prune.prune_packed`,
+    1 bit a weight), then the positions of the kept weights
     (:mod:`~caffecompress.engine.sparse`) plus the codebook and the labels
     of the kept weights only. Pruned weights restore to +0.0.
 
