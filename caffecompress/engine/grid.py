@@ -61,6 +61,13 @@ _ABS_MASK = np.int32(0x7FFFFFFF)
 _MIN_NORMAL_BITS = np.int32(0x00800000)
 
 
+def _step(xp, device: int) -> int:
+    """Elements per step of element-wise work: :data:`_INDEX_STEP` on the
+    host, where the temporaries add to the process's peak memory; ``device``
+    on a GPU, where every step costs kernel launches and a host sync."""
+    return _INDEX_STEP if xp is np else device
+
+
 def iter_blocks(n: int, block: int | None = None):
     """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block``
     (default: the module's :data:`BLOCK`, read at call time)."""
@@ -112,7 +119,7 @@ def screen_finite(x, *, xp=np) -> None:
     """
     a = _flat32(x, xp)
     bad = 0
-    for s in iter_blocks(a.size, _INDEX_STEP):  # a count: any step gives it
+    for s in iter_blocks(a.size, _step(xp, BLOCK)):  # a count: any step gives it
         bad += int(((_bits(a[s], xp) & _ABS_MASK) >= _EXP_MASK).sum())
     if bad:
         raise NonFiniteWeightsError(
@@ -159,8 +166,8 @@ def _screen_and_max(a, m, xp, screen):
     """One pass: count NaN/Inf (if ``screen``) and the largest canonical |x|
     of the kept elements, both from integer bit patterns (order-free)."""
     bad, best = 0, 0
-    # a count and a max (order-free), so in small steps: int32 temporaries of 4 MiB
-    for s in iter_blocks(a.size, _INDEX_STEP):
+    # a count and a max (order-free), so in steps of any size
+    for s in iter_blocks(a.size, _step(xp, BLOCK)):
         mag = _bits(a[s], xp) & _ABS_MASK
         if mag.size == 0:
             continue
@@ -212,17 +219,18 @@ def grid_index(x, step: float, levels: int, *, xp=np):
     map to 0 by an integer test, not by the division.
     """
     a = _flat32(x, xp)
-    if a.size <= _INDEX_STEP:
+    istep = _step(xp, 1 << 20)
+    if a.size <= istep:
         return _grid_index_part(a, step, levels, xp)
     # element-wise, so done in steps into one int32 result: the float64 and
     # mask temporaries stay at a step's size instead of 4.25x the block's
     q = xp.empty(a.size, xp.int32)
-    for s in iter_blocks(a.size, _INDEX_STEP):
+    for s in iter_blocks(a.size, istep):
         q[s] = _grid_index_part(a[s], step, levels, xp)
     return q
 
 
-_INDEX_STEP = 1 << 18  # elements per step of grid_index: float64 temporaries of 2 MiB
+_INDEX_STEP = 1 << 18  # elements per host step of element-wise work: float64 temporaries of 2 MiB
 _COUNT_STEP = 1 << 20  # least elements per histogram step (each step zeroes and adds the bins)
 
 

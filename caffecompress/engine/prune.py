@@ -30,12 +30,14 @@ from .grid import iter_blocks as _iter_blocks
 from .grid import screen_finite
 from .packedmask import PackedMask
 
-_STEP = 1 << 18  # elements per block: the int32/int64 temporaries stay at 1-2 MiB
+_STEP = 1 << 18  # elements per host block: the int32/int64 temporaries stay at 1-2 MiB
+_DEVICE_STEP = 1 << 20  # on a GPU, fewer and larger blocks: each costs launches and a sync
 
 
-def iter_blocks(n: int):
-    """Blocks of :data:`_STEP` elements (the counts do not depend on the block size)."""
-    return _iter_blocks(n, _STEP)
+def iter_blocks(n: int, xp=np):
+    """Blocks of :data:`_STEP` elements (:data:`_DEVICE_STEP` on a device);
+    the counts and the mask do not depend on the block size."""
+    return _iter_blocks(n, _STEP if xp is np else _DEVICE_STEP)
 
 __all__ = ["prune_mask", "prune_packed", "magnitude_std"]
 
@@ -120,7 +122,7 @@ def _keep_blocks(x, sparsity, threshold, quality, xp):
     n = a.size
 
     def const(value):
-        for sl in iter_blocks(n):
+        for sl in iter_blocks(n, xp):
             yield sl, xp.full(sl.stop - sl.start, value, dtype=xp.bool_)
 
     if sparsity is not None:
@@ -132,7 +134,7 @@ def _keep_blocks(x, sparsity, threshold, quality, xp):
             return n, const(n_prune == 0)
 
         def keys_blocks():
-            for sl in iter_blocks(n):
+            for sl in iter_blocks(n, xp):
                 yield _mag_keys(a[sl], xp)
 
         kth = _kth_key(keys_blocks, n_prune, xp)
@@ -143,7 +145,7 @@ def _keep_blocks(x, sparsity, threshold, quality, xp):
 
         def ranked():
             seen = 0
-            for sl, kb in zip(iter_blocks(n), keys_blocks()):
+            for sl, kb in zip(iter_blocks(n, xp), keys_blocks()):
                 eq = kb == kth
                 # running count of ties (integer cumsum: exact, order-defined)
                 rank = xp.cumsum(eq, dtype=xp.int64) + seen
@@ -164,7 +166,7 @@ def _keep_blocks(x, sparsity, threshold, quality, xp):
     kt = xp.int32(_threshold_key(t))
 
     def above():
-        for sl in iter_blocks(n):
+        for sl in iter_blocks(n, xp):
             yield sl, _mag_keys(a[sl], xp) > kt
 
     return n, above()

@@ -91,3 +91,33 @@ def test_sharing_with_a_packed_mask(monkeypatch, block, k, few):
     np.testing.assert_array_equal(got.codebook, want.codebook)
     np.testing.assert_array_equal(got.labels, want.labels)
     assert got.sse == want.sse
+
+
+class _NumpyAsDevice:
+    """numpy under another name: takes the engine's device-side branches
+    (``xp is not np``: larger steps) on plain arrays."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_device_step_sizes_give_the_same_results(monkeypatch):
+    from caffecompress.engine import huffman as H
+
+    dev = _NumpyAsDevice()
+    rng = np.random.default_rng(9)
+    x = np.round(rng.standard_t(3, 1_100_003) * 40).astype(np.float32) / 40  # ties
+    for step in (1 << 18, 4096):
+        monkeypatch.setattr(prune, "_STEP", step)
+        monkeypatch.setattr(grid, "_INDEX_STEP", step)
+        monkeypatch.setattr(H, "_COUNT_BLOCK", step)
+        m = prune_mask(x, sparsity=0.55)
+        np.testing.assert_array_equal(prune_mask(x, sparsity=0.55, xp=dev), m)
+        np.testing.assert_array_equal(prune_packed(x, sparsity=0.55).unpack(), m)
+        q = grid.grid_index(x, 1e-3, 1000)
+        np.testing.assert_array_equal(grid.grid_index(x, 1e-3, 1000, xp=dev), q)
+        h, hd = grid.grid_histogram(x, bits=20, mask=m), grid.grid_histogram(x, bits=20, mask=m, xp=dev)
+        assert np.array_equal(h.values, hd.values) and np.array_equal(h.counts, hd.counts) and h.step == hd.step
+        lab = (q & 31).astype(np.uint8)
+        np.testing.assert_array_equal(H._symbol_counts(lab, 32, dev), np.bincount(lab, minlength=32))
+        np.testing.assert_array_equal(H._symbol_counts(lab, 32, np), np.bincount(lab, minlength=32))
