@@ -15,8 +15,9 @@ Methods:
     Weight sharing by 1-D k-means (:func:`~caffecompress.engine.kmeans.share_weights`):
     the codebook plus Huffman-coded labels.
 ``shared+sparse``
-    Magnitude pruning first (:func:`~caffecompress.engine.prune.prune_mask`),
-    then the positions of the kept weights
+    Magnitude pruning first (:func:`~caffecompress.engine.prune.prune_mask`;
+    on the host its packed form, :func:`~caffecompress.engine.prune.prune_packed`,
+    1 bit a weight), then the positions of the kept weights
     (:mod:`~caffecompress.engine.sparse`) plus the codebook and the labels
     of the kept weights only. Pruned weights restore to +0.0.
 
@@ -34,6 +35,7 @@ import numpy as np
 from ..errors import CorruptDataError
 from . import huffman as H
 from . import sparse as S
+from .packedmask import PackedMask
 
 __all__ = ["EncodedBlob", "METHODS", "encode_blob", "decode_blob", "iter_decode_blob", "blob_stats"]
 
@@ -91,7 +93,7 @@ def _labels_parts(labels, nsym: int, xp, meta: dict, parts: dict) -> None:
     parts.update(p)
 
 
-_LABEL_BLOCK = 1 << 20  # labels made per step when streamed (temporaries ~20 MiB)
+_LABEL_BLOCK = 1 << 18  # labels made per step when streamed (temporaries ~5 MiB)
 
 
 def _labels_parts_blocks(blocks, counts, mflat, nsym: int, meta: dict, parts: dict) -> None:
@@ -115,6 +117,17 @@ def _labels_parts_blocks(blocks, counts, mflat, nsym: int, meta: dict, parts: di
     m, p = H.stream_parts(s, "l_")
     meta.update(m)
     parts.update(p)
+
+
+def _kept_labels(labels: np.ndarray, m: PackedMask) -> np.ndarray:
+    """``labels[mask]`` for a packed mask, expanded one block at a time."""
+    out = np.empty(m.count, labels.dtype)
+    o = 0
+    for s0 in range(0, labels.size, _LABEL_BLOCK):
+        part = labels[s0 : s0 + _LABEL_BLOCK][m[s0 : s0 + _LABEL_BLOCK]]
+        out[o : o + part.size] = part
+        o += part.size
+    return out
 
 
 def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
@@ -174,7 +187,7 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
         return enc if enc is not None and enc.nbytes < raw_bytes else _raw(x32, shape)
 
     from . import kmeans  # noqa: PLC0415  (the clustering engineer's module)
-    from .prune import prune_mask  # noqa: PLC0415
+    from .prune import prune_mask, prune_packed  # noqa: PLC0415
 
     bits = int(bits)
     if not 1 <= bits <= 12:
@@ -185,7 +198,12 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     xd = xp.asarray(x32) if xp is not np else x32
     mask = None
     if prune > 0:
-        mask = prune_mask(xd, sparsity=float(prune), xp=xp)
+        # on the host the mask stays packed (1 bit a weight) and every stage
+        # expands only the block it reads; a device mask stays on the device
+        if xp is np:
+            mask = prune_packed(xd, sparsity=float(prune))
+        else:
+            mask = prune_mask(xd, sparsity=float(prune), xp=xp)
         if bool(mask.all()):
             mask = None
     kz = bool(keep_zero)  # pruned positions come back from the position stream, not a zero code
@@ -196,18 +214,21 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     meta = {"shape": _shape_str(shape), "bits": bits}
     parts = {"codebook": np.ascontiguousarray(sw.codebook, np.float32)}
     nsym = int(sw.codebook.size)
-    mflat = None if mask is None else mask.reshape(-1)
+    packed = isinstance(mask, PackedMask)
+    mflat = None if mask is None else mask if packed else mask.reshape(-1)
     if mask is None:
         method = "exact" if sw.exact else "shared"
     else:
         method = "shared+sparse"
-        sp = S.encode_positions(_host(mflat))
+        sp = S.encode_positions(mflat if packed else _host(mflat))
         meta["p_method"] = sp.method
         meta.update({"p_" + k_: v for k_, v in sp.meta.items()})
         parts.update({"p_" + k_: v for k_, v in sp.parts.items()})
     if lazy is None:
         labels = sw.labels.reshape(-1)
-        _labels_parts(labels if mflat is None else labels[mflat], nsym, xp, meta, parts)
+        if mflat is not None:
+            labels = _kept_labels(labels, mflat) if packed else labels[mflat]
+        _labels_parts(labels, nsym, xp, meta, parts)
     else:
         blocks, counts = lazy
         _labels_parts_blocks(blocks, counts, mflat, nsym, meta, parts)

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..backend import to_host
 from ..errors import NonFiniteWeightsError
+from .packedmask import PackedMask
 
 __all__ = [
     "BLOCK",
@@ -60,6 +61,13 @@ _ABS_MASK = np.int32(0x7FFFFFFF)
 _MIN_NORMAL_BITS = np.int32(0x00800000)
 
 
+def _step(xp, device: int) -> int:
+    """Elements per step of element-wise work: :data:`_INDEX_STEP` on the
+    host, where the temporaries add to the process's peak memory; ``device``
+    on a GPU, where every step costs kernel launches and a host sync."""
+    return _INDEX_STEP if xp is np else device
+
+
 def iter_blocks(n: int, block: int | None = None):
     """Yield ``slice`` objects covering ``range(n)`` in blocks of ``block``
     (default: the module's :data:`BLOCK`, read at call time)."""
@@ -81,6 +89,10 @@ def _flat32(x, xp):
 def _flat_mask(mask, size, xp):
     if mask is None:
         return None
+    if isinstance(mask, PackedMask):  # host, flat, read block by block as it is
+        if mask.size != size:
+            raise ValueError(f"mask has {mask.size} elements, weights have {size}")
+        return mask
     m = xp.asarray(mask)
     if m.dtype != xp.bool_:
         raise TypeError(f"mask must be boolean, got dtype {m.dtype}")
@@ -107,7 +119,7 @@ def screen_finite(x, *, xp=np) -> None:
     """
     a = _flat32(x, xp)
     bad = 0
-    for s in iter_blocks(a.size):
+    for s in iter_blocks(a.size, _step(xp, BLOCK)):  # a count: any step gives it
         bad += int(((_bits(a[s], xp) & _ABS_MASK) >= _EXP_MASK).sum())
     if bad:
         raise NonFiniteWeightsError(
@@ -154,7 +166,8 @@ def _screen_and_max(a, m, xp, screen):
     """One pass: count NaN/Inf (if ``screen``) and the largest canonical |x|
     of the kept elements, both from integer bit patterns (order-free)."""
     bad, best = 0, 0
-    for s in iter_blocks(a.size):
+    # a count and a max (order-free), so in steps of any size
+    for s in iter_blocks(a.size, _step(xp, BLOCK)):
         mag = _bits(a[s], xp) & _ABS_MASK
         if mag.size == 0:
             continue
@@ -206,17 +219,19 @@ def grid_index(x, step: float, levels: int, *, xp=np):
     map to 0 by an integer test, not by the division.
     """
     a = _flat32(x, xp)
-    if a.size <= _INDEX_STEP:
+    istep = _step(xp, 1 << 20)
+    if a.size <= istep:
         return _grid_index_part(a, step, levels, xp)
     # element-wise, so done in steps into one int32 result: the float64 and
     # mask temporaries stay at a step's size instead of 4.25x the block's
     q = xp.empty(a.size, xp.int32)
-    for s in iter_blocks(a.size, _INDEX_STEP):
+    for s in iter_blocks(a.size, istep):
         q[s] = _grid_index_part(a[s], step, levels, xp)
     return q
 
 
-_INDEX_STEP = 1 << 20  # elements per step of grid_index
+_INDEX_STEP = 1 << 18  # elements per host step of element-wise work: float64 temporaries of 2 MiB
+_COUNT_STEP = 1 << 20  # least elements per histogram step (each step zeroes and adds the bins)
 
 
 def _grid_index_part(a, step, levels, xp):
@@ -395,7 +410,7 @@ def _merge_counts(parts):
 
 
 # Dense counting is used for a single-block blob when the grid has at most
-# this many bins per counted element, and at most _DENSE_MAX bins (32 MiB).
+# this many bins per kept element, and at most _DENSE_MAX bins (32 MiB).
 _DENSE_PER_ELEMENT = 8
 _DENSE_MAX = 1 << 22
 
@@ -418,8 +433,9 @@ def grid_histogram(
     screen : bool
         Refuse NaN/Inf first (:class:`NonFiniteWeightsError`).
     keep_index : bool
-        Also return the int32 grid values of a single-block blob (so a caller
-        can reuse them instead of recomputing); ``None`` for larger blobs.
+        Also return the int32 grid values of a blob indexed in one piece (so
+        a caller can reuse them instead of recomputing); ``None`` for blobs
+        counted in steps.
 
     Returns
     -------
@@ -437,15 +453,25 @@ def grid_histogram(
     nbins_full = 2 * levels + 1
     parts, total, kept_index = [], 0, None
     dense = None
-    for s in iter_blocks(a.size):
+    # counted in steps of about the histogram's own size: the int32 index,
+    # its kept part and bincount's int64 copy of it stay no bigger than the
+    # bins, and each step's bins cost no more than its elements. A blob is
+    # indexed whole only where that pays: it fits in one step, or (up to a
+    # block) has so few kept elements for its bins that a sort counts them
+    # faster (_DENSE_PER_ELEMENT).
+    hstep = min(BLOCK, max(_COUNT_STEP, nbins_full))
+    nk = a.size if m is None else m.count if isinstance(m, PackedMask) else int(xp.count_nonzero(m))
+    sort = a.size <= BLOCK and nbins_full > min(_DENSE_PER_ELEMENT * nk, _DENSE_MAX)
+    whole = a.size <= BLOCK and (a.size <= hstep or sort)
+    for s in iter_blocks(a.size, None if whole else hstep):
         q = grid_index(a[s], step, levels, xp=xp)
-        if keep_index and s.start == 0 and s.stop == a.size:
+        if keep_index and whole:
             kept_index = q
         sel = q if m is None else q[m[s]]
         total += int(sel.size)
         if sel.size == 0:
             continue
-        if a.size <= BLOCK and nbins_full > min(_DENSE_PER_ELEMENT * sel.size, _DENSE_MAX):
+        if sort:
             # many more bins than elements: sorting (NumPy's ~33 ns a
             # value, the compiled radix sort's ~5) is cheaper than 2L+1
             # int64 bins (~3 ns a bin to zero, count and scan; a 24-bit
@@ -458,16 +484,22 @@ def grid_histogram(
             else:
                 uv, uc = xp.unique(sel, return_counts=True)
                 parts.append((np.asarray(to_host(uv), np.int64), np.asarray(to_host(uc), np.int64)))
+            continue
+        c = xp.bincount(sel + xp.int32(levels), minlength=nbins_full)
+        del sel, q
+        if dense is None:
+            dense = c
         else:
-            c = xp.bincount(sel + xp.int32(levels), minlength=nbins_full)
-            if dense is None:
-                dense = c
-            else:
-                dense += c
+            dense += c
+        del c  # else the last step's bins live on through the next bincount
     if dense is not None:
         c = np.asarray(to_host(dense), np.int64)
-        nz = np.flatnonzero(c)
-        parts.append((nz.astype(np.int64) - levels, c[nz]))
+        del dense
+        nz = np.flatnonzero(c)  # int64 already: shifted in place, no copies
+        counts = c[nz]
+        del c
+        nz -= levels
+        parts.append((nz, counts))
     if parts:
         values, counts = _merge_counts(parts)
     else:
@@ -490,7 +522,8 @@ def _small_histogram(a, m, bits, levels, screen, keep_index):
     (the same histogram, step and grid values; parity-tested); None for
     unscreened non-finite input, which the NumPy path handles."""
     use_mask = m is not None
-    mm = m if use_mask else np.zeros(0, np.bool_)
+    # m[:] is the bool array itself, or a PackedMask unpacked (small here)
+    mm = np.ascontiguousarray(m[:]) if use_mask else np.zeros(0, np.bool_)
     a = np.ascontiguousarray(a)
     bad, best = _small_screen_max_numba(a, mm, use_mask)
     if bad:

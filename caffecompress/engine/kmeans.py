@@ -589,10 +589,14 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     sse, signal = _sse(h, c_grid, codebook)
     qc = qcache if a.size <= _grid.BLOCK else None
     if lazy:
-        def blocks(block=None):
-            return _label_blocks_on_grid(a, m, h, c_grid, qc, xp, dtype, block)
+        counts = _kept_label_counts(h, c_grid, codebook.size)
+        # the labels need only the grid and the histogram's ends: the bins
+        # (up to 16 bytes each) are let go before the labels are made
+        ends = dataclasses.replace(h, values=h.values[[0, -1]], counts=h.counts[[0, -1]])
 
-        return (result(codebook, None, sse, signal, False, it, conv),
-                (blocks, _kept_label_counts(h, c_grid, codebook.size)))
+        def blocks(block=None):
+            return _label_blocks_on_grid(a, m, ends, c_grid, qc, xp, dtype, block)
+
+        return result(codebook, None, sse, signal, False, it, conv), (blocks, counts)
     labels = _labels_on_grid(a, m, h, c_grid, qc, xp, dtype)
     return result(codebook, labels, sse, signal, False, it, conv), None

@@ -28,15 +28,18 @@ from ..backend import to_host
 from . import grid as _grid
 from .grid import iter_blocks as _iter_blocks
 from .grid import screen_finite
+from .packedmask import PackedMask
 
-_STEP = 1 << 20  # elements per block: the int32/int64 temporaries stay at 4-8 MiB
+_STEP = 1 << 18  # elements per host block: the int32/int64 temporaries stay at 1-2 MiB
+_DEVICE_STEP = 1 << 20  # on a GPU, fewer and larger blocks: each costs launches and a sync
 
 
-def iter_blocks(n: int):
-    """Blocks of :data:`_STEP` elements (the counts do not depend on the block size)."""
-    return _iter_blocks(n, _STEP)
+def iter_blocks(n: int, xp=np):
+    """Blocks of :data:`_STEP` elements (:data:`_DEVICE_STEP` on a device);
+    the counts and the mask do not depend on the block size."""
+    return _iter_blocks(n, _STEP if xp is np else _DEVICE_STEP)
 
-__all__ = ["prune_mask", "magnitude_std"]
+__all__ = ["prune_mask", "prune_packed", "magnitude_std"]
 
 _ABS_MASK = np.int32(0x7FFFFFFF)
 _MIN_NORMAL_BITS = np.int32(0x00800000)
@@ -106,6 +109,69 @@ def _kth_key(keys_blocks, n_prune, xp):
     return np.int32((hb << _HI_SHIFT) | lb)
 
 
+def _keep_blocks(x, sparsity, threshold, quality, xp):
+    """``(n, blocks)``: the blob's size and an iterator of ``(slice, bool
+    keep-block)`` covering it in order, one :data:`_STEP`-sized block at a
+    time, so callers choose how to hold the mask (whole as bools, or packed).
+    The checks run before the iterator is returned."""
+    given = [c for c in (sparsity, threshold, quality) if c is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of sparsity=, threshold=, quality=")
+    a = _grid._flat32(x, xp)
+    screen_finite(a, xp=xp)
+    n = a.size
+
+    def const(value):
+        for sl in iter_blocks(n, xp):
+            yield sl, xp.full(sl.stop - sl.start, value, dtype=xp.bool_)
+
+    if sparsity is not None:
+        s = float(sparsity)
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+        n_prune = min(n, int(math.floor(s * n + 0.5)))
+        if n_prune == 0 or n_prune == n:
+            return n, const(n_prune == 0)
+
+        def keys_blocks():
+            for sl in iter_blocks(n, xp):
+                yield _mag_keys(a[sl], xp)
+
+        kth = _kth_key(keys_blocks, n_prune, xp)
+        n_less = 0
+        for kb in keys_blocks():
+            n_less += int((kb < kth).sum())
+        ties_to_prune = n_prune - n_less  # >= 1, pruned in index order
+
+        def ranked():
+            seen = 0
+            for sl, kb in zip(iter_blocks(n, xp), keys_blocks()):
+                eq = kb == kth
+                # running count of ties (integer cumsum: exact, order-defined)
+                rank = xp.cumsum(eq, dtype=xp.int64) + seen
+                seen += int(eq.sum())
+                yield sl, (kb > kth) | (eq & (rank > ties_to_prune))
+
+        return n, ranked()
+
+    if quality is not None:
+        q = float(quality)
+        if not (q >= 0.0 and math.isfinite(q)):
+            raise ValueError(f"quality must be a finite number >= 0, got {quality}")
+        t = q * magnitude_std(a, xp=xp)
+    else:
+        t = float(threshold)
+        if not (t >= 0.0 and math.isfinite(t)):
+            raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
+    kt = xp.int32(_threshold_key(t))
+
+    def above():
+        for sl in iter_blocks(n, xp):
+            yield sl, _mag_keys(a[sl], xp) > kt
+
+    return n, above()
+
+
 def prune_mask(x, *, sparsity=None, threshold=None, quality=None, xp=np):
     """Boolean keep-mask (True = kept) of magnitude pruning, same shape as ``x``.
 
@@ -130,55 +196,32 @@ def prune_mask(x, *, sparsity=None, threshold=None, quality=None, xp=np):
     NonFiniteWeightsError
         NaN or Inf among the weights.
     """
-    given = [c for c in (sparsity, threshold, quality) if c is not None]
-    if len(given) != 1:
-        raise ValueError("give exactly one of sparsity=, threshold=, quality=")
     shape = tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
-    a = _grid._flat32(x, xp)
-    screen_finite(a, xp=xp)
-    n = a.size
+    n, blocks = _keep_blocks(x, sparsity, threshold, quality, xp)
     out = xp.empty(n, dtype=xp.bool_)
-
-    if sparsity is not None:
-        s = float(sparsity)
-        if not 0.0 <= s <= 1.0:
-            raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-        n_prune = min(n, int(math.floor(s * n + 0.5)))
-        if n_prune == 0:
-            out[...] = True
-            return out.reshape(shape)
-        if n_prune == n:
-            out[...] = False
-            return out.reshape(shape)
-
-        def keys_blocks():
-            for sl in iter_blocks(n):
-                yield _mag_keys(a[sl], xp)
-
-        kth = _kth_key(keys_blocks, n_prune, xp)
-        n_less = 0
-        for kb in keys_blocks():
-            n_less += int((kb < kth).sum())
-        ties_to_prune = n_prune - n_less  # >= 1, pruned in index order
-        seen = 0
-        for sl, kb in zip(iter_blocks(n), keys_blocks()):
-            eq = kb == kth
-            # running count of ties (integer cumsum: exact, order-defined)
-            rank = xp.cumsum(eq, dtype=xp.int64) + seen
-            seen += int(eq.sum())
-            out[sl] = (kb > kth) | (eq & (rank > ties_to_prune))
-        return out.reshape(shape)
-
-    if quality is not None:
-        q = float(quality)
-        if not (q >= 0.0 and math.isfinite(q)):
-            raise ValueError(f"quality must be a finite number >= 0, got {quality}")
-        t = q * magnitude_std(a, xp=xp)
-    else:
-        t = float(threshold)
-        if not (t >= 0.0 and math.isfinite(t)):
-            raise ValueError(f"threshold must be a finite number >= 0, got {threshold}")
-    kt = xp.int32(_threshold_key(t))
-    for sl in iter_blocks(n):
-        out[sl] = _mag_keys(a[sl], xp) > kt
+    for sl, keep in blocks:
+        out[sl] = keep
     return out.reshape(shape)
+
+
+def prune_packed(x, *, sparsity=None, threshold=None, quality=None) -> PackedMask:
+    """:func:`prune_mask` on the host, flat and packed at one bit per weight.
+
+    The same mask (``prune_packed(x, ...).unpack() == prune_mask(x, ...).reshape(-1)``)
+    without ever holding it at a byte per weight: each block is packed as
+    it is made.
+
+    Raises
+    ------
+    ValueError, NonFiniteWeightsError
+        As :func:`prune_mask`.
+    """
+    n, blocks = _keep_blocks(x, sparsity, threshold, quality, np)
+    packed = np.empty((n + 7) // 8, np.uint8)
+    kept = 0
+    for sl, keep in blocks:
+        kept += int(np.count_nonzero(keep))
+        # blocks start at multiples of 8 (the step is), so the packed
+        # blocks laid end to end are np.packbits of the whole mask
+        packed[sl.start >> 3 : (sl.stop + 7) >> 3] = np.packbits(keep)
+    return PackedMask(packed, n, kept)

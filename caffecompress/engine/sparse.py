@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import CorruptDataError
 from . import huffman as H
+from .packedmask import PackedMask
 
 __all__ = ["SparsePositions", "METHODS", "encode_positions", "decode_positions", "candidate_sizes"]
 
@@ -63,7 +64,9 @@ class SparsePositions:
         return int(sum(p.nbytes for p in self.parts.values()) + 8 * len(self.meta))
 
 
-def _flat_mask(mask) -> np.ndarray:
+def _flat_mask(mask):
+    if isinstance(mask, PackedMask):  # read block by block, never unpacked whole
+        return mask
     m = np.asarray(mask)
     if m.dtype != np.bool_:
         raise TypeError(f"mask must be boolean, got {m.dtype}")
@@ -133,7 +136,7 @@ def _gap_counts(pos: np.ndarray, b: int) -> tuple[np.ndarray, int]:
     return counts, int(counts.sum())
 
 
-_BLOCK = 1 << 20  # mask elements per block: int64 temporaries stay at 8 MiB
+_BLOCK = 1 << 18  # mask elements per block: int64 temporaries stay at 2 MiB
 
 
 def _gap_blocks(m: np.ndarray):
@@ -179,6 +182,11 @@ def _gap_symbols_from_gaps(gaps: np.ndarray, b: int) -> np.ndarray:
     return out
 
 
+def _packbits(m) -> np.ndarray:
+    """``np.packbits`` of a flat mask (a :class:`PackedMask` already is)."""
+    return m.packed if isinstance(m, PackedMask) else np.packbits(m)
+
+
 def _byte_counts(packed: np.ndarray) -> np.ndarray:
     c = np.zeros(256, np.int64)
     for s in range(0, packed.size, _BLOCK):
@@ -214,7 +222,7 @@ def _candidate_sizes(m, chunk):
         if best is None or sz < best[0]:
             best = (sz, b)
     out["gaps"] = best
-    packed = np.packbits(m)
+    packed = _packbits(m)
     out["bitmask"] = _huff_size(_byte_counts(packed), packed.size, chunk)
     del packed
     out["gap4"] = (gc[4][1] + 1) // 2
@@ -228,7 +236,7 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
 
     Parameters
     ----------
-    mask : bool array
+    mask : bool array or PackedMask
         True = kept; any shape (flattened in C order).
     method : {"auto", "gaps", "bitmask", "gap4", "all"}
         "auto" takes the smallest exact size.
@@ -236,7 +244,7 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
         Symbols per Huffman chunk.
     """
     m = _flat_mask(mask)
-    count = int(np.count_nonzero(m))
+    count = m.count if isinstance(m, PackedMask) else int(np.count_nonzero(m))
     b = None
     gc = None
     if method == "auto":
@@ -259,7 +267,7 @@ def encode_positions(mask, *, method: str = "auto", chunk: int = 4096) -> Sparse
         meta.update(count=count, bits=b)
         return SparsePositions("gaps", meta, parts)
     if method == "bitmask":
-        s = H.encode(np.packbits(m), nsym=256, chunk=chunk)
+        s = H.encode(_packbits(m), nsym=256, chunk=chunk)
         meta, parts = H.stream_parts(s)
         meta.update(count=count)
         return SparsePositions("bitmask", meta, parts)

@@ -113,6 +113,30 @@ def test_blocks_give_the_same_histogram(monkeypatch):
     assert np.array_equal(got.values, ref.values) and np.array_equal(got.counts, ref.counts)
 
 
+@pytest.mark.parametrize("block,step", [(1 << 22, 777), (4096, 1000), (50_000, 3)])
+@pytest.mark.parametrize("bits", [8, 18])
+def test_histogram_steps_give_the_same_histogram(monkeypatch, block, step, bits):
+    """Counted in steps (steps that start inside a packed mask's byte
+    included), with a bool or a packed mask: one histogram."""
+    from caffecompress.engine.packedmask import PackedMask
+
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_t(4, size=100_000) * 0.01).astype(np.float32)
+    mask = rng.random(x.size) < 0.7
+    kept = canon64(x)[mask]
+    ref = grid.grid_histogram(x, bits=bits, mask=mask)
+    monkeypatch.setattr(grid, "BLOCK", block)
+    monkeypatch.setattr(grid, "_INDEX_STEP", step)
+    monkeypatch.setattr(grid, "_COUNT_STEP", step)
+    for m in (mask, PackedMask(np.packbits(mask), mask.size, int(mask.sum()))):
+        got = grid.grid_histogram(x, bits=bits, mask=m)
+        assert got.step == ref.step and got.n == kept.size
+        assert np.array_equal(got.values, ref.values) and np.array_equal(got.counts, ref.counts)
+    q = np.clip(np.rint(kept / ref.step), -ref.levels, ref.levels).astype(np.int64)
+    uv, uc = np.unique(q, return_counts=True)
+    assert np.array_equal(ref.values, uv) and np.array_equal(ref.counts, uc)
+
+
 def test_dense_and_sparse_histogram_paths_agree():
     rng = np.random.default_rng(1)
     x = rng.standard_normal(3000).astype(np.float32)
