@@ -52,6 +52,7 @@ import math
 import numpy as np
 
 from . import grid as _grid
+from . import lloyd as _lloyd
 from .lloyd import NUMBA, assign_cuts, lloyd_histogram
 from .grid import (
     GridHistogram,
@@ -447,6 +448,33 @@ if NUMBA:
                 lab += 1
             out[i] = lab
 
+    @_numba.njit(cache=True, nogil=True)
+    def _small_share_numba(a, m, use_mask, levels, k, max_iter, out):  # pragma: no cover - compiled
+        # share_weights(init="linear", keep_zero=False) of one small host
+        # blob in one call, composed of the same compiled twins in the same
+        # order as _share: histogram, linear init (_init_linear's
+        # expressions), Lloyd, empty clusters dropped, codebook, SSE, labels.
+        # Status 1: back to the general path (non-finite weights, nothing
+        # kept, or no more occupied bins than clusters).
+        empty = np.zeros(0, np.float64)
+        bad, best = _grid._small_screen_max_numba(a, m, use_mask)
+        if bad:
+            return 1, empty, 0.0, 0.0, 0, True, 1.0
+        mx = np.float64(best)
+        step = 1.0 if mx <= 0.0 else mx / np.float64(levels)
+        q, v, w, n = _grid._small_index_hist_numba(a, m, use_mask, step, levels)
+        if n == 0 or v.size <= k:
+            return 1, empty, 0.0, 0.0, 0, True, step
+        lo, hi = np.float64(v[0]), np.float64(v[-1])
+        frac = np.arange(k).astype(np.float64) / np.float64(k - 1)
+        c, cuts, it, conv = _lloyd._lloyd_numba(v, w, lo + (hi - lo) * frac, -1, max_iter, k)
+        keep = cuts[1:] > cuts[:-1]
+        c = c[keep]
+        cb = (c * step).astype(np.float32).astype(np.float64)
+        sse, sig = _sse_numba(v, w, c, cb, step)
+        _host_labels_numba(q, m, use_mask, c, min(v[0], 0), max(v[-1], 0), out)
+        return 0, c, sse, sig, it, conv, step
+
 
 def _sqnr(signal, sse):
     if sse <= 0.0:
@@ -542,6 +570,10 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     a = _grid._flat32(x, xp)
     m = _grid._flat_mask(mask, a.size, xp)
     dtype = _label_dtype(k)
+    if init == "linear" and not keep_zero and NUMBA and _grid.NUMBA and xp is np and a.size <= _grid.SMALL:
+        fast = _share_small(a, m, k, bits, max_iter, dtype, shape, lazy)
+        if fast is not None:
+            return fast
     h, qcache = grid_histogram(a, bits=bits, mask=m, xp=xp, keep_index=True)
 
     def result(codebook, labels, sse, signal, exact, it=0, conv=True):
@@ -600,3 +632,31 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
         return result(codebook, None, sse, signal, False, it, conv), (blocks, counts)
     labels = _labels_on_grid(a, m, h, c_grid, qc, xp, dtype)
     return result(codebook, labels, sse, signal, False, it, conv), None
+
+
+def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
+    """:func:`_share` for a small host blob with the linear init and no
+    pinned zero: one compiled call (the same twins in the same order, so
+    the same result; parity-tested), where the general path makes a dozen.
+    None when the general path must decide (exact storage, nothing kept,
+    non-finite weights)."""
+    use_mask = m is not None
+    mm = np.ascontiguousarray(m[:]) if use_mask else np.zeros(0, np.bool_)
+    labels = np.empty(a.size, dtype)
+    status, c, sse, signal, it, conv, step = _small_share_numba(
+        np.ascontiguousarray(a), mm, use_mask, _grid.grid_levels(bits), k, int(max_iter), labels)
+    if status:
+        return None
+    codebook = (c * step).astype(np.float32)
+    sw = SharedWeights(codebook=codebook, labels=None if lazy else labels.reshape(shape), sse=float(sse),
+                       sqnr_db=_sqnr(float(signal), float(sse)), k=int(codebook.size), exact=False,
+                       init="linear", iterations=int(it), converged=bool(conv), bits=int(bits), step=float(step))
+    if not lazy:
+        return sw, None
+    counts = np.bincount(labels[mm] if use_mask else labels, minlength=codebook.size).astype(np.int64)
+
+    def blocks(block=None):
+        for s in iter_blocks(labels.size, block):
+            yield labels[s]
+
+    return sw, (blocks, counts)
