@@ -8,7 +8,8 @@ weights, in float64) of:
 
 - ``cc-linear`` / ``cc-density`` / ``cc-optimal``: :func:`share_weights`
   (grid histogram + Lloyd to its exact fixed point; ``optimal`` = the exact
-  DP on the grid, then Lloyd);
+  DP on the grid, then Lloyd); ``cc-refine``: ``linear`` then swap
+  refinement (``refine=True``, engine/refine.py);
 - ``sklearn``: ``KMeans(n_clusters=k, n_init=1, init=<the same k linearly
   spaced points>, algorithm="lloyd")``, default ``max_iter=300, tol=1e-4``;
 - ``faiss``: ``faiss.Kmeans(1, k, niter=300, nredo=1)`` trained from the
@@ -98,8 +99,8 @@ def sse_of(x64, centers, labels):
 # stopped, so the timings hold only the clustering itself.
 
 
-def run_cc(x, x64, k, init):
-    r = share_weights(x, k=k, init=init, xp=XP)
+def run_cc(x, x64, k, init, refine=False):
+    r = share_weights(x, k=k, init=init, xp=XP, refine=refine)
     if XP is not np:
         XP.cuda.Device().synchronize()
 
@@ -141,6 +142,7 @@ METHODS = {
     "cc-linear": lambda x, x64, k: run_cc(x, x64, k, "linear"),
     "cc-density": lambda x, x64, k: run_cc(x, x64, k, "density"),
     "cc-optimal": lambda x, x64, k: run_cc(x, x64, k, "optimal"),
+    "cc-refine": lambda x, x64, k: run_cc(x, x64, k, "linear", refine=True),
     "sklearn": run_sklearn,
     "faiss": run_faiss,
     "ckmeans": run_ckmeans,
@@ -259,6 +261,15 @@ def summarize(rows, ks):
                   f"(blobs >= 10k weights: {statistics.median(big) if big else float('nan'):.1f}x over {len(big)}), "
                   f"total {tot:.1f}x; SSE <= sklearn on {le}/{len(peer_blobs)} blobs "
                   f"(worst ratio {worst:.5f}, summed-SSE ratio {sse_tot:.5f})")
+        rb = [b for b in blobs if (k, b, "sklearn") in by and (k, b, "cc-refine") in by]
+        if rb:
+            sp = [by[(k, b, "sklearn")]["s"] / by[(k, b, "cc-refine")]["s"] for b in rb]
+            tot = sum(by[(k, b, "sklearn")]["s"] for b in rb) / sum(by[(k, b, "cc-refine")]["s"] for b in rb)
+            le = sum(by[(k, b, "cc-refine")]["sse"] <= by[(k, b, "sklearn")]["sse"] * (1 + 1e-12) for b in rb)
+            worst = max(by[(k, b, "cc-refine")]["sse"] / by[(k, b, "sklearn")]["sse"] for b in rb
+                        if by[(k, b, "sklearn")]["sse"] > 0)
+            print(f"refine (linear + swaps) vs sklearn: median {statistics.median(sp):.1f}x, total {tot:.1f}x; "
+                  f"SSE <= sklearn on {le}/{len(rb)} blobs (worst ratio {worst:.5f})")
         ck_blobs = [b for b in blobs if (k, b, "ckmeans") in by and (k, b, "cc-optimal") in by]
         if ck_blobs and k <= 32:
             sp = [by[(k, b, "ckmeans")]["s"] / by[(k, b, "cc-optimal")]["s"] for b in ck_blobs]

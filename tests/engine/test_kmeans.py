@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from caffecompress.engine import grid, lloyd, optimal
+from caffecompress.engine import grid, lloyd, optimal, refine
 from caffecompress.engine.kmeans import INITS, default_bits, share_weights
 from caffecompress.engine.lloyd import lloyd_histogram
 from caffecompress.errors import NonFiniteWeightsError
@@ -623,6 +623,68 @@ def test_coarse_label_table_equals_a_search_on_the_boundaries(data):
     assert table.size <= max(n, 4096) or shift == 0
     assert rounds <= k - 1
     assert np.array_equal(lab, np.searchsorted(first, g, side="right"))
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(st.data())
+def test_compiled_refinement_is_the_numpy_one(data):
+    m = data.draw(st.integers(4, 300))
+    v = np.cumsum(data.draw(hnp.arrays(np.int64, m, elements=st.integers(1, 50)))) - 25 * m // 2
+    w = data.draw(hnp.arrays(np.int64, m, elements=st.integers(1, 1000)))
+    k = data.draw(st.integers(3, min(m - 1, 40)))
+    c0 = np.linspace(float(v[0]), float(v[-1]), k)
+    pinned = None
+    if data.draw(st.booleans()) and v[0] < 0 < v[-1]:
+        c0 = np.union1d(c0[:-1], [0.0])
+        pinned = int(np.flatnonzero(c0 == 0.0)[0])
+    c, cuts, _, conv = lloyd_histogram(v, w, c0, pinned=pinned, k=k)
+    if pinned is not None:
+        pinned = int(np.flatnonzero(c == 0.0)[0])
+    max_swaps = data.draw(st.sampled_from([1, 2, None]))
+    a = refine.refine_histogram(v, w, c, cuts, pinned=pinned, k=k, max_swaps=max_swaps, use_numba=True)
+    b = refine.refine_histogram(v, w, c, cuts, pinned=pinned, k=k, max_swaps=max_swaps, use_numba=False)
+    assert a[0].tobytes() == b[0].tobytes() and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+    if pinned is not None:
+        assert 0.0 in a[0].tolist()
+
+
+def _hist_sse(v, w, c, cuts):
+    lab = np.repeat(np.arange(c.size), np.diff(cuts))
+    d = v.astype(np.float64) - c[lab]
+    return float(np.sum(w * d * d))
+
+
+@pytest.mark.parametrize("k", [4, 16, 32, 256])
+def test_refinement_lowers_the_sse_and_ends_at_a_fixed_point(zoo, k):
+    gains = []
+    for name, w_ in zoo_blobs(zoo, max_size=160_000):
+        h = grid.grid_histogram(w_, bits=default_bits(k, w_.size))
+        if h.nbins <= k:
+            continue
+        c0 = np.linspace(float(h.values[0]), float(h.values[-1]), k)
+        c, cuts, _, conv = lloyd_histogram(h.values, h.counts, c0, k=k)
+        r, rcuts, swaps, _, rconv = refine.refine_histogram(h.values, h.counts, c, cuts, k=k)
+        before, after = _hist_sse(h.values, h.counts, c, cuts), _hist_sse(h.values, h.counts, r, rcuts)
+        assert rconv and after <= before * (1 + 1e-12), (name, k)
+        assert (swaps == 0) == (after == before), (name, k)
+        # a Lloyd fixed point: one more Lloyd run from it changes nothing
+        again = lloyd_histogram(h.values, h.counts, r, k=k)
+        assert again[0].tobytes() == r.tobytes() and np.array_equal(again[1], rcuts), (name, k)
+        gains.append(after / before)
+    assert len(gains) >= 5
+    if k >= 16:
+        assert min(gains) < 0.95  # it does find swaps on real blobs
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+def test_refined_share_weights_numpy_only_is_the_same(zoo):
+    for name, w_ in zoo_blobs(zoo, max_size=20_000)[::5]:
+        for k, kz in ((16, False), (32, True)):
+            a = share_weights(w_, k=k, keep_zero=kz, refine=True)
+            b = _numpy_only(lambda: share_weights(w_, k=k, keep_zero=kz, refine=True))
+            assert a.codebook.tobytes() == b.codebook.tobytes() and a.labels.tobytes() == b.labels.tobytes(), (name, k)
+            assert a.sse <= share_weights(w_, k=k, keep_zero=kz).sse * (1 + 1e-12), (name, k)
 
 
 def test_every_k_from_2_to_4096():
