@@ -248,39 +248,43 @@ def summarize(rows, ks):
                   f"{(statistics.median(sr) if sr else float('nan')):14.5f}, {(max(sr) if sr else float('nan')):.5f}")
         # the issue's targets
         target = {16: 15, 32: 20, 256: 50}.get(k)
-        peer_blobs = [b for b in blobs if (k, b, "sklearn") in by and (k, b, "cc-linear") in by]
-        if peer_blobs:
-            sp = [by[(k, b, "sklearn")]["s"] / by[(k, b, "cc-linear")]["s"] for b in peer_blobs]
-            tot = sum(by[(k, b, "sklearn")]["s"] for b in peer_blobs) / sum(by[(k, b, "cc-linear")]["s"] for b in peer_blobs)
-            le = sum(by[(k, b, "cc-linear")]["sse"] <= by[(k, b, "sklearn")]["sse"] * (1 + 1e-12) for b in peer_blobs)
-            worst = max(by[(k, b, "cc-linear")]["sse"] / by[(k, b, "sklearn")]["sse"] for b in peer_blobs
-                        if by[(k, b, "sklearn")]["sse"] > 0)
-            sse_tot = sum(by[(k, b, "cc-linear")]["sse"] for b in peer_blobs) / sum(by[(k, b, "sklearn")]["sse"] for b in peer_blobs)
-            big = [s_ for s_, b in zip(sp, peer_blobs) if by[(k, b, "sklearn")]["n"] >= 10_000]
-            print(f"target linear vs sklearn >= {target}x: median {statistics.median(sp):.1f}x "
-                  f"(blobs >= 10k weights: {statistics.median(big) if big else float('nan'):.1f}x over {len(big)}), "
-                  f"total {tot:.1f}x; SSE <= sklearn on {le}/{len(peer_blobs)} blobs "
-                  f"(worst ratio {worst:.5f}, summed-SSE ratio {sse_tot:.5f})")
-        rb = [b for b in blobs if (k, b, "sklearn") in by and (k, b, "cc-refine") in by]
-        if rb:
-            sp = [by[(k, b, "sklearn")]["s"] / by[(k, b, "cc-refine")]["s"] for b in rb]
-            tot = sum(by[(k, b, "sklearn")]["s"] for b in rb) / sum(by[(k, b, "cc-refine")]["s"] for b in rb)
-            le = sum(by[(k, b, "cc-refine")]["sse"] <= by[(k, b, "sklearn")]["sse"] * (1 + 1e-12) for b in rb)
-            worst = max(by[(k, b, "cc-refine")]["sse"] / by[(k, b, "sklearn")]["sse"] for b in rb
-                        if by[(k, b, "sklearn")]["sse"] > 0)
-            print(f"refine (linear + swaps) vs sklearn: median {statistics.median(sp):.1f}x, total {tot:.1f}x; "
-                  f"SSE <= sklearn on {le}/{len(rb)} blobs (worst ratio {worst:.5f})")
-        ck_blobs = [b for b in blobs if (k, b, "ckmeans") in by and (k, b, "cc-optimal") in by]
-        if ck_blobs and k <= 32:
-            sp = [by[(k, b, "ckmeans")]["s"] / by[(k, b, "cc-optimal")]["s"] for b in ck_blobs]
-            tot = sum(by[(k, b, "ckmeans")]["s"] for b in ck_blobs) / sum(by[(k, b, "cc-optimal")]["s"] for b in ck_blobs)
-            worst = max(by[(k, b, "cc-optimal")]["sse"] / by[(k, b, "ckmeans")]["sse"] for b in ck_blobs
-                        if by[(k, b, "ckmeans")]["sse"] > 0)
-            big = [s_ for s_, b in zip(sp, ck_blobs) if by[(k, b, "ckmeans")]["n"] >= 10_000]
-            print(f"target optimal vs ckmeans >= 3x: median {statistics.median(sp):.1f}x "
-                  f"(blobs >= 10k weights: {statistics.median(big) if big else float('nan'):.1f}x over {len(big)}), "
-                  f"total {tot:.1f}x; worst SSE ratio optimal/ckmeans {worst:.5f}")
+        v = versus(by, k, blobs, "cc-linear", "sklearn")
+        if v:
+            print(f"target linear vs sklearn >= {target}x: median {v['median']:.1f}x "
+                  f"(blobs >= 10k weights: {v['big']:.1f}x over {v['nbig']}), total {v['total']:.1f}x; "
+                  f"SSE <= sklearn on {v['le']}/{v['n']} blobs "
+                  f"(worst ratio {v['worst']:.5f}, summed-SSE ratio {v['sse_sum']:.5f})")
+        v = versus(by, k, blobs, "cc-refine", "sklearn")
+        if v:
+            print(f"refine (linear + swaps) vs sklearn: median {v['median']:.1f}x, total {v['total']:.1f}x; "
+                  f"SSE <= sklearn on {v['le']}/{v['n']} blobs (worst ratio {v['worst']:.5f})")
+        v = versus(by, k, blobs, "cc-optimal", "ckmeans")
+        if v and k <= 32:
+            print(f"target optimal vs ckmeans >= 3x: median {v['median']:.1f}x "
+                  f"(blobs >= 10k weights: {v['big']:.1f}x over {v['nbig']}), "
+                  f"total {v['total']:.1f}x; worst SSE ratio optimal/ckmeans {v['worst']:.5f}")
 
+
+def versus(by, k, blobs, ours, peer):
+    """Speed-ups of ``ours`` over ``peer`` (median per blob, over blobs of
+    >= 10k weights, total) and SSE comparisons, on the blobs both ran."""
+    bl = [b for b in blobs if (k, b, peer) in by and (k, b, ours) in by]
+    if not bl:
+        return None
+    o = [by[(k, b, ours)] for b in bl]
+    p = [by[(k, b, peer)] for b in bl]
+    sp = [pp["s"] / oo["s"] for oo, pp in zip(o, p)]
+    big = [s_ for s_, pp in zip(sp, p) if pp["n"] >= 10_000]
+    return {
+        "n": len(bl),
+        "median": statistics.median(sp),
+        "big": statistics.median(big) if big else float("nan"),
+        "nbig": len(big),
+        "total": sum(pp["s"] for pp in p) / sum(oo["s"] for oo in o),
+        "le": sum(oo["sse"] <= pp["sse"] * (1 + 1e-12) for oo, pp in zip(o, p)),
+        "worst": max((oo["sse"] / pp["sse"] for oo, pp in zip(o, p) if pp["sse"] > 0), default=float("nan")),
+        "sse_sum": sum(oo["sse"] for oo in o) / max(sum(pp["sse"] for pp in p), 1e-300),
+    }
 
 if __name__ == "__main__":
     main()
