@@ -427,40 +427,84 @@ def _symbol_counts(sym, nsym: int, xp) -> np.ndarray:
 
 
 def _pack(sym, lengths, codes, n: int, nbits: int, chunk: int, xp):
-    """Vectorised packing (NumPy reference, also the CuPy path); return (payload, offsets)."""
-    pdt = xp.uint32 if nbits < (1 << 32) - 64 else xp.uint64
-    ln = xp.asarray(lengths)[sym]
-    pos = xp.empty(n + 1, pdt)
-    pos[0] = 0
-    xp.cumsum(ln, dtype=pdt, out=pos[1:])
-    del ln
-    starts = pos[:-1]
-    offsets = np.concatenate([_host(starts[::chunk]).astype(np.uint64), np.array([nbits], np.uint64)])
-    # Each code (<= 20 bits) starting at bit p lies inside the 64-bit window
-    # that begins at 32-bit word p >> 5. Codes do not overlap, so summing the
-    # shifted codes of a word equals OR-ing them.
-    shift = xp.asarray((64 - lengths.astype(np.int64)).astype(np.uint8))[sym]
-    shift -= (starts & pdt(31)).astype(xp.uint8)
-    v = xp.asarray(codes.astype(np.uint64))[sym] << shift.astype(xp.uint64)
-    del shift
-    word = starts >> pdt(5)
-    nw = int(word[-1]) + 1
-    if xp is np:
-        # Every word holds at least one code start (codes are shorter than a
-        # word), so the groups of the sorted word indices are words 0..nw-1.
-        first = np.zeros(nw, np.int64)
-        np.cumsum(np.bincount(word, minlength=nw)[:-1], out=first[1:])
-        g = np.add.reduceat(v, first)
-    else:  # device: integer atomics are order-free, so this is deterministic
-        g = xp.zeros(nw, xp.uint64)
-        xp.add.at(g, word.astype(xp.int64), v)
-    del v, word, pos
-    nw32 = (nbits + 31) // 32
-    out = xp.zeros(nw32 + 1, xp.uint32)
-    out[:nw] = (g >> xp.uint64(32)).astype(xp.uint32)
-    out[1 : nw + 1] |= (g & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
-    payload = _host(out[:nw32]).astype(">u4").view(np.uint8)[: (nbits + 7) // 8].copy()
-    return payload, offsets
+    """Vectorised packing (NumPy reference, also the CuPy path); return (payload, offsets).
+
+    On the host the stream is packed in pieces of :data:`_PACK_PIECE`
+    symbols (:class:`_Packer`), so the per-symbol temporaries (~22 bytes a
+    symbol) stay at a piece's size; on a device in one piece.
+    """
+    pk = _Packer(lengths, codes, n, nbits, chunk, xp)
+    step = _PACK_PIECE if xp is np else max(n, 1)
+    for s0 in range(0, n, step):
+        pk.add(sym[s0 : s0 + step])
+    return pk.finish()
+
+
+_PACK_PIECE = 1 << 20  # host symbols packed at a time by the NumPy packer
+
+
+class _Packer:
+    """The vectorised packer, fed piece by piece (any piece sizes; the same
+    payload and offsets as one piece)."""
+
+    def __init__(self, lengths, codes, n, nbits, chunk, xp):
+        self.xp, self.n, self.nbits, self.chunk = xp, int(n), int(nbits), int(chunk)
+        self.pdt = xp.uint32 if nbits < (1 << 32) - 64 else xp.uint64
+        self.lengths = xp.asarray(lengths)
+        self.shift0 = xp.asarray((64 - lengths.astype(np.int64)).astype(np.uint8))
+        self.codes = xp.asarray(codes.astype(np.uint64))
+        # 32-bit words, MSB first, plus one spare for the last window's low half
+        self.out = xp.zeros((self.nbits + 31) // 32 + 2, xp.uint32)
+        self.offsets = np.empty(-(-self.n // self.chunk) + 1, np.uint64)
+        self.offsets[-1] = self.nbits
+        self.bit = 0  # where the next piece starts
+        self.done = 0  # symbols packed so far
+
+    def add(self, sym) -> None:
+        xp, pdt, m = self.xp, self.pdt, int(sym.size)
+        if m == 0:
+            return
+        ln = self.lengths[sym]
+        pos = xp.empty(m + 1, pdt)
+        pos[0] = self.bit
+        xp.cumsum(ln, dtype=pdt, out=pos[1:])
+        pos[1:] += pdt(self.bit)
+        del ln
+        starts = pos[:-1]
+        # chunk starts among this piece's symbols (global index % chunk == 0)
+        first = (-self.done) % self.chunk
+        self.offsets[(self.done + first) // self.chunk : -(-(self.done + m) // self.chunk)] = \
+            _host(starts[first :: self.chunk]).astype(np.uint64)
+        # Each code (<= 20 bits) starting at bit p lies inside the 64-bit
+        # window that begins at 32-bit word p >> 5. Codes do not overlap, so
+        # summing the shifted codes of a word equals OR-ing them, and so
+        # does adding a piece's words to its neighbours' (disjoint bits).
+        shift = self.shift0[sym]
+        shift -= (starts & pdt(31)).astype(xp.uint8)
+        v = self.codes[sym] << shift.astype(xp.uint64)
+        del shift
+        word = starts >> pdt(5)
+        w0 = int(word[0])
+        nw = int(word[-1]) - w0 + 1
+        if xp is np:
+            # every word of the piece holds at least one code start (codes
+            # are shorter than a word): the groups are words w0..w0+nw-1
+            grp = np.zeros(nw, np.int64)
+            np.cumsum(np.bincount(word - pdt(w0), minlength=nw)[:-1], out=grp[1:])
+            g = np.add.reduceat(v, grp)
+        else:  # device: integer atomics are order-free, so this is deterministic
+            g = xp.zeros(nw, xp.uint64)
+            xp.add.at(g, (word - pdt(w0)).astype(xp.int64), v)
+        del v, word
+        self.out[w0 : w0 + nw] += (g >> xp.uint64(32)).astype(xp.uint32)
+        self.out[w0 + 1 : w0 + nw + 1] += (g & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+        self.bit = int(pos[-1])
+        self.done += m
+
+    def finish(self):
+        nw32 = (self.nbits + 31) // 32
+        payload = _host(self.out[:nw32]).astype(">u4").view(np.uint8)[: (self.nbits + 7) // 8].copy()
+        return payload, self.offsets
 
 
 def encode_blocks(blocks, *, n: int, counts, nsym: int, max_len: int | None = None,
@@ -496,21 +540,22 @@ def encode_blocks(blocks, *, n: int, counts, nsym: int, max_len: int | None = No
     if counts.shape != (nsym,) or int(counts.sum()) != n or (counts < 0).any():
         raise ValueError("counts must give every symbol's count and sum to n")
     run = _numba_part_encoder()
-    if run is None or n == 0:
+    if n == 0:
         pieces = [np.asarray(b).reshape(-1) for b in blocks]
-        sym = np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
-        out = encode(sym, nsym=nsym, max_len=max_len, chunk=chunk)
-        if not np.array_equal(_symbol_counts(sym, nsym, np), counts):
-            raise ValueError("the blocks do not hold the stated symbol counts")
-        return out
+        if sum(p.size for p in pieces):
+            raise ValueError(f"the blocks hold more than {n} symbols")
+        return encode(np.zeros(0, np.uint8), nsym=nsym, max_len=max_len, chunk=chunk)
     nused = int(np.count_nonzero(counts))
     lim = auto_max_len(nused) if max_len is None else int(max_len)
     lengths = code_lengths(counts, lim)
     codes = canonical_codes(lengths)
     nbits = coded_bits(counts, lengths)
-    payload = np.zeros((nbits + 7) // 8, np.uint8)
-    offsets = np.empty(-(-n // chunk) + 1, np.uint64)
-    offsets[-1] = nbits
+    if run is None:  # NumPy: the vectorised packer, piece by piece
+        packer = _Packer(lengths, codes, n, nbits, int(chunk), np)
+    else:
+        payload = np.zeros((nbits + 7) // 8, np.uint8)
+        offsets = np.empty(-(-n // chunk) + 1, np.uint64)
+        offsets[-1] = nbits
     state = np.zeros(5, np.int64)  # acc, bits in acc, bit position, byte position, symbols done
     seen = np.zeros(nsym, np.int64)
     for b in blocks:
@@ -524,10 +569,18 @@ def encode_blocks(blocks, *, n: int, counts, nsym: int, max_len: int | None = No
         seen += _symbol_counts(b, nsym, np)  # also rejects symbols >= nsym
         if b.dtype.kind == "i" and int(b.min()) < 0:
             raise ValueError(f"symbols must lie in [0, {nsym})")
-        run(b, lengths, codes, int(chunk), payload, offsets, state)
+        if run is None:
+            for s0 in range(0, b.size, _PACK_PIECE):
+                packer.add(b[s0 : s0 + _PACK_PIECE])
+            state[4] += b.size
+        else:
+            run(b, lengths, codes, int(chunk), payload, offsets, state)
     if int(state[4]) != n or not np.array_equal(seen, counts):
         raise ValueError("the blocks do not hold the stated symbols")
-    _flush(payload, state)
+    if run is None:
+        payload, offsets = packer.finish()
+    else:
+        _flush(payload, state)
     return HuffmanStream(lengths, payload, offsets, n, int(chunk))
 
 
@@ -834,15 +887,10 @@ def decode_blocks(stream: HuffmanStream, block: int = 1 << 22):
     may be shorter), so a long stream is never held decoded in full. The
     checks are those of :func:`decode`; a damaged chunk raises
     :class:`~caffecompress.errors.CorruptDataError` when its piece is reached.
-    Without numba the whole stream is decoded once and handed out in slices.
+    Without numba each piece is cut out as a stream of its own (its bits
+    shifted to start at bit 0) for the NumPy decoder.
     """
     run = _numba_decoder()
-    if run is None:
-        out = decode(stream)
-        step = max(int(block), 1)
-        for s in range(0, out.size, step):
-            yield out[s : s + step]
-        return
     table, L, offsets, nch = _validate(stream)
     dt = _out_dtype(stream.nsym)
     n, chunk = int(stream.n), int(stream.chunk)
@@ -853,11 +901,31 @@ def decode_blocks(stream: HuffmanStream, block: int = 1 << 22):
         c1 = min(c0 + per, nch)
         i0 = c0 * chunk
         m = min(c1 * chunk, n) - i0
+        if run is None:
+            try:
+                yield decode(_piece(stream, payload, offs, c0, c1, m), engine="numpy")
+            except CorruptDataError as exc:
+                raise CorruptDataError(f"Huffman chunks {c0}..{c1 - 1}: {exc}") from exc
+            continue
         out = np.empty(m, dt)
         bad = run(payload, offs[c0:c1], offs[c0 + 1 : c1 + 1], table, L, m, chunk, out)
         if bad >= 0:
             raise CorruptDataError(f"Huffman chunk {c0 + bad} does not decode to its stated end")
         yield out
+
+
+def _piece(stream, payload, offs, c0, c1, m):
+    """Chunks ``c0..c1-1`` of a stream as a stream of their own: the payload
+    bits from ``offs[c0]`` on, shifted to bit 0, and offsets rebased."""
+    b0, b1 = int(offs[c0]), int(offs[c1])
+    r, lo, nout = b0 & 7, b0 >> 3, (b1 - b0 + 7) >> 3
+    seg = np.zeros(nout + 1, np.uint16)  # zero past the payload's end
+    part = payload[lo : lo + nout + 1]
+    seg[: part.size] = part
+    # byte i of the piece: bits r.. of byte lo+i and the first r of the next
+    data = ((seg[:-1] << r) | (seg[1:] >> (8 - r))).astype(np.uint8)
+    return HuffmanStream(stream.lengths, data, (offs[c0 : c1 + 1] - b0).astype(np.uint64), m,
+                         int(stream.chunk))
 
 
 # --------------------------------------------------------------------------

@@ -135,3 +135,28 @@ def test_streamed_labels_equal_materialised(monkeypatch, bits, prune):
     ref = H.encode(lab, nsym=sw.codebook.size)
     assert enc.parts["l_payload"].tobytes() == ref.payload.tobytes()
     np.testing.assert_array_equal(enc.parts["codebook"], sw.codebook)
+
+
+@pytest.mark.parametrize("block", [4096, 12288, 50000])
+def test_numpy_only_piecewise_coding_is_the_same(block, monkeypatch):
+    # the paths taken without numba: the vectorised packer fed piece by
+    # piece, and pieces cut out of the payload for the NumPy decoder
+    r = np.random.default_rng(7)
+    sym = (r.geometric(0.1, 300_001) % 300).astype(np.uint16)
+    ref = H.encode(sym, nsym=300, chunk=4096)
+    monkeypatch.setattr(H, "_numba_part_encoder", lambda: None)
+    monkeypatch.setattr(H, "_numba_decoder", lambda: None)
+    monkeypatch.setattr(H, "_PACK_PIECE", 777)  # pieces that split words and chunks
+    counts = np.bincount(sym, minlength=300)
+    cuts = [0, 5, 4096, 70_000, 70_001, 200_000, sym.size]
+    s = H.encode_blocks((sym[a:b] for a, b in zip(cuts[:-1], cuts[1:])), n=sym.size, counts=counts, nsym=300)
+    assert s.payload.tobytes() == ref.payload.tobytes() and np.array_equal(s.offsets, ref.offsets)
+    whole = H.encode(sym, nsym=300, chunk=4096, engine="numpy")
+    assert whole.payload.tobytes() == ref.payload.tobytes() and np.array_equal(whole.offsets, ref.offsets)
+    pieces = list(H.decode_blocks(ref, block))
+    np.testing.assert_array_equal(np.concatenate(pieces), sym)
+    assert all(p.size % 4096 == 0 for p in pieces[:-1])
+    bad = H.HuffmanStream(ref.lengths, ref.payload, ref.offsets.copy(), ref.n, ref.chunk)
+    bad.offsets[40] += 3
+    with pytest.raises(CorruptDataError):
+        list(H.decode_blocks(bad, block))
