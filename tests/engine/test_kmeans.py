@@ -605,7 +605,7 @@ def test_compiled_lloyd_driver_gives_plus_zero_for_a_minus_zero_init():
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.data())
 def test_coarse_label_table_equals_a_search_on_the_boundaries(data):
-    from caffecompress.engine.kmeans import _coarse_table
+    from caffecompress.engine.labels import _coarse_table
 
     span = data.draw(st.sampled_from([10, 5000, 100_000]))
     lo = data.draw(st.integers(-span, 0))
