@@ -741,3 +741,48 @@ def test_keep_zero_on_pruned_blob_is_k_minus_1_free_clusters_plus_zero(init):
     assert a.k == 16 and 0.0 in a.codebook.tolist()
     assert a.codebook[a.codebook != 0].tobytes() == b.codebook.tobytes()
     assert a.sse == b.sse
+
+
+class _NumpyAsDevice:
+    """NumPy behind another module object, so the ``xp is not np`` (device)
+    branches run on the host: their integer work must give the host's labels."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.mark.parametrize("n, k", [(3000, 16), (3000, 256), (40_000, 32), (40_000, 256), (300_000, 16)])
+def test_device_branches_give_the_host_result(n, k):
+    # small device blobs search the boundaries; >= 16k weights or dense in
+    # the grid gather through the coarse table plus compare rounds
+    rng = np.random.default_rng(n + k)
+    x = (rng.standard_t(3, n) * 0.02).astype(np.float32)
+    mask = np.abs(x) > 0.004
+    for m in (None, mask):
+        a = share_weights(x, k=k, mask=m)
+        b = share_weights(x, k=k, mask=m, xp=_NumpyAsDevice())
+        assert a.codebook.tobytes() == b.codebook.tobytes(), (n, k)
+        assert np.asarray(b.labels).tobytes() == a.labels.tobytes(), (n, k)
+        assert a.sse == b.sse and a.iterations == b.iterations
+
+
+@pytest.mark.parametrize("reps", [1, 200])
+def test_every_label_path_puts_boundary_values_in_the_upper_cell(reps):
+    # grid values on, just below and just above every cell boundary: the
+    # host walk, the device search (few values in a wide grid) and the
+    # device coarse table (>= 16k values) all agree with searchsorted
+    from caffecompress.engine.labels import _first_above, _label_blocks_on_grid
+
+    rng = np.random.default_rng(reps)
+    lo, hi = -50_000, 50_000
+    c_grid = np.sort(rng.uniform(lo, hi, 40))
+    first = _first_above(c_grid, lo, hi)
+    q = np.unique(np.concatenate([first - 1, first, first + 1, [lo, hi]])).clip(lo, hi).astype(np.int32)
+    q = np.tile(q, reps)
+    h = grid.GridHistogram(bits=18, levels=(1 << 17) - 1, step=1.0, values=np.array([lo, hi]),
+                           counts=np.array([1, 1]), n=q.size, size=q.size, max_abs=float(hi))
+    want = np.searchsorted(first, q, side="right")
+    for xp in (np, _NumpyAsDevice()):
+        got = np.concatenate(list(_label_blocks_on_grid(np.zeros(q.size, np.float32), None, h, c_grid, q, xp,
+                                                        np.uint8)))
+        np.testing.assert_array_equal(got, want)
