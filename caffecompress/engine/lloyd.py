@@ -221,7 +221,8 @@ if NUMBA:
         cuts[0] = 0
         cuts[c.size] = vf.size
         for j in range(c.size - 1):
-            cuts[j + 1] = _search_right(vf, (c[j] + c[j + 1]) * 0.5, 0)
+            # midpoints ascend: gallop from the previous cut
+            cuts[j + 1] = _search_right(vf, (c[j] + c[j + 1]) * 0.5, cuts[j])
         return cuts
 
     @_numba.njit(cache=True, nogil=True)
