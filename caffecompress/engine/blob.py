@@ -257,6 +257,17 @@ def _decode_labels(meta, parts, nsym: int, xp):
     return xp.zeros(n, np.uint8) if s is None else H.decode(s, xp=xp)
 
 
+def _checked_codebook(method: str, meta: dict, parts: dict, size: int) -> np.ndarray:
+    """The blob's float32 codebook, checked, and for ``exact``/``shared``
+    the label count against the blob size (both decoders)."""
+    book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
+    if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
+        raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
+    if method in ("exact", "shared") and int(meta.get("nlab", -1)) != size:
+        raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
+    return book
+
+
 def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
     """Restore a blob coded by :func:`encode_blob`: float32, original shape (host NumPy).
 
@@ -274,12 +285,8 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         return data.reshape(shape).copy()
     if method not in METHODS:
         raise CorruptDataError(f"unknown blob method {method!r}")
-    book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
-    if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
-        raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
+    book = _checked_codebook(method, meta, parts, size)
     if method in ("exact", "shared"):
-        if int(meta.get("nlab", -1)) != size:
-            raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
         lab = _host(_decode_labels(meta, parts, book.size, xp))
         return book[lab].reshape(shape)
     # shared+sparse
@@ -322,12 +329,8 @@ def iter_decode_blob(method: str, meta: dict, parts: dict, *, block: int = 1 << 
         for s in range(0, size, block):
             yield y[s : s + block]
         return
-    book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
-    if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
-        raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
+    book = _checked_codebook(method, meta, parts, size)
     if method in ("exact", "shared"):
-        if int(meta.get("nlab", -1)) != size:
-            raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
         # label pieces come in whole Huffman chunks: regroup them to ``block``
         pend, have = [], 0
         for lab in _label_blocks(meta, parts, book.size, block):
