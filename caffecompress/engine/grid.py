@@ -303,6 +303,20 @@ if NUMBA:
         return q, values, counts, ns
 
     @_numba.njit(cache=True, nogil=True)
+    def _small_grid_numba(a, m, use_mask, levels):  # pragma: no cover - compiled
+        # grid_histogram's compiled sequence for a small host blob:
+        # screen + max, grid_step's expression, then index and histogram;
+        # with NaN/Inf (bad > 0) nothing past the screen is computed
+        bad, best = _small_screen_max_numba(a, m, use_mask)
+        mx = np.float64(best)
+        step = 1.0 if mx <= 0.0 else mx / np.float64(levels)
+        if bad:
+            none = np.zeros(0, np.int64)
+            return bad, mx, step, np.zeros(0, np.int32), none, none, 0
+        q, values, counts, n = _small_index_hist_numba(a, m, use_mask, step, levels)
+        return bad, mx, step, q, values, counts, n
+
+    @_numba.njit(cache=True, nogil=True)
     def _sorted_runs_numba(sel, levels):  # pragma: no cover - compiled
         # np.unique(sel, return_counts=True) for grid values in
         # [-levels, levels]: an LSD radix sort on 12-bit digits of
@@ -525,18 +539,15 @@ def _small_histogram(a, m, bits, levels, screen, keep_index):
     # m[:] is the bool array itself, or a PackedMask unpacked (small here)
     mm = np.ascontiguousarray(m[:]) if use_mask else np.zeros(0, np.bool_)
     a = np.ascontiguousarray(a)
-    bad, best = _small_screen_max_numba(a, mm, use_mask)
+    bad, mx, step, q, values, counts, total = _small_grid_numba(a, mm, use_mask, levels)
     if bad:
         if not screen:
             return None
         raise NonFiniteWeightsError(
             f"{bad} of {a.size} weights are NaN or Inf; lossy compression refuses them"
         )
-    mx = float(best)
-    step = grid_step(mx, bits)
-    q, values, counts, total = _small_index_hist_numba(a, mm, use_mask, step, levels)
     h = GridHistogram(
-        bits=int(bits), levels=levels, step=step, values=values, counts=counts,
-        n=int(total), size=int(a.size), max_abs=mx,
+        bits=int(bits), levels=levels, step=float(step), values=values, counts=counts,
+        n=int(total), size=int(a.size), max_abs=float(mx),
     )
     return (h, q if a.size else None) if keep_index else h  # as the NumPy path: no block, no index

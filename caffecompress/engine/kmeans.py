@@ -319,13 +319,8 @@ if NUMBA:
         # Status 1: back to the general path (non-finite weights, nothing
         # kept, or no more occupied bins than clusters).
         empty = np.zeros(0, np.float64)
-        bad, best = _grid._small_screen_max_numba(a, m, use_mask)
-        if bad:
-            return 1, empty, 0.0, 0.0, 0, True, 1.0
-        mx = np.float64(best)
-        step = 1.0 if mx <= 0.0 else mx / np.float64(levels)
-        q, v, w, n = _grid._small_index_hist_numba(a, m, use_mask, step, levels)
-        if n == 0 or v.size <= k:
+        bad, _, step, q, v, w, n = _grid._small_grid_numba(a, m, use_mask, levels)
+        if bad or n == 0 or v.size <= k:
             return 1, empty, 0.0, 0.0, 0, True, step
         lo, hi = np.float64(v[0]), np.float64(v[-1])
         frac = np.arange(k).astype(np.float64) / np.float64(k - 1)
