@@ -224,9 +224,7 @@ def _pack(sym, lengths, codes, n: int, nbits: int, chunk: int, xp):
     symbol) stay at a piece's size; on a device in one piece.
     """
     pk = _Packer(lengths, codes, n, nbits, chunk, xp)
-    step = _PACK_PIECE if xp is np else max(n, 1)
-    for s0 in range(0, n, step):
-        pk.add(sym[s0 : s0 + step])
+    pk.add(sym)
     return pk.finish()
 
 
@@ -251,6 +249,12 @@ class _Packer:
         self.done = 0  # symbols packed so far
 
     def add(self, sym) -> None:
+        """Pack the next symbols (on the host in pieces of :data:`_PACK_PIECE`)."""
+        step = _PACK_PIECE if self.xp is np else max(int(sym.size), 1)
+        for s0 in range(0, int(sym.size), step):
+            self._add_piece(sym[s0 : s0 + step])
+
+    def _add_piece(self, sym) -> None:
         xp, pdt, m = self.xp, self.pdt, int(sym.size)
         if m == 0:
             return
@@ -360,8 +364,7 @@ def encode_blocks(blocks, *, n: int, counts, nsym: int, max_len: int | None = No
         if b.dtype.kind == "i" and int(b.min()) < 0:
             raise ValueError(f"symbols must lie in [0, {nsym})")
         if run is None:
-            for s0 in range(0, b.size, _PACK_PIECE):
-                packer.add(b[s0 : s0 + _PACK_PIECE])
+            packer.add(b)
             state[4] += b.size
         else:
             run(b, lengths, codes, int(chunk), payload, offsets, state)
