@@ -228,11 +228,7 @@ if NUMBA:
     @_numba.njit(cache=True, nogil=True)
     def _lloyd_numba(v, w, c, p, max_iter, k):  # pragma: no cover - compiled
         # lloyd_histogram's driver loop, compiled (see _moments, _lloyd_numpy)
-        vf = v.astype(np.float64)
-        W = np.zeros(v.size + 1, np.int64)
-        S1 = np.zeros(v.size + 1, np.int64)
-        W[1:] = np.cumsum(w)
-        S1[1:] = np.cumsum(w * v)
+        vf, W, S1 = _moments_numba(v, w)
         cuts = _assign_cuts_numba(vf, c)
         it = 0
         while it < max_iter:
@@ -372,12 +368,17 @@ def lloyd_histogram(
 
 
 def _moments(v, w):
-    """``float64(v)`` and the exact int64 prefix sums of ``w`` and ``w * v``."""
+    """``float64(v)`` and the exact int64 prefix sums of ``w`` and ``w * v``
+    (plain array code: the compiled drivers use it too, as ``_moments_numba``)."""
     W = np.zeros(v.size + 1, np.int64)
     S1 = np.zeros(v.size + 1, np.int64)
-    np.cumsum(w, out=W[1:])
-    np.cumsum(w * v, out=S1[1:])
+    W[1:] = np.cumsum(w)
+    S1[1:] = np.cumsum(w * v)
     return v.astype(np.float64), W, S1
+
+
+if NUMBA:
+    _moments_numba = _numba.njit(cache=True, nogil=True)(_moments)
 
 
 def _lloyd_numpy(vf, W, S1, c, p, max_iter, k):

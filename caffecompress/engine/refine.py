@@ -90,10 +90,7 @@ if NUMBA:
     @_numba.njit(cache=True, nogil=True)
     def _refine_numba(v, w, c, cuts, p, max_iter, max_swaps, k):  # pragma: no cover - compiled
         # _refine_numpy with _swap_numpy's expressions, compiled
-        W = np.zeros(v.size + 1, np.int64)
-        S1 = np.zeros(v.size + 1, np.int64)
-        W[1:] = np.cumsum(w)
-        S1[1:] = np.cumsum(w * v)
+        _, W, S1 = _lloyd._moments_numba(v, w)
         swaps = 0
         it = 0
         conv = True
