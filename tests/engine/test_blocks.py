@@ -160,3 +160,9 @@ def test_numpy_only_piecewise_coding_is_the_same(block, monkeypatch):
     bad.offsets[40] += 3
     with pytest.raises(CorruptDataError):
         list(H.decode_blocks(bad, block))
+    cut = H.HuffmanStream(ref.lengths, ref.payload[:-5], ref.offsets, ref.n, ref.chunk)  # truncated
+    with pytest.raises(CorruptDataError):
+        list(H.decode_blocks(cut, block))
+    huge = H.HuffmanStream(ref.lengths, ref.payload, ref.offsets, ref.n * 1000, ref.chunk)  # claims 1000x
+    with pytest.raises(CorruptDataError):
+        list(H.decode_blocks(huge, block))
