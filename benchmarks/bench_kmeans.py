@@ -196,10 +196,16 @@ def main(argv=None):
     print(f"{len(blobs)} weight blobs, {sum(b.size for _, b in blobs):,} weights; one thread; "
           f"numba={'yes' if __import__('caffecompress.engine.optimal', fromlist=['x']).NUMBA else 'no'}")
     # warm-up (numba compile / cache load, imports) outside the clock
-    warm = np.random.default_rng(0).standard_normal(5000).astype(np.float32)
-    for name in args.methods:
-        xw = XP.asarray(warm) if name.startswith("cc-") else warm
-        METHODS[name](xw, warm.astype(np.float64), 16)()
+    # on a small blob and on one above grid.SMALL, which take different
+    # compiled paths (a path first met inside the clock loads its machine
+    # code there: +25 ms on the first blob above 64k weights)
+    for n in (5000, grid.SMALL + 5000):
+        warm = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        for name in args.methods:
+            if name in PEERS and n > 5000:
+                continue
+            xw = XP.asarray(warm) if name.startswith("cc-") else warm
+            METHODS[name](xw, warm.astype(np.float64), 16)()
 
     rows = []
     for k in args.ks:

@@ -321,27 +321,31 @@ if NUMBA:
         # np.unique(sel, return_counts=True) for grid values in
         # [-levels, levels]: an LSD radix sort on 12-bit digits of
         # sel + levels (two passes up to 24-bit grids; ~5 ns a value where
-        # a comparison sort takes ~35 on large blobs), then the runs
+        # a comparison sort takes ~35 on large blobs), then the runs. Under
+        # 2048 values the 4096-entry count table would cost more than the
+        # values, so 8-bit digits (three passes; 288 values: 5.2 -> 3.0 us).
         n = sel.size
         u = np.empty(n, np.uint32)
         for i in range(n):
             u[i] = np.uint32(np.int64(sel[i]) + levels)
         tmp = np.empty(n, np.uint32)
         span = np.uint64(2 * levels)
+        dbits = 8 if n < 2048 else 12
+        nd = 1 << dbits
         shift = 0
-        cnt = np.empty(4097, np.int64)
+        cnt = np.empty(nd + 1, np.int64)
         while shift == 0 or (span >> np.uint64(shift)) > 0:
             cnt[:] = 0
             for i in range(n):
-                cnt[((u[i] >> shift) & 4095) + 1] += 1
-            for d in range(4096):
+                cnt[((u[i] >> shift) & (nd - 1)) + 1] += 1
+            for d in range(nd):
                 cnt[d + 1] += cnt[d]
             for i in range(n):
-                d = (u[i] >> shift) & 4095
+                d = (u[i] >> shift) & (nd - 1)
                 tmp[cnt[d]] = u[i]
                 cnt[d] += 1
             u, tmp = tmp, u
-            shift += 12
+            shift += dbits
         values = np.empty(n, np.int64)
         counts = np.empty(n, np.int64)
         nb = 0

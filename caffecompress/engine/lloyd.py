@@ -188,31 +188,57 @@ if NUMBA:
 
     @_numba.njit(cache=True, nogil=True)
     def _relocate_numba(W, S1, c, cuts, pinned, missing):  # pragma: no cover - compiled
+        # _relocate without its sorts. Which cells split: the e largest
+        # gains, lower cell on ties, i.e. every gain above the e-th largest
+        # and the lowest cells holding exactly that gain (the set the
+        # NumPy twin's stable sort takes). The new centroids come out in
+        # order from one walk over the cells: at a fixed point an occupied
+        # centroid is its cell's mean and a split cell's two means lie
+        # inside that cell, so cell order is value order (the pinned zero
+        # sits between its neighbours' cells too), the array np.sort gives.
         k = c.size
-        empty = np.zeros(k, np.bool_)
         e = missing
         for j in range(k):
             if cuts[j + 1] == cuts[j] and j != pinned:
-                empty[j] = True
                 e += 1
         gain, pos = _split_gains_numba(W, S1, cuts, pinned)
-        cand = np.flatnonzero(gain > 0)
-        # largest gain first, lower cell on ties (a stable sort of -gain)
-        cand = cand[np.argsort(-gain[cand], kind="mergesort")][:e]
-        keep = ~empty
-        keep[cand] = False
-        nk = int(keep.sum())
-        new = np.empty(nk + 2 * cand.size, np.float64)
-        new[:nk] = c[keep]
-        for i in range(cand.size):
-            j = cand[i]
-            a, b, p = cuts[j], cuts[j + 1], pos[j]
-            new[nk + 2 * i] = np.float64(S1[p] - S1[a]) / np.float64(W[p] - W[a])
-            new[nk + 2 * i + 1] = np.float64(S1[b] - S1[p]) / np.float64(W[b] - W[p])
-        new = np.sort(new)
+        ncand = 0
+        for j in range(k):
+            if gain[j] > 0:
+                ncand += 1
+        split = gain > 0
+        if e == 0:
+            split[:] = False
+        elif ncand > e:
+            # the e-th largest positive gain
+            pool = gain[split]
+            thr = np.partition(pool, ncand - e)[ncand - e]
+            ties = e
+            for j in range(k):
+                if gain[j] > thr:
+                    ties -= 1
+            for j in range(k):
+                if gain[j] < thr:
+                    split[j] = False
+                elif gain[j] == thr:
+                    split[j] = ties > 0
+                    ties -= 1
+        nsplit = min(e, ncand)
+        new = np.empty(k - e + missing + nsplit, np.float64)
+        i = 0
         pz = -1
-        if pinned >= 0:
-            pz = np.flatnonzero(new == 0.0)[0]
+        for j in range(k):
+            a, b = cuts[j], cuts[j + 1]
+            if split[j]:
+                p = pos[j]
+                new[i] = np.float64(S1[p] - S1[a]) / np.float64(W[p] - W[a])
+                new[i + 1] = np.float64(S1[b] - S1[p]) / np.float64(W[b] - W[p])
+                i += 2
+            elif b > a or j == pinned:
+                if j == pinned:
+                    pz = i
+                new[i] = c[j]
+                i += 1
         return new, pz
 
     @_numba.njit(cache=True, nogil=True)

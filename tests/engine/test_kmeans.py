@@ -591,6 +591,33 @@ def test_compiled_lloyd_driver_is_the_numpy_one(data):
 
 
 @pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.data())
+def test_compiled_relocation_splits_the_numpy_cells_on_tied_gains(data):
+    """Cells of two repeated shapes have equal split gains: the compiled
+    relocation (a selection, no sort) splits the same cells and returns the
+    same centroids as the NumPy twin's stable sort (lower cell on ties)."""
+    shapes = [
+        (np.cumsum(data.draw(hnp.arrays(np.int64, n, elements=st.integers(1, 9)))),
+         data.draw(hnp.arrays(np.int64, n, elements=st.integers(1, 5))))
+        for n in (data.draw(st.integers(2, 4)), data.draw(st.integers(2, 4)))
+    ]
+    order = data.draw(st.lists(st.integers(0, 1), min_size=2, max_size=12))
+    v = np.concatenate([shapes[s][0] + 1000 * i for i, s in enumerate(order)]).astype(np.int64)
+    w = np.concatenate([shapes[s][1] for s in order]).astype(np.int64)
+    means = [float(np.dot(shapes[s][0] + 1000 * i, shapes[s][1])) / float(shapes[s][1].sum())
+             for i, s in enumerate(order)]
+    n_empty = data.draw(st.integers(0, len(order) + 2))
+    c = np.array(means + [float(v[-1]) + 10_000.0 * (i + 1) for i in range(n_empty)])
+    missing = data.draw(st.integers(0, 2))
+    vf, W, S1 = lloyd._moments(v, w)
+    cuts = lloyd.assign_cuts(vf, c)
+    a = lloyd._relocate_numba(W, S1, c, cuts, -1, missing)
+    b = lloyd._relocate(vf, W, S1, c, cuts, -1, missing)
+    assert a[0].tobytes() == b[0].tobytes() and a[1] == b[1]
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
 def test_compiled_lloyd_driver_gives_plus_zero_for_a_minus_zero_init():
     v = np.array([-5, -1, 0, 3, 9], np.int64)
     w = np.array([2, 1, 4, 1, 3], np.int64)
