@@ -124,45 +124,61 @@ if NUMBA:
         # The same iterations as _steps_numpy, but incremental: after the
         # first step every occupied centroid is its cell's mean, so only
         # cells whose bounds moved get a new centroid, and only midpoints
-        # next to a centroid that changed are searched again. Skipped work
-        # would recompute identical values, so the result (bits, cuts,
-        # step count) is the full iteration's.
+        # next to a centroid that changed are searched again. Work lists
+        # (not scans over k) carry both, so a late step costs what changes.
+        # Skipped work would recompute identical values, and within a
+        # phase no update reads another's result, so the result (bits,
+        # cuts, step count) is the full iteration's.
         k = c.size
         c = c.copy()
         cuts = cuts.copy()
-        dirty = np.ones(k, np.bool_)
-        changed = np.zeros(k, np.bool_)
+        in_dirty = np.ones(k, np.bool_)
+        dirty = np.arange(k)
+        nd = k
+        in_bnd = np.zeros(k + 1, np.bool_)
+        bnd = np.empty(k + 1, np.int64)  # boundary b separates cells b - 1 and b
         steps = 0
         while steps < max_steps:
-            for j in range(k):
-                changed[j] = False
-                if dirty[j]:
-                    dirty[j] = False
-                    n = W[cuts[j + 1]] - W[cuts[j]]
-                    if n > 0:
-                        v = np.float64(S1[cuts[j + 1]] - S1[cuts[j]]) / np.float64(n)
-                        if j == pinned:
-                            v = 0.0
-                        if v != c[j]:
-                            changed[j] = True
-                        # assigned even when equal: the first step must
-                        # give -0.0 inits the NumPy step's +0.0 bits
-                        c[j] = v
+            nb = 0
+            for t in range(nd):
+                j = dirty[t]
+                in_dirty[j] = False
+                n = W[cuts[j + 1]] - W[cuts[j]]
+                if n > 0:
+                    v = np.float64(S1[cuts[j + 1]] - S1[cuts[j]]) / np.float64(n)
+                    if j == pinned:
+                        v = 0.0
+                    if v != c[j]:
+                        for b in (j, j + 1):
+                            if 0 < b < k and not in_bnd[b]:
+                                in_bnd[b] = True
+                                bnd[nb] = b
+                                nb += 1
+                    # assigned even when equal: the first step must
+                    # give -0.0 inits the NumPy step's +0.0 bits
+                    c[j] = v
             if pinned >= 0:
                 if c[pinned] != 0.0:
-                    changed[pinned] = True
+                    for b in (pinned, pinned + 1):
+                        if 0 < b < k and not in_bnd[b]:
+                            in_bnd[b] = True
+                            bnd[nb] = b
+                            nb += 1
                 c[pinned] = 0.0
             steps += 1
-            same = True
-            for j in range(k - 1):
-                if changed[j] or changed[j + 1]:
-                    p = _search_right(vf, (c[j] + c[j + 1]) * 0.5, cuts[j + 1])
-                    if p != cuts[j + 1]:
-                        cuts[j + 1] = p
-                        dirty[j] = True
-                        dirty[j + 1] = True
-                        same = False
-            if same:
+            nd = 0
+            for t in range(nb):
+                b = bnd[t]
+                in_bnd[b] = False
+                p = _search_right(vf, (c[b - 1] + c[b]) * 0.5, cuts[b])
+                if p != cuts[b]:
+                    cuts[b] = p
+                    for j in (b - 1, b):
+                        if not in_dirty[j]:
+                            in_dirty[j] = True
+                            dirty[nd] = j
+                            nd += 1
+            if nd == 0:
                 return c, cuts, steps, 0
         return c, cuts, steps, 2
 
@@ -395,7 +411,7 @@ def lloyd_histogram(
 
 def _moments(v, w):
     """``float64(v)`` and the exact int64 prefix sums of ``w`` and ``w * v``
-    (plain array code: the compiled drivers use it too, as ``_moments_numba``)."""
+    (``_moments_numba`` is its compiled twin for the compiled drivers)."""
     W = np.zeros(v.size + 1, np.int64)
     S1 = np.zeros(v.size + 1, np.int64)
     W[1:] = np.cumsum(w)
@@ -404,7 +420,23 @@ def _moments(v, w):
 
 
 if NUMBA:
-    _moments_numba = _numba.njit(cache=True, nogil=True)(_moments)
+
+    @_numba.njit(cache=True, nogil=True)
+    def _moments_numba(v, w):  # pragma: no cover - compiled
+        # _moments in one pass (exact integers, so the same arrays); the
+        # array expressions compiled made five passes and a temporary
+        # (4k bins: 8.7 -> 3.6 us)
+        m = v.size
+        vf = np.empty(m, np.float64)
+        W = np.empty(m + 1, np.int64)
+        S1 = np.empty(m + 1, np.int64)
+        W[0] = 0
+        S1[0] = 0
+        for i in range(m):
+            W[i + 1] = W[i] + w[i]
+            S1[i + 1] = S1[i] + w[i] * v[i]
+            vf[i] = np.float64(v[i])
+        return vf, W, S1
 
 
 def _lloyd_numpy(vf, W, S1, c, p, max_iter, k):

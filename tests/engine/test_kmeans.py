@@ -618,6 +618,17 @@ def test_compiled_relocation_splits_the_numpy_cells_on_tied_gains(data):
 
 
 @pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.integers(-(1 << 29), 1 << 29), min_size=0, max_size=300, unique=True),
+       st.integers(1, 1 << 20))
+def test_compiled_moments_are_the_numpy_ones(vals, wmax):
+    v = np.sort(np.array(vals, np.int64))
+    w = (np.arange(v.size, dtype=np.int64) * 7919) % wmax + 1
+    for x, y in zip(lloyd._moments_numba(v, w), lloyd._moments(v, w)):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+@pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
 def test_compiled_lloyd_driver_gives_plus_zero_for_a_minus_zero_init():
     v = np.array([-5, -1, 0, 3, 9], np.int64)
     w = np.array([2, 1, 4, 1, 3], np.int64)
