@@ -318,7 +318,7 @@ if NUMBA:
         # expressions), Lloyd, empty clusters dropped, codebook, SSE, labels.
         # Status 1: back to the general path (non-finite weights, nothing
         # kept, or no more occupied bins than clusters).
-        empty = np.zeros(0, np.float64)
+        empty = np.zeros(0, np.float32)
         bad, _, step, q, v, w, n = _grid._small_grid_numba(a, m, use_mask, levels)
         if bad or n == 0 or v.size <= k:
             return 1, empty, 0.0, 0.0, 0, True, step
@@ -327,10 +327,10 @@ if NUMBA:
         c, cuts, it, conv = _lloyd._lloyd_numba(v, w, lo + (hi - lo) * frac, -1, max_iter, k)
         keep = cuts[1:] > cuts[:-1]
         c = c[keep]
-        cb = (c * step).astype(np.float32).astype(np.float64)
-        sse, sig = _sse_numba(v, w, c, cb, step)
+        cb = (c * step).astype(np.float32)
+        sse, sig = _sse_numba(v, w, c, cb.astype(np.float64), step)
         _host_labels_numba(q, m, use_mask, c, min(v[0], 0), max(v[-1], 0), out)
-        return 0, c, sse, sig, it, conv, step
+        return 0, cb, sse, sig, it, conv, step
 
 
 def _sqnr(signal, sse):
@@ -497,6 +497,9 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     return result(codebook, labels, sse, signal, False, it, conv), None
 
 
+_NO_MASK = np.zeros(0, np.bool_)  # stand-in for "no mask" (empty: nothing to write)
+
+
 def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
     """:func:`_share` for a small host blob with the linear init and no
     pinned zero: one compiled call (the same twins in the same order, so
@@ -504,13 +507,12 @@ def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
     None when the general path must decide (exact storage, nothing kept,
     non-finite weights)."""
     use_mask = m is not None
-    mm = np.ascontiguousarray(m[:]) if use_mask else np.zeros(0, np.bool_)
+    mm = np.ascontiguousarray(m[:]) if use_mask else _NO_MASK
     labels = np.empty(a.size, dtype)
-    status, c, sse, signal, it, conv, step = _small_share_numba(
+    status, codebook, sse, signal, it, conv, step = _small_share_numba(
         np.ascontiguousarray(a), mm, use_mask, _grid.grid_levels(bits), k, int(max_iter), labels)
     if status:
         return None
-    codebook = (c * step).astype(np.float32)
     sw = SharedWeights(codebook=codebook, labels=None if lazy else labels.reshape(shape), sse=float(sse),
                        sqnr_db=_sqnr(float(signal), float(sse)), k=int(codebook.size), exact=False,
                        init="linear", iterations=int(it), converged=bool(conv), bits=int(bits), step=float(step))
