@@ -124,22 +124,25 @@ class SharedWeights:
 
 
 def default_bits(k: int, n: int = 0) -> int:
-    """Grid bits used when ``bits`` is not given: 20 up to k = 64, else 24
-    (22 for blobs over 4M elements, whose 24-bit histogram would occupy
-    millions of bins: time and host memory for little gain).
+    """Grid bits used when ``bits`` is not given: 22 up to k = 64, else 24;
+    two fewer for blobs over 4M elements, whose histogram would otherwise
+    occupy millions of bins (time and host memory for little gain; VGG-16's
+    fc6 at 22 bits lifts the engine's peak from 1.47x to over 1.5x the
+    weights).
 
     Lloyd converges slowly in 1-D: centroids keep drifting by tiny amounts
     for thousands of iterations. On a grid, a drift smaller than half a step
     moves no value between cells, so the run can stop early at a "grid
     fixed point", or take another path than Lloyd on the original floats.
-    Measured on the zoo's blobs against float Lloyd from the same linear
-    init: at 20 bits, k = 16 and 32 stay within 0.005 % on all blobs but
-    one (0.6 %); at k = 256, 20 bits leave single blobs up to 11 % apart
-    (summed SSE 1.0001), 24 bits at most 0.19 %.
+    Measured on the 146 conv/fc blobs of ``benchmarks/bench_kmeans.py``
+    against float Lloyd from the same linear init (SSE more than 0.1 %
+    above it): at k = 32, 20 bits leave 2 blobs (0.64 % and 0.12 %), 22
+    and 24 bits none (k = 16: none at 20 to 24 bits); at k = 256, 20 bits
+    leave single blobs up to 11 % apart, 24 bits one blob at 0.19 % (51
+    blobs end lower than float Lloyd).
     """
-    if int(k) <= 64:
-        return 20
-    return 24 if int(n) <= (1 << 22) else 22
+    bits = 22 if int(k) <= 64 else 24
+    return bits if int(n) <= (1 << 22) else bits - 2
 
 
 def _label_dtype(k: int):
