@@ -255,6 +255,7 @@ NUMBA = _numba is not None
 #: Host blobs up to this size take the compiled histogram (two calls in
 #: all, where the NumPy path makes dozens of small ones).
 SMALL = 1 << 16
+_NO_MASK = np.zeros(0, np.bool_)  # stand-in for "no mask" (empty: nothing to write)
 
 if NUMBA:
 
@@ -275,32 +276,53 @@ if NUMBA:
                     best = v
         return bad, best
 
+    @_numba.njit(cache=True, nogil=True, inline="always")
+    def _grid_value_numba(x, xbits, step, levels):  # pragma: no cover - compiled
+        # grid_index of one weight: the same float64 division, rint and
+        # clamp; subnormals and zero -> 0 by the integer test
+        if (xbits & 0x7FFFFFFF) < 0x00800000:
+            return np.int32(0)
+        t = np.rint(np.float64(x) / step)
+        if t < -levels:
+            t = -levels
+        elif t > levels:
+            t = levels
+        return np.int32(t)
+
     @_numba.njit(cache=True, nogil=True)
     def _small_index_hist_numba(a, m, use_mask, step, levels):  # pragma: no cover - compiled
-        # grid_index (the same float64 division, rint and clamp; subnormals
-        # and zero -> 0 by the integer test) and the exact histogram of the
-        # kept values (a sort, then runs: any sort gives the same runs)
+        # grid_index and the exact histogram of the kept values (a sort,
+        # then runs: any sort gives the same runs)
         n = a.size
         ib = a.view(np.int32)
         q = np.empty(n, np.int32)
         sel = np.empty(n, np.int32)
         ns = 0
         for i in range(n):
-            if (ib[i] & 0x7FFFFFFF) < 0x00800000:
-                qi = np.int32(0)
-            else:
-                t = np.rint(np.float64(a[i]) / step)
-                if t < -levels:
-                    t = -levels
-                elif t > levels:
-                    t = levels
-                qi = np.int32(t)
+            qi = _grid_value_numba(a[i], ib[i], step, levels)
             q[i] = qi
             if not use_mask or m[i]:
                 sel[ns] = qi
                 ns += 1
         values, counts = _sorted_runs_numba(sel[:ns], levels)
         return q, values, counts, ns
+
+    @_numba.njit(cache=True, nogil=True)
+    def _count_dense_numba(a, m, use_mask, step, levels, dense, q, want_q):  # pragma: no cover - compiled
+        # grid_index of one block counted straight into the dense bins
+        # (what bincount of the kept grid values adds), without the int32
+        # index, its kept part and bincount's int64 copy; the index is
+        # written to q only when asked. Returns the kept count.
+        ib = a.view(np.int32)
+        nk = 0
+        for i in range(a.size):
+            qi = _grid_value_numba(a[i], ib[i], step, levels)
+            if want_q:
+                q[i] = qi
+            if not use_mask or m[i]:
+                dense[np.int64(qi) + levels] += 1
+                nk += 1
+        return nk
 
     @_numba.njit(cache=True, nogil=True)
     def _small_grid_numba(a, m, use_mask, levels):  # pragma: no cover - compiled
@@ -481,7 +503,13 @@ def grid_histogram(
     nk = a.size if m is None else m.count if isinstance(m, PackedMask) else int(xp.count_nonzero(m))
     sort = a.size <= BLOCK and nbins_full > min(_DENSE_PER_ELEMENT * nk, _DENSE_MAX)
     whole = a.size <= BLOCK and (a.size <= hstep or sort)
-    for s in iter_blocks(a.size, None if whole else hstep):
+    if not sort and NUMBA and xp is np:
+        # the compiled twin counts each block straight into the bins
+        dense, total, kept_index = _count_dense(a, m, step, levels, keep_index and whole)
+        steps = ()
+    else:
+        steps = iter_blocks(a.size, None if whole else hstep)
+    for s in steps:
         q = grid_index(a[s], step, levels, xp=xp)
         if keep_index and whole:
             kept_index = q
@@ -511,10 +539,10 @@ def grid_histogram(
             dense += c
         del c  # else the last step's bins live on through the next bincount
     if dense is not None:
-        c = np.asarray(to_host(dense), np.int64)
+        c = np.asarray(to_host(dense))
         del dense
         nz = np.flatnonzero(c)  # int64 already: shifted in place, no copies
-        counts = c[nz]
+        counts = c[nz].astype(np.int64, copy=False)
         del c
         nz -= levels
         parts.append((nz, counts))
@@ -533,6 +561,24 @@ def grid_histogram(
         max_abs=mx,
     )
     return (h, kept_index) if keep_index else h
+
+
+def _count_dense(a, m, step, levels, want_index):
+    """Dense bins of a host blob's kept grid values by the compiled twin of
+    the grid_index + bincount steps (the same counts; parity-tested), block
+    by block with no per-element temporaries: ``(bins, kept, index)``, the
+    int32 grid values of every element when ``want_index`` (else None).
+    The bins are int32 below 2**31 elements."""
+    # int32 bins whenever no bin can overflow: half the memory of
+    # bincount's int64 (a 22-bit grid's bins: 16 MiB instead of 32)
+    dense = np.zeros(2 * levels + 1, np.int32 if a.size < (1 << 31) else np.int64)
+    q = np.empty(a.size if want_index else 0, np.int32)
+    total = 0
+    for s in iter_blocks(a.size):
+        mm = np.ascontiguousarray(m[s]) if m is not None else _NO_MASK
+        total += int(_count_dense_numba(np.ascontiguousarray(a[s]), mm, m is not None, step, levels,
+                                        dense, q[s] if want_index else q, bool(want_index)))
+    return dense, total, (q if want_index else None)
 
 
 def _small_histogram(a, m, bits, levels, screen, keep_index):

@@ -221,3 +221,37 @@ def test_compiled_sorted_runs_on_a_large_blob(bits):
     finally:
         grid.NUMBA = True
     assert np.array_equal(h.values, r.values) and np.array_equal(h.counts, r.counts) and h.step == r.step
+
+
+@pytest.mark.skipif(not grid.NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("bits", [12, 16, 22])
+@pytest.mark.parametrize("masking", ["none", "bool", "packed"])
+@pytest.mark.parametrize("block", [None, 250_001])
+def test_compiled_dense_counting_is_the_numpy_one(bits, masking, block, monkeypatch):
+    """Above grid.SMALL with few bins a weight: counted straight into the
+    bins by the compiled twin, in blocks (one block starting inside a packed
+    mask's byte): the NumPy path's histogram and grid index, subnormals,
+    -0.0 and clamped values included."""
+    from caffecompress.engine.packedmask import PackedMask
+
+    count_dense = grid._count_dense
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_t(3, 1_000_003) * 0.02).astype(np.float32)
+    x[::997] = rng.choice(np.array([0.0, -0.0, 1e-40, -3e-39, 2.5, -2.5], np.float32), x[::997].size)
+    mask = rng.random(x.size) < 0.6
+    m = {"none": None, "bool": mask,
+         "packed": PackedMask(np.packbits(mask), mask.size, int(mask.sum()))}[masking]
+    if block:
+        monkeypatch.setattr(grid, "BLOCK", block)
+    seen = []
+    monkeypatch.setattr(grid, "_count_dense", lambda *a: seen.append(1) or count_dense(*a))
+    h, q = grid.grid_histogram(x, bits=bits, mask=m, keep_index=True)
+    assert seen  # the compiled dense path ran
+    monkeypatch.setattr(grid, "NUMBA", False)
+    r, qr = grid.grid_histogram(x, bits=bits, mask=m, keep_index=True)
+    assert (h.step, h.max_abs, h.n, h.size) == (r.step, r.max_abs, r.n, r.size)
+    assert np.array_equal(h.values, r.values) and np.array_equal(h.counts, r.counts)
+    assert h.values.dtype == h.counts.dtype == np.int64
+    assert (q is None) == (qr is None) == bool(block)
+    if q is not None:
+        assert q.dtype == qr.dtype == np.int32 and np.array_equal(q, qr)
