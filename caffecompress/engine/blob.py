@@ -268,6 +268,9 @@ def _checked_codebook(method: str, meta: dict, parts: dict, size: int) -> np.nda
     return book
 
 
+_DECODE_PIECE = 1 << 22  # values restored at a time on the host
+
+
 def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
     """Restore a blob coded by :func:`encode_blob`: float32, original shape (host NumPy).
 
@@ -285,6 +288,18 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         return data.reshape(shape).copy()
     if method not in METHODS:
         raise CorruptDataError(f"unknown blob method {method!r}")
+    if xp is np:
+        # on the host in pieces: never the whole label stream decoded at
+        # once (without numba the lock-step decoder reads a whole stream
+        # through int64 windows, 8 bytes per payload byte: ~600 MB for
+        # VGG-16's fc6), only the float32 output whole; the pieces add up
+        # to ``size`` values (label counts are checked against it)
+        out = np.empty(size, np.float32)
+        s0 = 0
+        for piece in iter_decode_blob(method, meta, parts, block=_DECODE_PIECE):
+            out[s0 : s0 + piece.size] = piece
+            s0 += piece.size
+        return out.reshape(shape)
     book = _checked_codebook(method, meta, parts, size)
     if method in ("exact", "shared"):
         lab = _host(_decode_labels(meta, parts, book.size, xp))
