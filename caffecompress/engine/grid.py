@@ -587,7 +587,7 @@ def _small_histogram(a, m, bits, levels, screen, keep_index):
     unscreened non-finite input, which the NumPy path handles."""
     use_mask = m is not None
     # m[:] is the bool array itself, or a PackedMask unpacked (small here)
-    mm = np.ascontiguousarray(m[:]) if use_mask else np.zeros(0, np.bool_)
+    mm = np.ascontiguousarray(m[:]) if use_mask else _NO_MASK
     a = np.ascontiguousarray(a)
     bad, mx, step, q, values, counts, total = _small_grid_numba(a, mm, use_mask, levels)
     if bad:

@@ -500,9 +500,6 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     return result(codebook, labels, sse, signal, False, it, conv), None
 
 
-_NO_MASK = np.zeros(0, np.bool_)  # stand-in for "no mask" (empty: nothing to write)
-
-
 def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
     """:func:`_share` for a small host blob with the linear init and no
     pinned zero: one compiled call (the same twins in the same order, so
@@ -510,7 +507,7 @@ def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
     None when the general path must decide (exact storage, nothing kept,
     non-finite weights)."""
     use_mask = m is not None
-    mm = np.ascontiguousarray(m[:]) if use_mask else _NO_MASK
+    mm = np.ascontiguousarray(m[:]) if use_mask else _grid._NO_MASK
     labels = np.empty(a.size, dtype)
     status, codebook, sse, signal, it, conv, step = _small_share_numba(
         np.ascontiguousarray(a), mm, use_mask, _grid.grid_levels(bits), k, int(max_iter), labels)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .grid import grid_index, iter_blocks
+from .grid import _NO_MASK, grid_index, iter_blocks
 from .lloyd import NUMBA
 
 __all__: list[str] = []
@@ -83,7 +83,7 @@ def _label_blocks_on_grid(a, m, h, c_grid, qcache, xp, dtype, block=None):
         q = qcache[s] if qcache is not None else grid_index(a[s], h.step, h.levels, xp=xp)
         if compiled:
             lab = np.empty(q.size, dtype)
-            mm = m[s] if m is not None else np.zeros(0, np.bool_)
+            mm = m[s] if m is not None else _NO_MASK
             _host_labels_numba(q, mm, m is not None, c_grid, lo, hi, lab)
             yield lab
             continue
