@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from caffecompress.engine import blob as B
 from caffecompress.errors import CorruptDataError, NonFiniteWeightsError
+from fakedevice import NumpyAsDevice
 
 SPECIAL = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-40, 3.4e38], np.float32)
 
@@ -176,3 +177,21 @@ def test_sparse_spends_no_code_on_zero(zoo):
     kz = share_weights(x, k=16, keep_zero=True, mask=mask)
     assert enc.parts["codebook"].size == 16 and 0.0 not in enc.parts["codebook"]
     assert sse < 0.95 * kz.sse
+
+
+@pytest.mark.parametrize("n", [3000, 70_000, 300_000])
+@pytest.mark.parametrize("bits,prune", [(5, 0.0), (4, 0.6), (8, 0.9), (9, 0.0)])
+def test_device_branches_encode_the_host_bytes(n, bits, prune):
+    """encode_blob through its device branches (NumPy posing as cupy:
+    device steps, gather tables, one-piece packing, device positions) gives
+    the host's method, meta and parts byte for byte, the CPU half of the
+    gpu-marked identity tests."""
+    x = (np.random.default_rng(n + bits).standard_t(3, n) * 0.02).astype(np.float32)
+    a = B.encode_blob(x, bits=bits, prune=prune)
+    b = B.encode_blob(x, bits=bits, prune=prune, xp=NumpyAsDevice())
+    assert (a.method, a.meta, sorted(a.parts)) == (b.method, b.meta, sorted(b.parts))
+    assert a.method in ("shared", "shared+sparse")
+    for k in a.parts:
+        pa, pb = np.asarray(a.parts[k]), np.asarray(b.parts[k])
+        assert pa.dtype == pb.dtype and pa.tobytes() == pb.tobytes(), k
+

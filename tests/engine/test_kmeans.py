@@ -22,6 +22,7 @@ from caffecompress.engine import grid, lloyd, optimal, refine
 from caffecompress.engine.kmeans import INITS, default_bits, share_weights
 from caffecompress.engine.lloyd import lloyd_histogram
 from caffecompress.errors import NonFiniteWeightsError
+from fakedevice import NumpyAsDevice
 
 TINY = np.finfo(np.float32).tiny
 
@@ -784,14 +785,6 @@ def test_keep_zero_on_pruned_blob_is_k_minus_1_free_clusters_plus_zero(init):
     assert a.sse == b.sse
 
 
-class _NumpyAsDevice:
-    """NumPy behind another module object, so the ``xp is not np`` (device)
-    branches run on the host: their integer work must give the host's labels."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
 @pytest.mark.parametrize("n, k", [(3000, 16), (3000, 256), (40_000, 32), (40_000, 256), (300_000, 16)])
 def test_device_branches_give_the_host_result(n, k):
     # small device blobs search the boundaries; >= 16k weights or dense in
@@ -801,7 +794,7 @@ def test_device_branches_give_the_host_result(n, k):
     mask = np.abs(x) > 0.004
     for m in (None, mask):
         a = share_weights(x, k=k, mask=m)
-        b = share_weights(x, k=k, mask=m, xp=_NumpyAsDevice())
+        b = share_weights(x, k=k, mask=m, xp=NumpyAsDevice())
         assert a.codebook.tobytes() == b.codebook.tobytes(), (n, k)
         assert np.asarray(b.labels).tobytes() == a.labels.tobytes(), (n, k)
         assert a.sse == b.sse and a.iterations == b.iterations
@@ -823,7 +816,7 @@ def test_every_label_path_puts_boundary_values_in_the_upper_cell(reps):
     h = grid.GridHistogram(bits=18, levels=(1 << 17) - 1, step=1.0, values=np.array([lo, hi]),
                            counts=np.array([1, 1]), n=q.size, size=q.size, max_abs=float(hi))
     want = np.searchsorted(first, q, side="right")
-    for xp in (np, _NumpyAsDevice()):
+    for xp in (np, NumpyAsDevice()):
         got = np.concatenate(list(_label_blocks_on_grid(np.zeros(q.size, np.float32), None, h, c_grid, q, xp,
                                                         np.uint8)))
         np.testing.assert_array_equal(got, want)

@@ -12,6 +12,7 @@ from caffecompress.engine import grid, kmeans, prune
 from caffecompress.engine import sparse as S
 from caffecompress.engine.packedmask import PackedMask
 from caffecompress.engine.prune import prune_mask, prune_packed
+from fakedevice import NumpyAsDevice
 
 floats32 = st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=True)
 # few distinct magnitudes: ties (+x / -x, subnormals as zero) decided by the index rule
@@ -93,18 +94,10 @@ def test_sharing_with_a_packed_mask(monkeypatch, block, k, few):
     assert got.sse == want.sse
 
 
-class _NumpyAsDevice:
-    """numpy under another name: takes the engine's device-side branches
-    (``xp is not np``: larger steps) on plain arrays."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-
 def test_device_step_sizes_give_the_same_results(monkeypatch):
     from caffecompress.engine import huffman as H
 
-    dev = _NumpyAsDevice()
+    dev = NumpyAsDevice()
     rng = np.random.default_rng(9)
     x = np.round(rng.standard_t(3, 1_100_003) * 40).astype(np.float32) / 40  # ties
     for step in (1 << 18, 4096):
