@@ -258,7 +258,7 @@ def summarize(rows, ks):
         if v:
             print(f"target linear vs sklearn >= {target}x: median {v['median']:.1f}x "
                   f"(blobs >= 10k weights: {v['big']:.1f}x over {v['nbig']}), total {v['total']:.1f}x; "
-                  f"SSE <= sklearn on {v['le']}/{v['n']} blobs "
+                  f"SSE <= sklearn on {v['le']}/{v['n']} blobs ({v['le9']} within 1e-9) "
                   f"(worst ratio {v['worst']:.5f}, summed-SSE ratio {v['sse_sum']:.5f})")
         v = versus(by, k, blobs, "cc-refine", "sklearn")
         if v:
@@ -288,6 +288,10 @@ def versus(by, k, blobs, ours, peer):
         "nbig": len(big),
         "total": sum(pp["s"] for pp in p) / sum(oo["s"] for oo in o),
         "le": sum(oo["sse"] <= pp["sse"] * (1 + 1e-12) for oo, pp in zip(o, p)),
+        # the same partition with other float32 centroids (ours the grid
+        # values' mean, scikit-learn's from float32 sums: 5-72 ulps apart on
+        # the zoo's k = 16 cases) differs by ~1e-12 relative: "equal" at 1e-9
+        "le9": sum(oo["sse"] <= pp["sse"] * (1 + 1e-9) for oo, pp in zip(o, p)),
         "worst": max((oo["sse"] / pp["sse"] for oo, pp in zip(o, p) if pp["sse"] > 0), default=float("nan")),
         "sse_sum": sum(oo["sse"] for oo in o) / max(sum(pp["sse"] for pp in p), 1e-300),
     }
