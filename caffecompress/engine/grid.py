@@ -475,7 +475,8 @@ def grid_histogram(
     keep_index : bool
         Also return the int32 grid values of a blob indexed in one piece (so
         a caller can reuse them instead of recomputing); ``None`` for blobs
-        counted in steps.
+        counted in steps, and on the compiled dense path for blobs of more
+        than ``_COUNT_STEP`` (1M) elements.
 
     Returns
     -------
@@ -504,8 +505,12 @@ def grid_histogram(
     sort = a.size <= BLOCK and nbins_full > min(_DENSE_PER_ELEMENT * nk, _DENSE_MAX)
     whole = a.size <= BLOCK and (a.size <= hstep or sort)
     if not sort and NUMBA and xp is np:
-        # the compiled twin counts each block straight into the bins
-        dense, total, kept_index = _count_dense(a, m, step, levels, keep_index and whole)
+        # the compiled twin counts each block straight into the bins; it
+        # keeps the index only up to _COUNT_STEP elements (what a caller
+        # saves by it is one pass; on VGG-16's fc8, 4M weights on a 22-bit
+        # grid, it would hold 16 MB through the label pass)
+        want = keep_index and whole and a.size <= _COUNT_STEP
+        dense, total, kept_index = _count_dense(a, m, step, levels, want)
         steps = ()
     else:
         steps = iter_blocks(a.size, None if whole else hstep)

@@ -255,3 +255,16 @@ def test_compiled_dense_counting_is_the_numpy_one(bits, masking, block, monkeypa
     assert (q is None) == (qr is None) == bool(block)
     if q is not None:
         assert q.dtype == qr.dtype == np.int32 and np.array_equal(q, qr)
+
+
+@pytest.mark.skipif(not grid.NUMBA, reason="numba not installed")
+def test_compiled_dense_counting_keeps_no_index_above_a_count_step(monkeypatch):
+    # 1.5M weights on a 22-bit grid: counted whole, but the int32 index
+    # (6 MB here, 16 MB for VGG-16's fc8) is not held for the caller
+    x = (np.random.default_rng(5).standard_t(3, 1_500_000) * 0.02).astype(np.float32)
+    h, q = grid.grid_histogram(x, bits=22, keep_index=True)
+    assert q is None
+    monkeypatch.setattr(grid, "NUMBA", False)
+    r, qr = grid.grid_histogram(x, bits=22, keep_index=True)
+    assert qr is not None and qr.size == x.size
+    assert np.array_equal(h.values, r.values) and np.array_equal(h.counts, r.counts)
