@@ -290,6 +290,7 @@ def _sse(h: GridHistogram, c_grid: np.ndarray, codebook: np.ndarray):
 if NUMBA:
     import numba as _numba  # noqa: PLC0415
 
+    from . import refine as _refine
     from .labels import _host_labels_numba
 
     @_numba.njit(cache=True, nogil=True)
@@ -314,11 +315,12 @@ if NUMBA:
         return sse, sig
 
     @_numba.njit(cache=True, nogil=True)
-    def _small_share_numba(a, m, use_mask, levels, k, max_iter, out):  # pragma: no cover - compiled
+    def _small_share_numba(a, m, use_mask, levels, k, max_iter, refine, out):  # pragma: no cover - compiled
         # share_weights(init="linear", keep_zero=False) of one small host
         # blob in one call, composed of the same compiled twins in the same
         # order as _share: histogram, linear init (_init_linear's
-        # expressions), Lloyd, empty clusters dropped, codebook, SSE, labels.
+        # expressions), Lloyd (and swap refinement with ``refine``, as
+        # _cluster calls it), empty clusters dropped, codebook, SSE, labels.
         # Status 1: back to the general path (non-finite weights, nothing
         # kept, or no more occupied bins than clusters).
         empty = np.zeros(0, np.float32)
@@ -328,6 +330,9 @@ if NUMBA:
         lo, hi = np.float64(v[0]), np.float64(v[-1])
         frac = np.arange(k).astype(np.float64) / np.float64(k - 1)
         c, cuts, it, conv = _lloyd._lloyd_numba(v, w, lo + (hi - lo) * frac, -1, max_iter, k)
+        if refine and conv:
+            c, cuts, _, it2, conv = _refine._refine_numba(v, w, c, cuts, -1, max_iter, 4 * k, k)
+            it += it2
         keep = cuts[1:] > cuts[:-1]
         c = c[keep]
         cb = (c * step).astype(np.float32)
@@ -436,8 +441,8 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     a = _grid._flat32(x, xp)
     m = _grid._flat_mask(mask, a.size, xp)
     dtype = _label_dtype(k)
-    if init == "linear" and not keep_zero and not refine and NUMBA and _grid.NUMBA and xp is np and a.size <= _grid.SMALL:
-        fast = _share_small(a, m, k, bits, max_iter, dtype, shape, lazy)
+    if init == "linear" and not keep_zero and NUMBA and _grid.NUMBA and xp is np and a.size <= _grid.SMALL:
+        fast = _share_small(a, m, k, bits, max_iter, dtype, shape, lazy, refine)
         if fast is not None:
             return fast
     h, qcache = grid_histogram(a, bits=bits, mask=m, xp=xp, keep_index=True)
@@ -500,7 +505,7 @@ def _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, 
     return result(codebook, labels, sse, signal, False, it, conv), None
 
 
-def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
+def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy, refine=False):
     """:func:`_share` for a small host blob with the linear init and no
     pinned zero: one compiled call (the same twins in the same order, so
     the same result; parity-tested), where the general path makes a dozen.
@@ -510,7 +515,7 @@ def _share_small(a, m, k, bits, max_iter, dtype, shape, lazy):
     mm = np.ascontiguousarray(m[:]) if use_mask else _grid._NO_MASK
     labels = np.empty(a.size, dtype)
     status, codebook, sse, signal, it, conv, step = _small_share_numba(
-        np.ascontiguousarray(a), mm, use_mask, _grid.grid_levels(bits), k, int(max_iter), labels)
+        np.ascontiguousarray(a), mm, use_mask, _grid.grid_levels(bits), k, int(max_iter), bool(refine), labels)
     if status:
         return None
     sw = SharedWeights(codebook=codebook, labels=None if lazy else labels.reshape(shape), sse=float(sse),

@@ -722,10 +722,12 @@ def test_refinement_lowers_the_sse_and_ends_at_a_fixed_point(zoo, k):
 @pytest.mark.skipif(not lloyd.NUMBA, reason="numba not installed")
 def test_refined_share_weights_numpy_only_is_the_same(zoo):
     for name, w_ in zoo_blobs(zoo, max_size=20_000)[::5]:
-        for k, kz in ((16, False), (32, True)):
+        for k, kz in ((16, False), (32, True), (256, False)):
+            # without keep_zero a small blob is refined inside the fused call
             a = share_weights(w_, k=k, keep_zero=kz, refine=True)
             b = _numpy_only(lambda: share_weights(w_, k=k, keep_zero=kz, refine=True))
             assert a.codebook.tobytes() == b.codebook.tobytes() and a.labels.tobytes() == b.labels.tobytes(), (name, k)
+            assert (a.sse, a.iterations, a.converged, a.k) == (b.sse, b.iterations, b.converged, b.k), (name, k)
             assert a.sse <= share_weights(w_, k=k, keep_zero=kz).sse * (1 + 1e-12), (name, k)
 
 
