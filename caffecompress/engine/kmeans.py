@@ -329,7 +329,8 @@ if NUMBA:
             return 1, empty, 0.0, 0.0, 0, True, step
         lo, hi = np.float64(v[0]), np.float64(v[-1])
         frac = np.arange(k).astype(np.float64) / np.float64(k - 1)
-        c, cuts, it, conv = _lloyd._lloyd_numba(v, w, lo + (hi - lo) * frac, -1, max_iter, k)
+        vf, W, S1 = _lloyd._moments_numba(v, w)
+        c, cuts, it, conv = _lloyd._lloyd_numba(vf, W, S1, lo + (hi - lo) * frac, -1, max_iter, k)
         if refine and conv:
             c, cuts, _, it2, conv = _refine._refine_numba(v, w, c, cuts, -1, max_iter, 4 * k, k)
             it += it2

@@ -268,9 +268,9 @@ if NUMBA:
         return cuts
 
     @_numba.njit(cache=True, nogil=True)
-    def _lloyd_numba(v, w, c, p, max_iter, k):  # pragma: no cover - compiled
-        # lloyd_histogram's driver loop, compiled (see _moments, _lloyd_numpy)
-        vf, W, S1 = _moments_numba(v, w)
+    def _lloyd_numba(vf, W, S1, c, p, max_iter, k):  # pragma: no cover - compiled
+        # _lloyd_numpy's driver loop, compiled; the caller computes the
+        # moments once (refinement runs Lloyd again after every swap)
         cuts = _assign_cuts_numba(vf, c)
         it = 0
         while it < max_iter:
@@ -403,7 +403,8 @@ def lloyd_histogram(
     use_numba = NUMBA if use_numba is None else (bool(use_numba) and NUMBA)
     k = c.size if k is None else int(k)
     if use_numba:
-        c, cuts, it, conv = _lloyd_numba(v, w, c, p, int(max_iter), k)
+        vf, W, S1 = _moments_numba(v, w)
+        c, cuts, it, conv = _lloyd_numba(vf, W, S1, c, p, int(max_iter), k)
         return c, cuts, int(it), bool(conv)
     vf, W, S1 = _moments(v, w)
     return _lloyd_numpy(vf, W, S1, c, p, int(max_iter), k)

@@ -90,7 +90,7 @@ if NUMBA:
     @_numba.njit(cache=True, nogil=True)
     def _refine_numba(v, w, c, cuts, p, max_iter, max_swaps, k):  # pragma: no cover - compiled
         # _refine_numpy with _swap_numpy's expressions, compiled
-        _, W, S1 = _lloyd._moments_numba(v, w)
+        vf, W, S1 = _lloyd._moments_numba(v, w)
         swaps = 0
         it = 0
         conv = True
@@ -137,7 +137,7 @@ if NUMBA:
             new = np.sort(new)
             if p >= 0:
                 p = np.flatnonzero(new == 0.0)[0]
-            c, cuts, steps, conv = _lloyd._lloyd_numba(v, w, new, p, max_iter, k)
+            c, cuts, steps, conv = _lloyd._lloyd_numba(vf, W, S1, new, p, max_iter, k)
             swaps += 1
             it += steps
             if not conv:
