@@ -1,0 +1,348 @@
+"""OpenCV 4.x as the net runtime: the only module of the package that imports ``cv2``.
+
+It loads a net from memory buffers (``cv2.dnn.readNetFromCaffe(bufferProto,
+bufferModel)``, no temporary files), turns images into input blobs (the
+preprocessing ``verify`` and calibration share), and runs a batch one image
+at a time, returning any named layer's output, intermediate ones included.
+cv2 is imported lazily, inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_MEAN",
+    "DEFAULT_SCALE",
+    "SAMPLE_IMAGES",
+    "available",
+    "sample_images",
+    "load_images",
+    "make_blob",
+    "load_net",
+    "model_net",
+    "run_net",
+]
+
+DEFAULT_MEAN = 127.5
+DEFAULT_SCALE = 1.0 / 128.0
+# scikit-image images shipped inside its wheel (no download needed).
+SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "camera", "rocket", "coins")
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def available() -> bool:
+    """True when OpenCV 4.x with its Caffe importer can be imported."""
+    try:
+        _cv2()
+    except Exception:  # noqa: BLE001  (any import failure means: not available)
+        return False
+    return True
+
+
+def _cv2():
+    """Import OpenCV 4.x, or say plainly what to install.
+
+    OpenCV 5 removed ``readNetFromCaffe``, so only 4.x can run Caffe models.
+    """
+    from .errors import MissingDependencyError
+
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "verifying and running nets needs OpenCV 4.x: pip install 'caffecompress[verify]' "
+            f"(opencv-python-headless<5) [{exc}]"
+        ) from exc
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):
+        raise MissingDependencyError(
+            f"OpenCV {cv2.__version__} has no Caffe importer (removed in OpenCV 5): "
+            "install opencv-python-headless<5"
+        )
+    return cv2
+
+
+
+def _synthetic_image(seed: int, h: int = 256, w: int = 256) -> np.ndarray:
+    """Deterministic smooth colour image, for when scikit-image is absent."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    chans = []
+    for c in range(3):
+        f1, f2 = 2 + seed + c, 3 + 2 * c
+        chans.append(127.5 + 100 * np.sin(xx * f1 / w * np.pi) * np.cos(yy * f2 / h * np.pi))
+    return np.clip(np.stack(chans, axis=-1), 0, 255).astype(np.uint8)
+
+
+def sample_images(names: Sequence[str] = SAMPLE_IMAGES) -> list[np.ndarray]:
+    """The bundled sample images as BGR (or gray) ``uint8`` arrays.
+
+    Uses scikit-image's bundled data images; without scikit-image, returns
+    deterministic synthetic images so verification still runs.
+
+    Parameters
+    ----------
+    names : sequence of str
+        ``skimage.data`` function names.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        HxWx3 BGR (OpenCV's channel order) or HxW gray images.
+    """
+    try:
+        import skimage.data as skd
+    except ImportError:
+        return [_synthetic_image(i) for i in range(len(names))]
+    out = []
+    for i, nm in enumerate(names):
+        try:
+            im = np.asarray(getattr(skd, nm)())
+        except Exception:  # an image needing a download, or missing in this version
+            im = _synthetic_image(i)
+        if im.dtype == bool:
+            im = im.astype(np.uint8) * 255
+        if im.ndim == 3:
+            im = im[..., :3][..., ::-1]  # RGB(A) -> BGR, as cv2.imread would give
+        out.append(np.ascontiguousarray(im.astype(np.uint8)))
+    return out
+
+
+def load_images(folder: str | os.PathLike) -> list[np.ndarray]:
+    """Read every image file of ``folder`` (sorted by name) with ``cv2.imread``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder holds no readable image.
+    """
+    cv2 = _cv2()
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXTS)
+    out = [im for im in (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in files) if im is not None]
+    if not out:
+        raise FileNotFoundError(f"{folder}: no readable images")
+    return out
+
+
+def _to_channels(im: np.ndarray, c: int) -> np.ndarray:
+    """HxW or HxWxK uint8/float -> HxWxc float32 (gray for c == 1, tiled for c > 3)."""
+    im = np.asarray(im, dtype=np.float32)
+    if im.ndim == 2:
+        im = im[..., None]
+    if im.shape[2] == 4:
+        im = im[..., :3]
+    if c == 1:
+        return im.mean(axis=2, keepdims=True)
+    if im.shape[2] == 1:
+        im = np.repeat(im, 3, axis=2)
+    reps = -(-c // im.shape[2])
+    return np.tile(im, (1, 1, reps))[..., :c]
+
+
+def make_blob(
+    images: Iterable[np.ndarray],
+    shape: Sequence[int],
+    *,
+    mean: float | Sequence[float] | np.ndarray | None = None,
+    scale: float | None = None,
+    swap_rb: bool = False,
+) -> np.ndarray:
+    """Turn images into an NCHW float32 input blob.
+
+    Parameters
+    ----------
+    images : iterable of numpy.ndarray
+        HxW or HxWxC images (BGR order for colour, as OpenCV reads them).
+    shape : sequence of int
+        ``(N, C, H, W)`` or ``(C, H, W)``; N is ignored (one row per image).
+    mean : float, sequence of float or numpy.ndarray, optional
+        Subtracted before scaling: a scalar, one value per channel (blob
+        channel order), or a mean image (CxHxW or 1xCxHxW, resized to the
+        input size). Default 127.5.
+    scale : float, optional
+        Multiplier applied after the mean. Default 1/128.
+    swap_rb : bool
+        Swap the first and third channel of colour images (BGR <-> RGB).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(images), C, H, W)`` float32.
+    """
+    cv2 = _cv2()
+
+    shape = tuple(int(s) for s in shape)
+    c, h, w = shape[-3:]
+    mean = DEFAULT_MEAN if mean is None else mean
+    scale = DEFAULT_SCALE if scale is None else float(scale)
+    rows = []
+    for im in images:
+        im = np.asarray(im)
+        if im.dtype == bool:
+            im = im.astype(np.uint8) * 255
+        if swap_rb and im.ndim == 3 and im.shape[2] >= 3:
+            im = im[..., [2, 1, 0]]
+        if im.dtype not in (np.uint8, np.uint16, np.float32):
+            im = im.astype(np.float32)
+        # resize in the image's own dtype, as cv2.dnn.blobFromImage does
+        im = cv2.resize(np.ascontiguousarray(im), (w, h), interpolation=cv2.INTER_LINEAR)
+        rows.append(_to_channels(im, c).transpose(2, 0, 1))
+    if not rows:
+        raise ValueError("no images to build an input blob from")
+    blob = np.stack(rows).astype(np.float32)
+    m = np.asarray(mean, dtype=np.float32)
+    if m.ndim == 0:
+        blob -= m
+    elif m.ndim == 1:
+        if m.size != c:
+            raise ValueError(f"mean has {m.size} values, the net has {c} channels")
+        blob -= m.reshape(1, c, 1, 1)
+    else:
+        m = m.reshape(m.shape[-3:])
+        if m.shape[0] != c:
+            raise ValueError(f"mean image has {m.shape[0]} channels, the net has {c}")
+        if m.shape[1:] != (h, w):
+            m = np.stack([cv2.resize(ch, (w, h), interpolation=cv2.INTER_LINEAR) for ch in m])
+        blob -= m[None]
+    blob *= np.float32(scale)
+    return blob
+
+
+# --------------------------------------------------------------------------
+# Running nets
+# --------------------------------------------------------------------------
+
+
+def _as_bytes(x) -> bytes:
+    if isinstance(x, os.PathLike):
+        return Path(x).read_bytes()
+    if isinstance(x, str):
+        return x.encode("utf-8")
+    return bytes(x)
+
+
+def _proto_bytes(x) -> bytes:
+    """Prototxt contents; a one-line ``str`` naming an existing file is read as a path."""
+    if isinstance(x, str) and "\n" not in x and "{" not in x and os.path.isfile(x):
+        return Path(x).read_bytes()
+    return _as_bytes(x)
+
+
+def _model_bytes(x) -> bytes:
+    """Caffemodel contents; a ``str`` is a path (binary contents are never ``str``)."""
+    if isinstance(x, str):
+        return Path(x).read_bytes()
+    return _as_bytes(x)
+
+
+@contextlib.contextmanager
+def _opencv(what: str):
+    """Silence OpenCV's own log lines and turn ``cv2.error`` into one clear error."""
+    cv2 = _cv2()
+
+    from .errors import SchemaMismatchError
+
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    except cv2.error as e:
+        text = getattr(e, "err", "") or str(e)
+        reason = " ".join(ln.strip(" >") for ln in text.splitlines() if ln.strip(" >"))
+        raise SchemaMismatchError(f"OpenCV 4.x cannot {what}: {reason}") from None
+    finally:
+        log.setLogLevel(level)
+
+
+def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
+    """Load a ``cv2.dnn.Net`` from prototxt text and caffemodel bytes, in memory.
+
+    Parameters
+    ----------
+    prototxt : str, bytes or os.PathLike
+        Prototxt contents (str/bytes) or a path (``pathlib.Path``, or a
+        one-line ``str`` naming an existing file).
+    model : bytes, str or os.PathLike
+        ``.caffemodel`` contents (bytes) or a path (``str``/``Path``).
+
+    Returns
+    -------
+    cv2.dnn.Net
+
+    Raises
+    ------
+    SchemaMismatchError
+        OpenCV refuses the pair (its reason in one line).
+    """
+    cv2 = _cv2()
+
+    proto = np.frombuffer(_proto_bytes(prototxt), dtype=np.uint8)
+    weights = np.frombuffer(_model_bytes(model), dtype=np.uint8)
+    with _opencv("load this prototxt and caffemodel"):
+        net = cv2.dnn.readNetFromCaffe(proto, weights)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    return net
+
+
+
+def run_net(net, blobs: dict[str, np.ndarray], layers: Sequence[str]) -> list[np.ndarray]:
+    """Forward the inputs one image at a time and return the named layers' outputs.
+
+    Parameters
+    ----------
+    net : cv2.dnn.Net
+    blobs : dict of str -> numpy.ndarray
+        Input name -> NCHW array (all with the same N).
+    layers : sequence of str
+        Layers whose first output to fetch.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Per layer, the per-image outputs stacked on a new leading axis
+        (``(N,) + output shape``). One image per forward pass, because many
+        deploy nets hard-code batch 1 in Reshape/Flatten layers.
+    """
+    n = next(iter(blobs.values())).shape[0]
+    per_layer: list[list[np.ndarray]] = [[] for _ in layers]
+    for i in range(n):
+        for name, blob in blobs.items():
+            net.setInput(np.ascontiguousarray(blob[i : i + 1]), name)
+        with _opencv("run this net (do the prototxt and the weights match?)"):
+            outs = net.forward(list(layers))
+        for acc, o in zip(per_layer, outs):
+            acc.append(np.array(o, dtype=np.float32, copy=True))
+    return [np.stack(acc) for acc in per_layer]
+
+
+# --------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------
+
+
+
+
+def model_net(model, prototxt: str | bytes | None = None):
+    """A ``cv2.dnn.Net`` of a :class:`~caffecompress.model.Model`, through memory only.
+
+    Parameters
+    ----------
+    model : Model
+        Weights (serialised to a dense ``.caffemodel`` in memory).
+    prototxt : str or bytes, optional
+        Deploy net text; default ``model.prototxt``.
+    """
+    from .caffe import caffemodel_bytes  # noqa: PLC0415
+
+    text = model.prototxt if prototxt is None else prototxt
+    if not text:
+        raise ValueError("running a net needs its deploy prototxt; this model carries none")
+    return load_net(text if isinstance(text, bytes) else text.encode("utf-8"), caffemodel_bytes(model))
