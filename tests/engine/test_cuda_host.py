@@ -425,3 +425,33 @@ def test_a_broken_check_is_caught(build, mutant):
     assert broken.kernels and broken.launches > 0
     if check == "corrupt":  # the per-chunk flags see it too
         assert _run("launched", broken, first_only=True)
+
+
+def test_a_write_past_an_array_is_caught(build):
+    # one thread too many (c == nch) writes bad[nch]: the padding shows it
+    old = "if (c >= nch) return;"
+    assert HC.KERNEL_SOURCE.count(old) == 1, "the kernel changed: update the mutation"
+    broken = cudahost.HostDevice(build, patch=lambda code: code.replace(old, "if (c > nch) return;"))
+    _, s = _sample_stream()  # 20 chunks: the block of 128 threads has spare ones
+    with pytest.raises(cudahost.OutOfBoundsWrite):
+        HC.decode_gpu(s, xp=broken)
+
+
+def test_arguments_are_checked_against_the_signature(dev):
+    _, s = _sample_stream()
+    k = dev.RawKernel(HC.KERNEL_SOURCE, "huff_decode_u8")
+    table, L = H.decode_table(s.lengths)
+    nch = s.offsets.size - 1
+    good = [s.payload, np.int64(s.payload.size), s.offsets, np.int64(nch), np.int64(s.chunk), np.int64(s.n),
+            table, np.int32(L), np.zeros(s.n, np.uint8), np.zeros(nch, np.int32)]
+    k((1,), (128,), good)
+    np.testing.assert_array_equal(good[8], H.decode_numpy(s))
+    for i, wrong in [(1, np.int32(s.payload.size)), (1, int(s.payload.size)), (7, np.uint32(L)),
+                     (8, np.zeros(s.n, np.uint16)), (2, s.offsets.astype(np.int64)), (0, bytes(s.payload)),
+                     (9, np.zeros(nch, np.int32)[::-1])]:
+        with pytest.raises(TypeError):
+            k((1,), (128,), good[:i] + [wrong] + good[i + 1 :])
+    with pytest.raises(TypeError):
+        k((1,), (128,), good[:-1])
+    with pytest.raises(ValueError):
+        k((1,), (2048,), good)
