@@ -19,6 +19,7 @@ __all__ = [
     "NonFiniteWeightsError",
     "OutputExistsError",
     "MissingDependencyError",
+    "CalibrationError",
 ]
 
 
@@ -79,3 +80,7 @@ class BackendUnavailableError(CaffeCompressError, RuntimeError):
 
 class MissingDependencyError(CaffeCompressError, ImportError):
     """An optional package a feature needs is not installed (the message says which extra)."""
+
+
+class CalibrationError(_Located, ValueError):
+    """Calibration inputs that cannot be used (empty folder, unreadable images, wrong shape, NaN)."""

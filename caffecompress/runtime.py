@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,6 +28,7 @@ __all__ = [
     "load_net",
     "model_net",
     "run_net",
+    "compared_outputs",
 ]
 
 DEFAULT_MEAN = 127.5
@@ -328,6 +330,73 @@ def run_net(net, blobs: dict[str, np.ndarray], layers: Sequence[str]) -> list[np
 # --------------------------------------------------------------------------
 
 
+
+
+@dataclass
+class _Target:
+    name: str  # what the report calls it (a blob name)
+    layer: str  # the OpenCV layer whose first output holds it
+    kind: str  # "output" | "softmax-input" | "detection-input"
+    axis: int | None  # class axis for top-1, or None
+
+
+def compared_outputs(layers, inputs, net) -> list[_Target]:
+    """The blobs fidelity is measured on: net outputs and Softmax inputs.
+
+    A DetectionOutput layer is replaced by its inputs (its own output is a
+    thresholded, sorted box list whose length changes with tiny score moves).
+
+    Parameters
+    ----------
+    layers : sequence
+        The net's layers in order, each with ``name``, ``type``, ``bottoms``,
+        ``tops`` and ``softmax_axis`` (V2 type names).
+    inputs : iterable of str
+        Net input blob names (never compared).
+    net : cv2.dnn.Net
+
+    Returns
+    -------
+    list of _Target
+        ``name`` (blob), ``layer`` (OpenCV layer whose first output holds
+        it), ``kind`` and class ``axis``.
+    """
+    out_layers = list(net.getUnconnectedOutLayersNames())
+    known = set(net.getLayerNames())
+    by_name = {lay.name: (i, lay) for i, lay in enumerate(layers)}
+    input_blobs = set(inputs)
+
+    def producer(blob: str, before: int) -> str | None:
+        # in-place layers rewrite a blob: the last writer before `before` holds it.
+        # OpenCV hands out a layer's first output by layer name only, so a blob
+        # that is another top of a multi-output layer (Slice) is not compared.
+        for lay in reversed(layers[:before]):
+            if blob in lay.tops:
+                return lay.name if lay.tops.index(blob) == 0 else None
+        return None
+
+    targets: list[_Target] = []
+    seen = set()
+
+    def add(name, layer, kind, axis):
+        if layer is None or layer in seen or layer not in known or name in input_blobs:
+            return
+        seen.add(layer)
+        targets.append(_Target(name, layer, kind, axis))
+
+    for i, lay in enumerate(layers):
+        if lay.type == "Softmax" and lay.bottoms:
+            add(lay.bottoms[0], producer(lay.bottoms[0], i), "softmax-input", lay.softmax_axis)
+    for lname in out_layers:
+        i, lay = by_name.get(lname, (None, None))
+        if lay is not None and lay.type == "DetectionOutput":
+            for b in lay.bottoms:
+                add(b, producer(b, i), "detection-input", None)
+            continue
+        axis = lay.softmax_axis if (lay is not None and lay.type == "Softmax") else None
+        name = lay.tops[0] if (lay is not None and lay.tops) else lname
+        add(name, lname, "output", axis)
+    return targets
 
 
 def model_net(model, prototxt: str | bytes | None = None):

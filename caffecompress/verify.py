@@ -50,6 +50,8 @@ from .runtime import (  # noqa: E402,F401  (verify's public names, kept)
     DEFAULT_SCALE,
     SAMPLE_IMAGES,
     _cv2,  # noqa: F401
+    _Target,  # noqa: F401
+    compared_outputs,
     _model_bytes,
     _opencv,  # noqa: F401
     _proto_bytes,
@@ -307,52 +309,9 @@ def opencv_net(compressed, prototxt=None):
     return load_net(prototxt, container.caffemodel_bytes(cm))
 
 
-@dataclass
-class _Target:
-    name: str  # what the report calls it (a blob name)
-    layer: str  # the OpenCV layer whose first output holds it
-    kind: str  # "output" | "softmax-input" | "detection-input"
-    axis: int | None  # class axis for top-1, or None
-
-
-def _targets(spec: NetSpec, net) -> list[_Target]:
-    """Blobs to compare: net outputs and Softmax inputs; DetectionOutput -> its inputs."""
-    out_layers = list(net.getUnconnectedOutLayersNames())
-    known = set(net.getLayerNames())
-    by_name = {lay.name: (i, lay) for i, lay in enumerate(spec.layers)}
-    input_blobs = set(spec.inputs)
-
-    def producer(blob: str, before: int) -> str | None:
-        # in-place layers rewrite a blob: the last writer before `before` holds it.
-        # OpenCV hands out a layer's first output by layer name only, so a blob
-        # that is another top of a multi-output layer (Slice) is not compared.
-        for lay in reversed(spec.layers[:before]):
-            if blob in lay.tops:
-                return lay.name if lay.tops.index(blob) == 0 else None
-        return None
-
-    targets: list[_Target] = []
-    seen = set()
-
-    def add(name, layer, kind, axis):
-        if layer is None or layer in seen or layer not in known or name in input_blobs:
-            return
-        seen.add(layer)
-        targets.append(_Target(name, layer, kind, axis))
-
-    for i, lay in enumerate(spec.layers):
-        if lay.type == "Softmax" and lay.bottoms:
-            add(lay.bottoms[0], producer(lay.bottoms[0], i), "softmax-input", lay.softmax_axis)
-    for lname in out_layers:
-        i, lay = by_name.get(lname, (None, None))
-        if lay is not None and lay.type == "DetectionOutput":
-            for b in lay.bottoms:
-                add(b, producer(b, i), "detection-input", None)
-            continue
-        axis = lay.softmax_axis if (lay is not None and lay.type == "Softmax") else None
-        name = lay.tops[0] if (lay is not None and lay.tops) else lname
-        add(name, lname, "output", axis)
-    return targets
+def _targets(spec: NetSpec, net) -> list:
+    """Blobs to compare (see :func:`caffecompress.runtime.compared_outputs`)."""
+    return compared_outputs(spec.layers, spec.inputs, net)
 
 
 @dataclass
@@ -417,7 +376,7 @@ def _rel(diff_norm: float, ref_norm: float) -> float:
     return 0.0 if diff_norm == 0 else float("inf")
 
 
-def _metrics(t: _Target, a: np.ndarray, b: np.ndarray) -> OutputReport:
+def _metrics(t, a: np.ndarray, b: np.ndarray) -> OutputReport:
     """Metrics of stacked per-image outputs ``a`` (original) and ``b`` (candidate)."""
     shape, n = tuple(a.shape[1:]), int(a.shape[0])
     if a.shape != b.shape:

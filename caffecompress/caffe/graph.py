@@ -53,6 +53,11 @@ class LayerNode:
     transpose: bool = False
     bias_term: bool | None = None
 
+    @property
+    def softmax_axis(self) -> int:
+        """Softmax's class axis (what :func:`caffecompress.runtime.compared_outputs` reads)."""
+        return self.axis
+
 
 @dataclass
 class NetGraph:

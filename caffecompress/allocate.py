@@ -1,0 +1,449 @@
+"""Fidelity-targeted allocation: bits per blob under an output-error target.
+
+For every lossy weight blob and every width of :data:`WIDTHS`, a candidate
+is made on the engine's k-means codebook: nearest-level labels, and where the
+layer's input Hessian is known, GPTQ-style labels
+(:mod:`caffecompress.engine.compensate`); each with and without bias
+correction. Per blob and width the candidate kept is the one whose output
+change ``||X_val (W_hat - W)^T||`` on the *validation* rows is smallest, so
+a technique survives only where rows it did not fit confirm it.
+
+Sensitivity: one OpenCV forward per blob, with only that blob at
+:data:`PROBE_BITS`, gives per compared output the squared relative error
+per unit of that blob's output distortion. The predicted squared error of
+an output is the sum over blobs (errors of independent layers add in
+squares; they also compound along depth, hence the measured check).
+
+Allocation: from the widest candidates, a greedy descent takes the width
+steps that save the most bytes per unit of predicted error, while every
+output stays under a budget ``T``. ``T`` is then tuned by joint forwards
+with every blob quantised (bracketing and bisection) until the measured
+error on the calibration rows is as close under the target as a few
+forwards allow. The data-free assignment (the SQNR rule) is measured too
+and wins when it is smaller and within the target: the allocator never
+loses to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import calibrate, runtime
+from .backend import to_host
+from .engine import compensate as C
+from .model import Model
+
+__all__ = ["WIDTHS", "PROBE_BITS", "FidelityResult", "allocate"]
+
+WIDTHS = tuple(range(2, 13))
+#: Widest codebook GPTQ-style rounding is tried at (beyond it rounding
+#: error is far below what compensation can win back).
+GPTQ_MAX_BITS = 8
+#: Width of the single-blob sensitivity probes.
+PROBE_BITS = 5
+#: Joint forwards spent tuning the budget.
+MAX_JOINT = 7
+#: Rows of the sensitivity probes (evenly spaced over the calibration rows).
+SENS_ROWS = 12
+#: Labels of blobs up to this size are kept per candidate; bigger blobs
+#: recompute the chosen candidate's labels (memory).
+_KEEP_LABELS = 1 << 21
+
+
+@dataclass
+class _Cand:
+    bits: int
+    technique: str
+    nbytes: float
+    dist: float
+    codebook: np.ndarray
+    labels: np.ndarray | None
+    shift: np.ndarray | None  # bias correction (subtracted from the bias)
+    sqnr: float
+
+
+@dataclass
+class _Blob:
+    li: int
+    name: str
+    shape: tuple
+    w: np.ndarray
+    node: object
+    stats: object
+    has_bias: bool
+    fixed_bits: int | None
+    df_target: float | None
+    cands: dict = field(default_factory=dict)
+    sens: np.ndarray | None = None
+
+
+@dataclass
+class FidelityResult:
+    """What :func:`allocate` chose.
+
+    Attributes
+    ----------
+    model : Model
+        A copy of the input whose lossy weight blobs hold the chosen levels
+        (at most ``2**bits`` distinct values) and whose biases are corrected.
+    bits : dict of str -> int
+        Layer name -> width of its weight blob.
+    record : dict
+        For the container: mode, target, error reached, calibration,
+        preprocessing, explored points, per-layer techniques, forwards, time.
+    """
+
+    model: Model
+    bits: dict
+    record: dict
+
+
+def _matrix(w: np.ndarray, node) -> np.ndarray:
+    """Weights as ``(groups, out_g, cols)``, columns in the input rows' order."""
+    if node is not None and node.conv is not None:
+        g = node.conv.group
+        return w.reshape(g, w.shape[0] // g, -1)
+    if node is not None and node.type == "InnerProduct" and node.transpose:
+        return w.reshape(w.shape[0], -1).T[None]
+    return w.reshape(w.shape[0], -1)[None]
+
+
+def _unmatrix(m: np.ndarray, shape, node) -> np.ndarray:
+    if node is not None and node.type == "InnerProduct" and node.transpose and node.conv is None:
+        return np.ascontiguousarray(m[0].T).reshape(shape)
+    return m.reshape(shape)
+
+
+def _sq(a: np.ndarray) -> float:
+    """Sum of squares (float64)."""
+    f = np.asarray(a, np.float64).reshape(-1)
+    return float(np.dot(f, f))
+
+
+def _entropy_bytes(labels: np.ndarray, k: int) -> float:
+    cnt = np.bincount(labels.reshape(-1), minlength=k).astype(np.float64)
+    p = cnt[cnt > 0] / labels.size
+    return float(labels.size * -(p * np.log2(p)).sum() / 8.0) + 4.0 * k + 48.0
+
+
+def _weight_sqnr(w64: np.ndarray, d: np.ndarray) -> float:
+    err = _sq(d)
+    sig = _sq(w64)
+    if err == 0:
+        return math.inf
+    return 10 * math.log10(sig / err) if sig > 0 else -math.inf
+
+
+def _candidates(b: _Blob, xp, widths) -> None:
+    """Fill ``b.cands`` (width -> best candidate on the validation rows)."""
+    from .engine import kmeans  # noqa: PLC0415
+
+    W64 = b.w.astype(np.float64)
+    M = _matrix(W64, b.node)
+    st = b.stats
+    for bits in widths:
+        sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp)
+        cb = np.asarray(sw.codebook, np.float32)
+        cb64 = cb.astype(np.float64)
+        options = [("nearest", C.nearest_labels(M, cb64))]
+        if sw.exact:
+            options = [("nearest", np.asarray(to_host(sw.labels)).reshape(b.shape).astype(np.int32))]
+            options[0] = ("nearest", _matrix(options[0][1], b.node))
+        elif st is not None and st.H is not None and bits <= GPTQ_MAX_BITS:
+            lab = np.stack([C.gptq_round(M[g], st.H[g], cb64) for g in range(M.shape[0])])
+            options.append(("gptq", lab))
+        best = None
+        for tech, lab in options:
+            delta = cb64[lab] - M
+            if st is None:
+                variants = [(tech, _sq(delta), None)]
+            else:
+                n = st.Xval.shape[1]
+                d0 = sum(C.output_sse(delta[g], st.Xval[g]) for g in range(M.shape[0])) / n
+                variants = [(tech, d0, None)]
+                if b.has_bias:
+                    shift = np.concatenate([C.bias_shift(delta[g], st.mean_fit[g]) for g in range(M.shape[0])])
+                    og = M.shape[1]
+                    d1 = sum(C.output_sse(delta[g], st.Xval[g], shift[g * og:(g + 1) * og])
+                             for g in range(M.shape[0])) / n
+                    variants.append((tech + "+bc", d1, shift))
+            for name, dist, shift in variants:
+                if best is None or dist < best[1]:
+                    best = (name, dist, shift, lab, delta)
+        name, dist, shift, lab, delta = best
+        b.cands[bits] = _Cand(
+            bits, name, _entropy_bytes(lab, cb.size), dist, cb,
+            lab if b.w.size <= _KEEP_LABELS else None, shift, _weight_sqnr(W64, delta))
+        if sw.exact:
+            break
+
+
+def _labels_of(b: _Blob, c: _Cand) -> np.ndarray:
+    if c.labels is not None:
+        return c.labels
+    M = _matrix(b.w.astype(np.float64), b.node)
+    cb64 = c.codebook.astype(np.float64)
+    if c.technique.startswith("gptq"):
+        return np.stack([C.gptq_round(M[g], b.stats.H[g], cb64) for g in range(M.shape[0])])
+    return C.nearest_labels(M, cb64)
+
+
+def _apply(model: Model, blobs, choice: dict) -> Model:
+    """A shallow copy of ``model`` with the chosen candidates' weights and biases."""
+    layers = list(model.layers)
+    for b in blobs:
+        c = b.cands[choice[b.name]]
+        lay = layers[b.li]
+        arrs = list(lay.blobs)
+        q = c.codebook[_labels_of(b, c)]
+        arrs[0] = _unmatrix(q, b.shape, b.node).astype(np.float32)
+        if c.shift is not None and len(arrs) > 1:
+            bias = arrs[1]
+            arrs[1] = (bias.astype(np.float64) - c.shift.reshape(bias.shape)).astype(np.float32)
+        layers[b.li] = dataclasses.replace(lay, blobs=arrs)
+    return dataclasses.replace(model, layers=layers)
+
+
+class _Meter:
+    """Forwards of candidate models on fixed rows against the float outputs."""
+
+    def __init__(self, model: Model, graph, feeds: dict):
+        self.proto = model.prototxt.encode("utf-8") if isinstance(model.prototxt, str) else model.prototxt
+        net = runtime.model_net(model)
+        self.targets = runtime.compared_outputs(graph.layers, graph.inputs, net)
+        self.layers = [t.layer for t in self.targets]
+        self.feeds = feeds
+        self.ref = [o.astype(np.float64) for o in runtime.run_net(net, feeds, self.layers)]
+        self.ref_sq = [_sq(r) for r in self.ref]
+        self.count = 0
+
+    def sq_errors(self, model: Model) -> np.ndarray:
+        """Squared relative L2 error of each compared output (batch-wise, as verify)."""
+        from .caffe import caffemodel_bytes  # noqa: PLC0415
+
+        net = runtime.load_net(self.proto, caffemodel_bytes(model))
+        outs = runtime.run_net(net, self.feeds, self.layers)
+        self.count += 1
+        e = []
+        for o, r, rs in zip(outs, self.ref, self.ref_sq):
+            if o.shape != r.shape:
+                e.append(math.inf)
+                continue
+            d = o.astype(np.float64) - r
+            num = _sq(d)
+            e.append(num / rs if rs > 0 else (0.0 if num == 0 else math.inf))
+        return np.asarray(e)
+
+
+def _greedy(blobs, T2: float, widths) -> dict:
+    """Widths per blob: the cheapest in bytes whose predicted errors stay under ``T2``."""
+    choice = {}
+    pred = None
+    for b in blobs:
+        ws = sorted(b.cands)
+        choice[b.name] = b.fixed_bits if b.fixed_bits in b.cands else ws[-1]
+    nout = len(blobs[0].sens) if blobs else 0
+    pred = np.zeros(nout)
+    for b in blobs:
+        pred += b.sens * b.cands[choice[b.name]].dist
+    while True:
+        best = None
+        cur_max = float(pred.max()) if nout else 0.0
+        for b in blobs:
+            if b.fixed_bits is not None:
+                continue
+            c0 = b.cands[choice[b.name]]
+            for w, c in b.cands.items():
+                saved = c0.nbytes - c.nbytes
+                if w >= choice[b.name] or saved <= 0:
+                    continue
+                new = pred + b.sens * (c.dist - c0.dist)
+                m = float(new.max())
+                if m > T2:
+                    continue
+                cost = max(m - cur_max, 0.0) + 1e-3 * float((new - pred).sum()) + 1e-30
+                r = saved / cost
+                if best is None or r > best[0]:
+                    best = (r, b, w, new)
+        if best is None:
+            return choice
+        _, b, w, new = best
+        choice[b.name] = w
+        pred = new
+
+
+def _predicted(blobs, choice) -> float:
+    if not blobs:
+        return 0.0
+    p = sum(b.sens * b.cands[choice[b.name]].dist for b in blobs)
+    return float(np.sqrt(np.max(p)))
+
+
+def _nbytes(blobs, choice) -> float:
+    return float(sum(b.cands[choice[b.name]].nbytes for b in blobs))
+
+
+def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, xp=np,
+             mean=None, scale=None, swap_rb=False, rows=None, log=None) -> FidelityResult:
+    """Choose per-blob widths and roundings so the outputs stay within ``max_error``.
+
+    Parameters
+    ----------
+    model : Model
+        With its deploy prototxt.
+    lossy : list of (layer index, BlobPlan)
+        The weight blobs (blob 0 of those layers) to quantise; a plan's
+        ``bits`` fixes the width (compensation still runs), ``sqnr_target``
+        gives the data-free rule's width for comparison.
+    max_error : float or None
+        Largest relative L2 error on any compared output, on the calibration
+        rows; None with fixed widths (compensation only).
+    calib : see :func:`caffecompress.calibrate.calibration_inputs`
+    xp : module
+        Where the k-means runs.
+    mean, scale, swap_rb, rows :
+        Preprocessing and row count of image calibration inputs.
+    log : callable, optional
+        Called with one line per stage.
+
+    Returns
+    -------
+    FidelityResult
+    """
+    from .caffe.graph import net_graph  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    say = log or (lambda s: None)
+    graph = net_graph(model.prototxt, path=model.source)
+    cal = calibrate.calibration_inputs(graph.inputs, calib, mean=mean, scale=scale, swap_rb=swap_rb, rows=rows)
+    net = runtime.model_net(model)
+    names = [model.layers[li].name for li, _ in lossy]
+    stats = calibrate.layer_stats(net, graph, cal, names)
+    del net
+    t_stats = time.perf_counter() - t0
+    blobs = []
+    for li, plan in lossy:
+        lay = model.layers[li]
+        node = graph.layer(lay.name)
+        w = np.ascontiguousarray(lay.blobs[0], np.float32)
+        st = stats.get(lay.name)
+        if st is not None:
+            M = _matrix(w, node)
+            if M.shape[0] != st.groups or M.shape[2] != st.cols:
+                st = None  # the prototxt's geometry does not fit the blob: no statistics
+        has_bias = bool(node is not None and node.bias_term and len(lay.blobs) > 1
+                        and lay.blobs[1].size == (w.shape[1] if node.type == "InnerProduct" and node.transpose
+                                                  else w.shape[0]))
+        blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits, plan.sqnr_target))
+    widths = WIDTHS
+    for b in blobs:
+        _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths)
+    t_cands = time.perf_counter() - t0 - t_stats
+    say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s")
+
+    points = []
+    if max_error is None:  # fixed widths: compensation only
+        choice = {b.name: b.fixed_bits for b in blobs}
+        qm = _apply(model, blobs, choice)
+        meter = _Meter(model, graph, cal.feeds)
+        m = float(np.sqrt(meter.sq_errors(qm).max(initial=0.0)))
+        points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": "fixed"})
+        return _result(qm, blobs, choice, points, 0, None, m, cal, meter.count, t0, graph)
+
+    sens_rows = np.unique(np.linspace(0, cal.n - 1, min(SENS_ROWS, cal.n)).round().astype(int))
+    probe = _Meter(model, graph, cal.rows(sens_rows))
+    for b in blobs:
+        pb = PROBE_BITS if PROBE_BITS in b.cands else max(b.cands)
+        c = b.cands[pb]
+        if c.dist <= 0:
+            b.sens = np.zeros(len(probe.layers))
+            continue
+        e = probe.sq_errors(_apply(model, [b], {b.name: pb}))
+        b.sens = np.where(np.isfinite(e), e, 1e6) / c.dist
+    t_sens = time.perf_counter() - t0 - t_stats - t_cands
+    say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s")
+
+    meter = _Meter(model, graph, cal.feeds)
+    E2 = float(max_error) ** 2
+    tried = {}
+
+    def measure(choice, kind):
+        key = tuple(sorted(choice.items()))
+        if key in tried:
+            return tried[key]
+        m = float(np.sqrt(meter.sq_errors(_apply(model, blobs, choice)).max(initial=0.0)))
+        points.append({"bytes": _nbytes(blobs, choice), "predicted": _predicted(blobs, choice),
+                       "measured": m, "kind": kind})
+        tried[key] = (m, len(points) - 1, choice)
+        return tried[key]
+
+    best = None  # (bytes, point index, choice, measured)
+    lo, hi = None, None  # budgets known to pass / fail
+    T2 = E2
+    for _ in range(MAX_JOINT):
+        choice = _greedy(blobs, T2, widths)
+        m, idx, _c = measure(choice, "allocation")
+        if m <= max_error:
+            nb = _nbytes(blobs, choice)
+            if best is None or nb < best[0]:
+                best = (nb, idx, choice, m)
+            lo = T2 if lo is None else max(lo, T2)
+            if m >= 0.9 * max_error:
+                break
+        else:
+            hi = T2 if hi is None else min(hi, T2)
+        if lo is not None and hi is not None:
+            T2 = math.sqrt(lo * hi)
+        else:
+            r = (max_error / m) ** 2 if m > 0 else 4.0
+            T2 *= min(max(r, 0.05), 4.0) * (0.97 if m > max_error else 1.0)
+    # the data-free rule, as a floor the allocation must beat
+    df = {}
+    for b in blobs:
+        if b.fixed_bits is not None:
+            df[b.name] = b.fixed_bits
+            continue
+        ok = [w for w in sorted(b.cands)
+              if b.df_target is None or b.cands[w].sqnr >= b.df_target]
+        df[b.name] = ok[0] if ok else max(b.cands)
+    m_df, idx_df, _ = measure(df, "data-free rule")
+    nb_df = _nbytes(blobs, df)
+    if m_df <= max_error and (best is None or nb_df < best[0]):
+        best = (nb_df, idx_df, df, m_df)
+    if best is None:  # nothing met the target: the most faithful point measured
+        idx = min(range(len(points)), key=lambda i: points[i]["measured"])
+        key = [k for k, v in tried.items() if v[1] == idx][0]
+        best = (points[idx]["bytes"], idx, dict(key), points[idx]["measured"])
+    _, idx, choice, m = best
+    qm = _apply(model, blobs, choice)
+    say(f"allocation: {meter.count} joint forwards of {cal.n} rows; error {m:.4f} on the calibration rows")
+    return _result(qm, blobs, choice, points, idx, max_error, m, cal,
+                   probe.count + meter.count, t0, graph)
+
+
+def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, graph) -> FidelityResult:
+    layers = {}
+    for b in blobs:
+        c = b.cands[choice[b.name]]
+        layers[b.name] = {"bits": int(c.bits), "technique": c.technique,
+                          "stats": "hessian" if (b.stats is not None and b.stats.H is not None)
+                          else ("rows" if b.stats is not None else "none")}
+    record = {
+        "mode": "fidelity" if target is not None else "fixed-bits+compensation",
+        "max_error": target,
+        "calib_error": m,
+        "calibration": cal.source,
+        "preprocessing": {k: (list(map(float, np.ravel(v))) if k == "mean" and np.ndim(v) else v)
+                          for k, v in cal.preprocessing.items()},
+        "forwards": int(forwards),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "allocation": {"points": points, "chosen": int(idx)},
+        "layers": layers,
+    }
+    return FidelityResult(qm, {b.name: int(choice[b.name]) for b in blobs}, record)
+
