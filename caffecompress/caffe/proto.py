@@ -30,7 +30,10 @@ from types import SimpleNamespace
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
-__all__ = ["pb", "pb_bvlc", "POOL", "FILE", "PACKAGE", "FORK_FIELDS", "FORK_MESSAGES", "message_class"]
+__all__ = [
+    "pb", "pb_bvlc", "POOL", "FILE", "PACKAGE", "FORK_FIELDS", "FORK_MESSAGES", "message_class",
+    "schema_without", "classes_of", "short_name",
+]
 
 #: Name of the schema file inside the descriptor (unique on purpose).
 FILE_NAME = "caffecompress/caffe.proto"
@@ -163,10 +166,11 @@ def message_class(name: str, *, bvlc: bool = False):
     return _class_getter(pool)(pool.FindMessageTypeByName(f"{package}.{short}"))
 
 
-def _namespace(file, bvlc: bool) -> SimpleNamespace:
+def _namespace(file, bvlc: bool | None = None) -> SimpleNamespace:
     ns = SimpleNamespace()
-    for mname in file.message_types_by_name:
-        setattr(ns, mname, message_class(mname, bvlc=bvlc))
+    get = _class_getter(file.pool)
+    for mname, mdesc in file.message_types_by_name.items():
+        setattr(ns, mname, get(mdesc) if bvlc is None else message_class(mname, bvlc=bvlc))
     # Top-level enums (Phase, Type) and their values, like a _pb2 module.
     for ename, edesc in file.enum_types_by_name.items():
         setattr(ns, ename, EnumTypeWrapper(edesc))
@@ -188,3 +192,74 @@ pb = _namespace(FILE, bvlc=False)
 #: serialise reproduces a Caffe-written file byte for byte; a message from it
 #: whose unknown fields are empty holds only BVLC fields.
 pb_bvlc = _namespace(_BVLC_FILE, bvlc=True)
+
+
+# ---------------------------------------------------------------- schema variants
+
+_VARIANTS: dict = {}
+_NS_BY_FILE: dict = {}
+
+
+def short_name(desc) -> str:
+    """A message's name relative to its package (the same in every view and variant)."""
+    pkg = desc.file.package
+    return desc.full_name[len(pkg) + 1:] if pkg else desc.full_name
+
+
+def schema_without(drop, *, bvlc: bool = True) -> SimpleNamespace:
+    """A namespace like :data:`pb_bvlc` (or :data:`pb`) minus some fields.
+
+    Parameters
+    ----------
+    drop : iterable of (str, int)
+        ``(message short name, field number)`` pairs left out of the schema, so
+        a parse keeps those fields as unknown bytes (written back verbatim).
+        The tolerant structure parse (:mod:`.tolerant`) uses this for fields
+        whose bytes do not parse as the type we declare (another fork's meaning).
+    bvlc : bool
+        Start from the BVLC-only view (default) or from the full schema.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        Message classes of a private pool of their own (cached per ``drop``),
+        same package and names as the view they come from.
+    """
+    key = (bool(bvlc), frozenset(drop))
+    if not key[1]:
+        return pb_bvlc if bvlc else pb
+    ns = _VARIANTS.get(key)
+    if ns is None:
+        base = _bvlc_view(_FDP) if bvlc else _FDP
+        fdp = descriptor_pb2.FileDescriptorProto()
+        fdp.CopyFrom(base)
+        fdp.name = base.name.replace(".proto", "_v%d.proto" % len(_VARIANTS))
+        for msg in fdp.message_type:
+            numbers = {n for m, n in key[1] if m == msg.name}
+            if numbers:
+                keep = [f for f in msg.field if f.number not in numbers]
+                del msg.field[:]
+                msg.field.extend(keep)
+        pool, file = _load_pool(fdp)
+        ns = _namespace(file)
+        _NS_BY_FILE[file.name] = ns
+        _VARIANTS[key] = ns
+    return ns
+
+
+def classes_of(msg) -> SimpleNamespace:
+    """The namespace of message classes that ``msg`` (a message or class) comes from.
+
+    Code that builds new messages next to parsed ones (the upgrade) takes its
+    classes from here, so it works on :data:`pb`, :data:`pb_bvlc` and any
+    :func:`schema_without` variant alike (protobuf refuses to mix pools).
+    """
+    name = msg.DESCRIPTOR.file.name
+    if name == FILE.name:
+        return pb
+    if name == _BVLC_FILE.name:
+        return pb_bvlc
+    try:
+        return _NS_BY_FILE[name]
+    except KeyError:
+        raise TypeError(f"{msg.DESCRIPTOR.full_name} is not from caffecompress's Caffe schema") from None

@@ -9,11 +9,14 @@ How it works
    (``data``, ``diff``, ``double_data``, ``double_diff``, ``raw_data``,
    ``raw_data_type``) cut out; shapes and every other field stay, including
    fields our schema does not know.
-3. V2 files need no protobuf at all: names, types and ``param`` names are
-   read from the wire, and the skeleton is the stripped bytes verbatim (so a
-   canonical file is rewritten byte for byte). V0/V1 files are parsed with
+3. V2 names, types and ``param`` names are read from the wire, and the
+   skeleton is the stripped bytes verbatim (so a canonical file is rewritten
+   byte for byte); protobuf only validates it. V0/V1 files are parsed with
    protobuf (values already removed, so it is cheap), upgraded to V2 in
-   Caffe's order by :func:`.upgrade.upgrade_net`, and re-serialized.
+   Caffe's order by :func:`.upgrade.upgrade_net`, and re-serialized; blob
+   placeholders keep their stored shape fields (legacy dims stay legacy).
+   Either parse uses the BVLC schema, tolerantly (:mod:`.tolerant`): a fork's
+   field never makes a file unreadable, it stays unknown bytes.
 4. Each blob's values are copied once from the file into a fresh, writable
    float32 array (``os.preadv`` straight into the array for packed ``data``,
    so the mapped pages never enter the resident set): peak memory is about
@@ -476,16 +479,20 @@ def parse_caffemodel(buf, size: int | None = None, *, path=None, fd=None) -> Mod
 
 
 def _parse_skeleton(data: bytes, path):
-    """Parse net structure with protobuf: Caffe would refuse what protobuf refuses."""
-    from .proto import pb
+    """Validate and parse the net structure with the BVLC schema, tolerantly.
 
-    net = pb.NetParameter()
+    Fields BVLC does not declare (every fork's) stay unknown bytes; a declared
+    field whose bytes do not parse as its type (a fork reusing the number) is
+    set aside as unknown bytes too, at any depth (:mod:`.tolerant`). Only a
+    structure that is not wire format at all is refused.
+    """
+    from .tolerant import parse_tolerant
+
     try:
-        net.ParseFromString(data)
-    except Exception as e:  # protobuf's DecodeError; the class differs across runtimes
+        return parse_tolerant(data)[0]
+    except WireError as e:
         raise FormatError(f"not a valid caffemodel: protobuf cannot parse the net structure ({e})",
                           path=path) from None
-    return net
 
 
 def _build_v2(buf, scan, fetch, path) -> Model:
@@ -505,7 +512,6 @@ def _build_v2(buf, scan, fetch, path) -> Model:
 
 
 def _build_upgraded(buf, scan, fetch, path) -> Model:
-    from .proto import pb
     from .upgrade import upgrade_net
 
     # Tag each blob placeholder with its global index (as one double_data value,
@@ -523,7 +529,7 @@ def _build_upgraded(buf, scan, fetch, path) -> Model:
 
     net = _parse_skeleton(strip_net(buf, scan, marker), path)
     try:
-        v2, _src = upgrade_net(net)
+        v2, _src = upgrade_net(net, keep_blob_dims=True)
     except CaffeCompressError as e:
         if getattr(e, "path", None) is None and hasattr(e, "reason"):
             raise type(e)(e.reason, path=path, layer=e.layer) from None  # add the file name
@@ -543,8 +549,9 @@ def _build_upgraded(buf, scan, fetch, path) -> Model:
             arr = decode_blob(fetch, bs, shape, path, lp.name, i)
             arrays.append(arr)
             storage.append(bs.storage())
-            blob.Clear()
-            blob.shape.dim.extend(int(d) for d in arr.shape)  # placeholder: shape only
+            # the placeholder keeps the stored shape fields (legacy num/channels/
+            # height/width or shape) and any unknown ones: a writer restores them
+            blob.ClearField("double_data")
         pn = [lp.param[i].name if i < len(lp.param) else "" for i in range(len(arrays))]
         layers.append(Layer(lp.name, lp.type or None, arrays, pn, storage=storage))
     return Model(layers=layers, name=v2.name, skeleton=v2.SerializeToString(),

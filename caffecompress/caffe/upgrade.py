@@ -18,7 +18,11 @@ facts in ``shared/reference/caffe-format.md`` section 2):
 
 On top of Caffe (which reads legacy blob dims at load time and writes
 ``shape`` when saving), legacy 4-D blob dims are rewritten as ``shape`` here,
-so every V2 blob says its shape one way.
+so every V2 blob says its shape one way, unless ``keep_blob_dims`` (the
+weights reader's choice: a restored file keeps the shape fields it stored).
+
+Every new message is built from the pool of the net given (``pb``,
+``pb_bvlc`` or a tolerant-parse variant; see :func:`.proto.classes_of`).
 
 Where Caffe aborts, this raises :class:`~caffecompress.errors.FormatError`;
 where Caffe logs a problem and carries on, so does this (the messages go to
@@ -28,7 +32,7 @@ the optional ``notes`` list).
 from __future__ import annotations
 
 from ..errors import FormatError
-from .proto import pb
+from .proto import classes_of, pb
 
 __all__ = [
     "detect_format",
@@ -196,7 +200,7 @@ def _fold_padding_layers(net, notes):
         v0 = rec.layer
         is_padding = v0.type == "padding"
         if not is_padding:
-            new = _V1()
+            new = type(rec)()
             new.CopyFrom(rec)
             out.append(new)
             src.append(i)
@@ -232,7 +236,7 @@ def _fold_padding_layers(net, notes):
 
 def _v0_record_to_v1(rec, notes):
     """One V0 record (with padding already folded) as a V1 record."""
-    v1 = _V1()
+    v1 = type(rec)()
     v1.bottom.extend(rec.bottom)
     v1.top.extend(rec.top)
     if not rec.HasField("layer"):
@@ -369,7 +373,7 @@ def _v0_record_to_v1(rec, notes):
 def _upgrade_v0(net, notes):
     """V0 net -> V1 net (a new message) and the source index of each record."""
     records, src = _fold_padding_layers(net, notes)
-    v1net = pb.NetParameter()
+    v1net = type(net)()
     if net.HasField("name"):
         v1net.name = net.name
     for rec in records:
@@ -414,14 +418,23 @@ def _upgrade_data_transformation(net) -> None:
 
 # V1 fields copied as they are into the same-named V2 field.
 _V1_COPY_REPEATED = ("bottom", "top", "include", "exclude", "blobs", "loss_weight")
-_V1_PARAMS = tuple(
-    f.name for f in _V1.DESCRIPTOR.fields
-    if f.name.endswith("_param") and f.name in pb.LayerParameter.DESCRIPTOR.fields_by_name
-)
+_V1_PARAMS: dict = {}
+
+
+def _v1_params(rec, lp) -> tuple:
+    """Names of the ``*_param`` fields both messages declare (per schema view or variant)."""
+    key = (rec.DESCRIPTOR.file.name, lp.DESCRIPTOR.file.name)
+    if key not in _V1_PARAMS:
+        _V1_PARAMS[key] = tuple(
+            f.name for f in rec.DESCRIPTOR.fields
+            if f.name.endswith("_param") and f.name in lp.DESCRIPTOR.fields_by_name
+        )
+    return _V1_PARAMS[key]
 
 
 def _v1_record_to_v2(rec, notes):
-    lp = pb.LayerParameter()
+    # classes from the record's own pool: pb, pb_bvlc or a tolerant-parse variant
+    lp = classes_of(rec).LayerParameter()
     name = rec.name or None
     for f in _V1_COPY_REPEATED:
         getattr(lp, f).extend(getattr(rec, f))
@@ -446,7 +459,7 @@ def _v1_record_to_v2(rec, notes):
         spec(i).lr_mult = lr
     for i, wd in enumerate(rec.weight_decay):
         spec(i).decay_mult = wd
-    for f in _V1_PARAMS:
+    for f in _v1_params(rec, lp):
         if rec.HasField(f):
             getattr(lp, f).CopyFrom(getattr(rec, f))
     if rec.HasField("layer"):
@@ -455,7 +468,7 @@ def _v1_record_to_v2(rec, notes):
 
 
 def _upgrade_v1(net, notes):
-    v2 = pb.NetParameter()
+    v2 = type(net)()
     v2.CopyFrom(net)
     v2.ClearField("layers")
     v2.ClearField("layer")
@@ -477,7 +490,7 @@ def _upgrade_input(net) -> bool:
             raise FormatError(f"{n} inputs but only {len(net.input_shape)} input_shape entries")
         if not has_shape and len(net.input_dim) < 4 * n:
             raise FormatError(f"{n} inputs need {4 * n} input_dim values, the net has {len(net.input_dim)}")
-        layer = pb.LayerParameter(name="input", type="Input")
+        layer = classes_of(net).LayerParameter(name="input", type="Input")
         layer.input_param.SetInParent()
         for i, top in enumerate(net.input):
             layer.top.append(top)
@@ -489,7 +502,7 @@ def _upgrade_input(net) -> bool:
         rest = list(net.layer)
         copies = []
         for lp in rest:
-            c = pb.LayerParameter()
+            c = type(lp)()
             c.CopyFrom(lp)
             copies.append(c)
         net.ClearField("layer")
@@ -529,17 +542,22 @@ def _upgrade_blob_dims(net) -> None:
 # ---------------------------------------------------------------- entry point
 
 
-def upgrade_net(net, *, notes: list | None = None):
+def upgrade_net(net, *, notes: list | None = None, keep_blob_dims: bool = False):
     """Upgrade a NetParameter of any generation to V2, in Caffe's order.
 
     Parameters
     ----------
-    net : pb.NetParameter
-        A weights file's net (blobs with data, or a skeleton whose blobs hold
+    net : NetParameter
+        From :data:`.proto.pb`, :data:`.proto.pb_bvlc` or a tolerant-parse
+        variant (new messages are built from the same pool). A weights file's net (blobs with data, or a skeleton whose blobs hold
         only shapes) or a prototxt's net. It is not modified.
     notes : list, optional
         Receives one message per problem Caffe would log and carry on from
         (a V0 field the layer type cannot use, a V0 record in a V1 net).
+    keep_blob_dims : bool
+        Leave each blob's shape fields as stored (legacy 4-D dims stay legacy,
+        as Caffe's own upgrade leaves them), so a weights file restores with
+        the shape fields it had. By default they are rewritten as ``shape``.
 
     Returns
     -------
@@ -564,14 +582,14 @@ def upgrade_net(net, *, notes: list | None = None):
         notes = []
     fmt = detect_format(net)
     if fmt == "V2":
-        work = pb.NetParameter()
+        work = type(net)()
         work.CopyFrom(net)
         src: list = list(range(len(net.layer)))
     else:
         if fmt == "V0":
             work, src = _upgrade_v0(net, notes)
         else:
-            work = pb.NetParameter()
+            work = type(net)()
             work.CopyFrom(net)
             src = list(range(len(net.layers)))
         if _needs_data_upgrade(work):
@@ -581,5 +599,6 @@ def upgrade_net(net, *, notes: list | None = None):
         if _upgrade_input(work):
             src = [None] + src
     _upgrade_batch_norm(work)
-    _upgrade_blob_dims(work)
+    if not keep_blob_dims:
+        _upgrade_blob_dims(work)
     return work, src

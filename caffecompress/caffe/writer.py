@@ -1,8 +1,13 @@
 """Write a :class:`~caffecompress.model.Model` as a dense V2 binary ``.caffemodel``.
 
-Every blob is written the way BVLC Caffe's float build writes it
-(``Blob::ToProto``): packed float32 ``data`` (field 5) then ``shape`` (field
-7), nothing else; so BVLC Caffe, pycaffe and OpenCV 4.x all load the file.
+Every blob's values are written the way BVLC Caffe's float build writes
+them (``Blob::ToProto``): packed float32 ``data`` (field 5); so BVLC Caffe,
+pycaffe and OpenCV 4.x all load the file. Its shape fields are the ones the
+source stored, taken from the skeleton's blob placeholder (legacy
+``num/channels/height/width`` stay legacy, ``shape`` stays ``shape``), with
+every other field the placeholder kept, in place; the values go where Caffe
+writes them (field-number order). A blob without a placeholder, or whose
+array no longer matches the stored dims, gets ``data`` then a fresh ``shape``.
 With ``keep_fp16=True`` blobs that were stored as fp16 ``raw_data`` in the
 source (``Layer.storage``) are written that way again (OpenCV/NVCaffe only).
 
@@ -53,11 +58,7 @@ def encode_blob(arr, *, fp16: bool = False) -> list:
     arr = np.asarray(arr)
     if arr.dtype.kind != "f" and arr.dtype.kind not in "iub":
         raise TypeError(f"blob of dtype {arr.dtype} cannot be written as float")
-    dims = b"".join(wire.encode_varint(int(d)) for d in arr.shape)
-    shape = b""
-    if arr.ndim:
-        inner = wire.encode_len_field(1, len(dims)) + dims
-        shape = wire.encode_len_field(7, len(inner)) + inner
+    shape = _shape_field(arr) if arr.ndim else b""
     if fp16:
         data = _payload(arr, "<f2")
         return [shape + b"\x50\x02" + wire.encode_len_field(12, len(data)), data]
@@ -67,15 +68,97 @@ def encode_blob(arr, *, fp16: bool = False) -> list:
     return [wire.encode_len_field(5, len(data)), data, shape]
 
 
+def _shape_field(arr) -> bytes:
+    """A BlobProto ``shape`` field (packed dims) for ``arr``'s shape."""
+    dims = b"".join(wire.encode_varint(int(d)) for d in arr.shape)
+    inner = wire.encode_len_field(1, len(dims)) + dims
+    return wire.encode_len_field(7, len(inner)) + inner
+
+
 def _size(chunks) -> int:
     return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
 
 
-def _blob_records(layer: Layer, keep_fp16: bool) -> list:
+_LEGACY = (1, 2, 3, 4)  # BlobProto num, channels, height, width
+_DATA, _SHAPE, _RAW_TYPE = 5, 7, 10
+
+
+def _squeezed(dims) -> tuple:
+    dims = tuple(int(d) for d in dims)
+    k = 0
+    while k < len(dims) and dims[k] == 1:
+        k += 1
+    return dims[k:]
+
+
+def _stored_dims(skel, fields):
+    """The shape a placeholder's stored fields claim (legacy dims first, as Caffe), or None."""
+    legacy = {f.number: f.a for f in fields if f.number in _LEGACY and f.wtype == wire.VARINT}
+    if legacy:
+        return tuple(legacy.get(k, 0) for k in _LEGACY)
+    dims, seen = [], False
+    for f in fields:
+        if f.number == _SHAPE and f.wtype == LEN:
+            seen = True
+            for g in wire.iter_fields(skel, f.a, f.b):
+                if g.number == 1 and g.wtype == wire.VARINT:
+                    dims.append(g.a)
+                elif g.number == 1 and g.wtype == LEN:
+                    p = g.a
+                    while p < g.b:
+                        v, p = wire.read_varint(skel, p, g.b)
+                        dims.append(v)
+    return tuple(dims) if seen else None
+
+
+def _insert_pairs(kept, number: int, pairs) -> list:
+    """Put ``pairs`` before the first kept ``(number, bytes)`` numbered above ``number``
+    (Caffe writes known fields in number order, unknown ones last)."""
+    at = next((k for k, (n, _) in enumerate(kept) if n > number), len(kept))
+    return kept[:at] + list(pairs) + kept[at:]
+
+
+def _insert(kept, number: int, chunks) -> list:
+    """:func:`_insert_pairs` for value chunks; returns the chunks alone."""
+    return [c for _, c in _insert_pairs(kept, number, [(number, c) for c in chunks])]
+
+
+def _from_placeholder(skel, ph, arr, fp16: bool) -> list:
+    """A BlobProto from its skeleton placeholder: the stored shape fields and every
+    other kept field as they were, the values inserted where Caffe writes them.
+
+    The stored shape fields are kept when they describe ``arr`` (the same
+    dims once leading 1s are dropped, which is how the reader squeezed legacy
+    4-D dims); otherwise they give way to a fresh ``shape``.
+    """
+    fields = list(wire.iter_fields(skel, ph.a, ph.b))
+    arr = np.asarray(arr)
+    stored = _stored_dims(skel, fields)
+    keep_shape = stored is not None and _squeezed(stored) == _squeezed(arr.shape)
+    if stored is None and arr.ndim == 0:
+        keep_shape = True  # a 0-axis blob: Caffe writes no shape either
+    kept = [(f.number, bytes(skel[f.tag:f.b])) for f in fields
+            if keep_shape or f.number not in _LEGACY + (_SHAPE,)]
+    if not keep_shape and arr.ndim:
+        kept = _insert_pairs(kept, _SHAPE, [(_SHAPE, _shape_field(arr))])
+    if fp16:
+        data = _payload(arr, "<f2")
+        return _insert(kept, _RAW_TYPE, [b"\x50\x02", wire.encode_len_field(12, len(data)), data])
+    if arr.size == 0:
+        return [c for _, c in kept]
+    data = _payload(arr, "<f4")
+    return _insert(kept, _DATA, [wire.encode_len_field(_DATA, len(data)), data])
+
+
+def _blob_records(layer: Layer, keep_fp16: bool, skel=None, placeholders=()) -> list:
     out = []
     storage = list(layer.storage) + ["float32"] * len(layer.blobs)
     for i, arr in enumerate(layer.blobs):
-        body = encode_blob(arr, fp16=keep_fp16 and storage[i] == "float16")
+        fp16 = keep_fp16 and storage[i] == "float16"
+        if i < len(placeholders):
+            body = _from_placeholder(skel, placeholders[i], arr, fp16)
+        else:
+            body = encode_blob(arr, fp16=fp16)
         out.append(wire.encode_len_field(_BLOBS, _size(body)))
         out.extend(body)
     return out
@@ -103,7 +186,8 @@ def _skeleton_layer(skel, rec, layer: Layer, keep_fp16: bool) -> list:
     if at is None:
         at = next((k for k, f in enumerate(fields) if f.number > _BLOBS), len(fields))
     out = [bytes(skel[f.tag : f.b]) for f in fields[:at] if f.number != _BLOBS]
-    out += _blob_records(layer, keep_fp16)
+    placeholders = [f for f in fields if f.number == _BLOBS and f.wtype == LEN]
+    out += _blob_records(layer, keep_fp16, skel, placeholders)
     out += [bytes(skel[f.tag : f.b]) for f in fields[at:] if f.number != _BLOBS]
     return out
 
@@ -144,7 +228,10 @@ def net_chunks(model: Model, keep_fp16: bool = False, path=None) -> list:
             name = _record_name(skel, f)
             queue = pending.get(name)
             if queue:
-                body = _skeleton_layer(skel, f, queue.pop(0), keep_fp16)
+                try:
+                    body = _skeleton_layer(skel, f, queue.pop(0), keep_fp16)
+                except wire.WireError as e:  # a placeholder inside the record is not wire format
+                    raise FormatError(f"model skeleton is corrupt: {e}", path=path, layer=name) from None
                 out.append(wire.encode_len_field(_LAYER, _size(body)))
                 out.extend(body)
                 continue

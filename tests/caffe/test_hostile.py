@@ -345,9 +345,16 @@ def test_unknown_v0_layer_type(tmp_path):
 
 
 def test_garbage_inside_a_known_submessage(tmp_path):
-    # well-formed at the top, but convolution_param (106) holds an invalid wire type
+    # well-formed at the top, but convolution_param (106) holds an invalid wire type:
+    # issue 9's rule, a declared field whose bytes do not parse stays unknown bytes
+    # (listed as opaque) and the read goes on; written back byte for byte
+    from caffecompress.caffe import caffemodel_bytes
+    from caffecompress.caffe.tolerant import opaque_fields
+
     layer = _rec(1, b"conv") + _rec(2, b"Convolution") + _rec(106, b"\x0f\x0f\x0f")
-    p = _write(tmp_path, _rec(1, b"n") + _rec(100, layer))
-    with pytest.raises(errors.FormatError) as ei:
-        read_caffemodel(p)
-    _expect(ei.value, p)
+    src = _rec(1, b"n") + _rec(100, layer)
+    p = _write(tmp_path, src)
+    model = read_caffemodel(p)
+    assert caffemodel_bytes(model) == src
+    [op] = opaque_fields(model.skeleton)
+    assert (op.layer, op.message, op.number, op.nbytes) == ("conv", "LayerParameter", 106, 6)

@@ -60,7 +60,8 @@ def test_written_blobs_use_only_bvlc_fields(zoo, rel):
     blob = {(n, w) for kind, n, w in used if kind == "blob"}
     shape = {(n, w) for kind, n, w in used if kind == "shape"}
     net = {n for kind, n, w in used if kind == "net"}
-    assert blob <= {(5, LEN), (7, LEN)}  # packed float data, shape
+    # packed float data, shape, or the legacy dims a V1 source stored (issue 9)
+    assert blob <= {(5, LEN), (7, LEN), (1, 0), (2, 0), (3, 0), (4, 0)}
     assert shape <= {(1, LEN)}  # packed dims
     assert 2 not in net and 100 in net  # V2 'layer' only
 
@@ -69,21 +70,33 @@ def test_written_blobs_use_only_bvlc_fields(zoo, rel):
 @pytest.mark.parametrize("rel", zoo_models())
 def test_written_file_passes_caffes_blob_checks_under_the_bvlc_schema(zoo, rel):
     """Parsed with the BVLC-only schema (no fork fields), every blob has
-    shape (no legacy dims) and exactly as many float values as the shape
-    counts: Blob::FromProto's CHECK in BVLC Caffe."""
+    exactly as many float values as its shape counts (legacy dims first, as
+    Blob::FromProto reads them: its CHECK in BVLC Caffe), and its shape fields
+    are the ones the source stored."""
     from caffecompress.caffe.proto import pb_bvlc
 
+    src = pb_bvlc.NetParameter()
+    src.ParseFromString((zoo / rel).read_bytes())
+    stored = []
+    for lp in list(src.layer) + list(src.layers):
+        for b in lp.blobs:
+            if any(b.HasField(f) for f in ("num", "channels", "height", "width")):
+                stored.append(("legacy", (b.num, b.channels, b.height, b.width)))
+            else:
+                stored.append(("shape", tuple(b.shape.dim)))
     net = pb_bvlc.NetParameter()
     net.ParseFromString(caffemodel_bytes(read_caffemodel(zoo / rel)))
     assert len(net.layers) == 0 and len(net.layer)
     n = 0
     for lp in net.layer:
         for b in lp.blobs:
-            assert not any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+            legacy = any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+            dims = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
             assert len(b.double_data) == 0 and len(b.diff) == 0
-            assert len(b.data) == int(np.prod(b.shape.dim, dtype=np.int64))
+            assert len(b.data) == int(np.prod(dims, dtype=np.int64))
+            assert stored[n] == ("legacy" if legacy else "shape", dims)
             n += 1
-    assert n == sum(len(lay.blobs) for lay in read_caffemodel(zoo / rel).layers)
+    assert n == len(stored) == sum(len(lay.blobs) for lay in read_caffemodel(zoo / rel).layers)
 
 
 @pytest.mark.slow  # serializes whole files with protobuf
