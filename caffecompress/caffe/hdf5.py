@@ -19,6 +19,7 @@ order with ``type=None``; with one, in the prototxt's order and types.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -27,9 +28,23 @@ from ..model import Layer, Model
 
 __all__ = ["read_caffemodel_h5", "write_caffemodel_h5"]
 
-# A compressed dataset may legitimately expand; a hostile one claims far more
-# values than it stores. Above this ratio (or with no storage at all) refuse.
-_MAX_EXPANSION = 4096
+# What a Caffe blob can be: Blob::Reshape checks count <= INT_MAX elements,
+# and at most kMaxBlobAxes (32) axes; no real net has more than a few blobs
+# per layer or layer names nested (by '/') more than a few groups deep.
+_MAX_ELEMENTS = (1 << 31) - 1
+_MAX_AXES = 32
+_MAX_BLOB_INDEX = 255
+_MAX_DEPTH = 32
+# deflate (HDF5's only standard compressor) cannot expand a stream more than
+# 1032:1; a dataset claiming more values per stored byte is hostile, whatever
+# its filters say. Unfiltered datasets must store every byte they declare.
+_MAX_INFLATION = 1032
+_SLAB = 1 << 22  # elements converted per step for a non-float32 dataset
+# everything h5py raises for damaged files (wrong B-tree signatures, link
+# traversal failures, invalid names, ...): each becomes a FormatError
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError, IndexError,
+              AttributeError, SystemError)
+_INDEX = re.compile(r"0|[1-9][0-9]{0,2}")
 
 
 def _h5py():
@@ -38,48 +53,105 @@ def _h5py():
     return h5py
 
 
-def _collect(group, prefix, out, path):
+def _hard_link(group, key, path, name):
+    """The object ``group[key]`` when it is a hard link; soft and external links are refused.
+
+    Caffe's writer makes only groups and datasets: a link is foreign, and a
+    soft link can form a cycle, an external link reads another file.
+    """
+    h5py = _h5py()
+    link = group.get(key, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        raise FormatError(f"/data/{name} is a soft link ({link.path}): refused", path=path, layer=name)
+    if isinstance(link, h5py.ExternalLink):
+        raise FormatError(f"/data/{name} is an external link to {link.filename}: refused", path=path,
+                          layer=name)
+    if not isinstance(link, h5py.HardLink):
+        raise FormatError(f"/data/{name} is not a plain object", path=path, layer=name)
+    return group.get(key)
+
+
+def _collect(group, prefix, out, path, seen, depth=0):
     """Append (layer name, group) for each layer group under ``group``."""
     h5py = _h5py()
+    if depth > _MAX_DEPTH:
+        raise FormatError(f"layer groups nested deeper than {_MAX_DEPTH} levels", path=path,
+                          layer=prefix.rstrip("/"))
     for key in group:
-        obj = group.get(key, getlink=False)
         name = f"{prefix}{key}"
+        obj = _hard_link(group, key, path, name)
         if isinstance(obj, h5py.Group):
-            children = list(obj.values())
+            if obj.id in seen:  # a hard link back to a group already walked: a cycle
+                raise FormatError(f"/data/{name} links back to a group above it", path=path, layer=name)
+            seen.add(obj.id)
+            children = [_hard_link(obj, k, path, f"{name}/{k}") for k in obj]
             if children and all(isinstance(c, h5py.Group) for c in children):
-                _collect(obj, name + "/", out, path)  # a '/' in the layer name
+                _collect(obj, name + "/", out, path, seen, depth + 1)  # a '/' in the layer name
             else:
                 out.append((name, obj))
         else:
             raise FormatError(f"/data/{name} is not a layer group", path=path, layer=name)
 
 
-def _read_dataset(ds, path, layer, index, file_size) -> np.ndarray:
+def _check_storage(ds, n, path, layer, index) -> None:
+    """Refuse what no Caffe blob is, before anything is allocated."""
+    h5py = _h5py()
+    dcpl = ds.id.get_create_plist()
+    if ds.is_virtual or dcpl.get_layout() == h5py.h5d.VIRTUAL:
+        raise FormatError(f"blob {index} is a virtual dataset (data from other files): refused", path=path,
+                          layer=layer)
+    if dcpl.get_external_count():
+        name = dcpl.get_external(0)[0].decode("utf-8", "replace")
+        raise FormatError(f"blob {index} keeps its values in an external file ({name}): refused", path=path,
+                          layer=layer)
+    if len(ds.shape) > _MAX_AXES:
+        raise FormatError(f"blob {index} has {len(ds.shape)} axes; a Caffe blob has at most {_MAX_AXES}",
+                          path=path, layer=layer)
+    if n > _MAX_ELEMENTS:
+        raise FormatError(f"blob {index} claims {n} values; a Caffe blob holds at most {_MAX_ELEMENTS}",
+                          path=path, layer=layer)
+    if not n:
+        return
+    stored = ds.id.get_storage_size()
+    nbytes = n * ds.dtype.itemsize
+    filtered = ds.chunks is not None and dcpl.get_nfilters() > 0
+    if stored == 0 or (not filtered and stored < nbytes):
+        raise FormatError(f"blob {index} claims {n} values ({nbytes} bytes) but stores {stored} bytes",
+                          path=path, layer=layer)
+    if stored * _MAX_INFLATION < nbytes:
+        raise FormatError(
+            f"blob {index} claims {n} values ({nbytes} bytes) from {stored} compressed bytes: more than "
+            f"deflate can expand ({_MAX_INFLATION}x); a Caffe blob is stored raw",
+            path=path, layer=layer)
+
+
+def _read_dataset(ds, path, layer, index) -> np.ndarray:
     h5py = _h5py()
     if not isinstance(ds, h5py.Dataset):
         raise FormatError(f"blob {index} is not a dataset", path=path, layer=layer)
-    if ds.dtype.kind not in "fiu":
+    if ds.dtype.kind not in "fiu" or ds.dtype.fields is not None or ds.shape is None:
         raise FormatError(f"blob {index} has non-numeric type {ds.dtype}", path=path, layer=layer)
     n = int(np.prod(ds.shape, dtype=object)) if ds.shape else 1
+    _check_storage(ds, n, path, layer, index)
+    arr = np.empty(ds.shape, np.float32)
     if n:
-        stored = ds.id.get_storage_size()
-        nbytes = n * ds.dtype.itemsize
-        if stored == 0 or (ds.chunks is None and stored < nbytes) or stored * _MAX_EXPANSION < nbytes:
-            raise FormatError(
-                f"blob {index} claims {n} values ({nbytes} bytes) but stores {stored} bytes",
-                path=path,
-                layer=layer,
-            )
-    try:
-        arr = np.empty(ds.shape, np.float32)
-        if n:
-            if ds.dtype == np.float32:
-                ds.read_direct(arr)
-            else:
-                arr[...] = ds[()]
-    except OSError as e:
-        raise FormatError(f"blob {index} cannot be read: {e}", path=path, layer=layer) from None
+        if ds.dtype == np.float32:
+            ds.read_direct(arr)
+        elif arr.ndim == 0:
+            arr[...] = ds[()]
+        else:
+            # convert a slab at a time: never the whole dataset in its own dtype too
+            step = max(1, _SLAB // max(1, n // arr.shape[0]))
+            for s in range(0, arr.shape[0], step):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    arr[s : s + step] = ds[s : s + step]
     return arr
+
+
+def _blob_index(key, path, layer) -> int:
+    if not _INDEX.fullmatch(key) or int(key) > _MAX_BLOB_INDEX:
+        raise FormatError(f"dataset {key!r} is not a blob index 0..{_MAX_BLOB_INDEX}", path=path, layer=layer)
+    return int(key)
 
 
 def read_caffemodel_h5(path) -> Model:
@@ -90,6 +162,15 @@ def read_caffemodel_h5(path) -> Model:
     layer (Caffe omits shared parameters in non-owning layers) is left as
     ``None`` for :func:`~caffecompress.caffe.read_caffemodel` to fill from the
     prototxt's owner; reading such a file without a prototxt is an error.
+
+    Raises
+    ------
+    FormatError
+        Not a readable HDF5 file, damaged HDF5 structure, or something no
+        Caffe writer makes: links (soft, external), virtual or external
+        storage, blob names other than ``0``, ``1``, ..., a blob claiming more
+        values than it stores (or than deflate could expand its bytes to, or
+        than a Caffe blob holds). The message names the file and the layer.
     """
     h5py = _h5py()
     p = os.fspath(path)
@@ -101,35 +182,41 @@ def read_caffemodel_h5(path) -> Model:
         raise FormatError("no such file", path=p) from None
     except PermissionError:
         raise FormatError("permission denied (unreadable file)", path=p) from None
-    except OSError as e:
+    except _H5_ERRORS as e:
         raise FormatError(f"not a readable HDF5 file: {e}", path=p) from None
-    size = os.path.getsize(p)
-    with f:
-        data = f.get("data")
-        if not isinstance(data, h5py.Group):
-            raise FormatError("no /data group: not a Caffe .caffemodel.h5", path=p)
-        groups = []
-        try:
-            _collect(data, "", groups, p)
-        except (OSError, KeyError) as e:
-            raise FormatError(f"corrupt HDF5 structure: {e}", path=p) from None
-        layers = []
-        for name, g in groups:
-            keys = list(g.keys())
-            try:
-                idx = sorted(int(k) for k in keys)
-            except ValueError:
-                raise FormatError(f"datasets {keys} are not named 0, 1, ...", path=p, layer=name) from None
-            if any(i < 0 for i in idx):
-                raise FormatError(f"negative blob index in {keys}", path=p, layer=name)
-            count = idx[-1] + 1 if idx else 0
-            blobs = [None] * count
-            storage = ["float32"] * count
-            for i in idx:
-                ds = g[str(i)]
-                blobs[i] = _read_dataset(ds, p, name, i, size)
-                storage[i] = {"f8": "float64", "f2": "float16"}.get(f"{ds.dtype.kind}{ds.dtype.itemsize}", "float32")
-            layers.append(Layer(name, None, blobs, [""] * count, storage=storage))
+    layer = None
+    try:
+        with f:
+            if "data" not in f:
+                raise FormatError("no /data group: not a Caffe .caffemodel.h5", path=p)
+            link = f.get("data", getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise FormatError("/data is a link, not a group: refused", path=p)
+            data = f.get("data")
+            if not isinstance(data, h5py.Group):
+                raise FormatError("no /data group: not a Caffe .caffemodel.h5", path=p)
+            groups = []
+            _collect(data, "", groups, p, {data.id})
+            layers = []
+            for layer, g in groups:
+                keys = list(g.keys())
+                idx = sorted((_blob_index(k, p, layer), k) for k in keys)
+                count = idx[-1][0] + 1 if idx else 0
+                blobs = [None] * count
+                storage = ["float32"] * count
+                for i, k in idx:
+                    ds = _hard_link(g, k, p, f"{layer}/{k}")
+                    blobs[i] = _read_dataset(ds, p, layer, i)
+                    kind = f"{ds.dtype.kind}{ds.dtype.itemsize}"
+                    storage[i] = {"f8": "float64", "f2": "float16"}.get(kind, "float32")
+                layers.append(Layer(layer, None, blobs, [""] * count, storage=storage))
+                layer = None
+    except FormatError:
+        raise
+    except RecursionError:
+        raise FormatError("HDF5 structure nested too deeply", path=p, layer=layer) from None
+    except _H5_ERRORS as e:
+        raise FormatError(f"corrupt HDF5 structure: {e}", path=p, layer=layer) from None
     return Model(layers=layers, name="", skeleton=b"", source=p, format="HDF5")
 
 

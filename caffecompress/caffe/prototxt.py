@@ -136,8 +136,18 @@ def _tokens(text: str):
         pos = m.end()
 
 
+class _Unbalanced(ValueError):
+    """The text ends inside a block or value, or closes one never opened."""
+
+
 class _Scanner:
-    """Walks text-format tokens against the schema and lists unknown names."""
+    """Walks text-format tokens against the schema and lists unknown names.
+
+    It is strict about structure: a block left open at the end of the file, a
+    field name without a value, or a ``}`` closing nothing raise
+    :class:`_Unbalanced` (protobuf's lenient parse accepts an unclosed block
+    inside an unknown field).
+    """
 
     def __init__(self, text: str):
         self.toks = list(_tokens(text))
@@ -155,41 +165,63 @@ class _Scanner:
         self.i += 1
         return tok
 
-    def skip_value(self):
-        kind, tok = self.take()[:2]
+    def _last_line(self) -> int:
+        return self.toks[-1][2] if self.toks else 1
+
+    def take_value(self, line):
+        if self.peek()[1] is None:
+            raise _Unbalanced(f"line {line}: the file ends where a value was expected")
+        return self.take()
+
+    def skip_value(self, line):
+        kind, tok = self.take_value(line)[:2]
         if tok in ("{", "<"):
-            self.skip_block("}" if tok == "{" else ">")
+            self.skip_block(line)
         elif tok == "[":
-            while self.peek()[1] not in ("]", None):
+            while self.peek()[1] != "]":
+                if self.peek()[1] is None:
+                    raise _Unbalanced(f"line {line}: '[' is never closed")
                 if self.peek()[1] in ("{", "<"):
-                    self.skip_value()
+                    self.skip_value(line)
                 else:
                     self.take()
+            self.take()
         elif kind == "str":
             while self.peek()[0] == "str":  # adjacent strings concatenate
                 self.take()
-        if tok == "[":
-            self.take()
+        elif tok in ("}", ">", "]"):
+            raise _Unbalanced(f"line {line}: {tok!r} where a value was expected")
 
-    def skip_block(self, close):
+    def skip_block(self, line):
         depth = 1
-        while depth and self.peek()[1] is not None:
+        while depth:
+            if self.peek()[1] is None:
+                raise _Unbalanced(f"line {line}: block opened here is never closed")
             tok = self.take()[1]
             if tok in ("{", "<"):
                 depth += 1
             elif tok in ("}", ">"):
                 depth -= 1
 
-    def message(self, desc, path: str, layer):
+    def message(self, desc, path: str, layer, opened=None):
+        """Fields up to the closing brace (``opened``: its line; None at the top level)."""
         while True:
             kind, tok, line, start, _ = self.peek()
-            if tok is None or tok in ("}", ">"):
+            if tok is None:
+                if opened is not None:
+                    raise _Unbalanced(f"line {opened}: block opened here is never closed")
+                return
+            if tok in ("}", ">"):
+                if opened is None:
+                    raise _Unbalanced(f"line {line}: {tok!r} closes no block")
                 self.take()
                 return
             self.take()
             if tok == "[":  # extension or Any URL: [name] ... ]
                 parts = []
-                while self.peek()[1] not in ("]", None):
+                while self.peek()[1] != "]":
+                    if self.peek()[1] is None:
+                        raise _Unbalanced(f"line {line}: '[' is never closed")
                     parts.append(self.take()[1])
                 self.take()
                 name, fdesc = "[" + "".join(parts) + "]", None
@@ -200,35 +232,37 @@ class _Scanner:
             full = f"{path}.{name}" if path else name
             if fdesc is None:
                 self.found.append(SkippedField(full, line, layer))
-                self.skip_value()
+                self.skip_value(line)
                 self.spans.append((start, self.toks[self.i - 1][4]))
             elif fdesc.message_type is not None:
-                self.message_value(fdesc, full, layer)
+                self.message_value(fdesc, full, layer, line)
             else:
-                self.skip_value()
+                self.skip_value(line)
             if self.peek()[1] in (",", ";"):
                 self.take()
 
-    def message_value(self, fdesc, full, layer):
+    def message_value(self, fdesc, full, layer, line):
         nxt = self.peek()[1]
         if nxt == "[":  # list of messages
             self.take()
-            while self.peek()[1] not in ("]", None):
+            while self.peek()[1] != "]":
+                if self.peek()[1] is None:
+                    raise _Unbalanced(f"line {line}: '[' is never closed")
                 if self.peek()[1] == ",":
                     self.take()
                     continue
-                self.one_message(fdesc, full, layer)
+                self.one_message(fdesc, full, layer, line)
             self.take()
         else:
-            self.one_message(fdesc, full, layer)
+            self.one_message(fdesc, full, layer, line)
 
-    def one_message(self, fdesc, full, layer):
-        tok = self.take()[1]
+    def one_message(self, fdesc, full, layer, line):
+        kind, tok, oline = self.take_value(line)[:3]
         if tok not in ("{", "<"):
             return
         if full in ("layer", "layers"):
             layer = self._record_name(fdesc.message_type)
-        self.message(fdesc.message_type, full, layer)
+        self.message(fdesc.message_type, full, layer, opened=oline)
 
     def _record_name(self, desc):
         # This record's own name: a `name` directly inside it, else (V0) the
@@ -307,6 +341,10 @@ def _parse(text: str, path) -> NetDef:
             raise _parse_error(e, path) from None
         try:
             skipped_at, blanked = _unknown_fields(text)
+        except _Unbalanced as bad:
+            # protobuf's lenient parse would accept this structure: refuse it here
+            line, _, why = str(bad).partition(": ")
+            raise FormatError(f"{line}: invalid prototxt: {why}", path=path) from None
         except ValueError:
             skipped_at, blanked = [], None
         raw = pb.NetParameter()
