@@ -332,9 +332,11 @@ def cmd_info(args) -> int:
         tot = report.totals(rows, file_bytes=fi["file_bytes"])
         tot.update({k: fi[k] for k in ("payload_bytes", "index_bytes", "dataset_bytes",
                                         "overhead_bytes", "overhead")})
+        opaque = _opaque(cm.skeleton)
         rep = {"file": str(path), "kind": "compressed", "format_version": fi["format_version"],
                "name": cm.name, "source_format": cm.format, "settings": cm.settings,
-               "has_prototxt": cm.prototxt is not None, "layers": rows, "totals": tot}
+               "has_prototxt": cm.prototxt is not None, "layers": rows, "totals": tot,
+               "opaque": opaque}
         text = "\n".join([
             f"{path}: caffecompress format {fi['format_version']}, net {cm.name!r} "
             f"(source {cm.format}), {_settings_text(cm.settings)}, "
@@ -344,21 +346,50 @@ def cmd_info(args) -> int:
             f" + index {fi['index_bytes']:,} B + HDF5 overhead "
             f"{fi['overhead_bytes']:,} B ({fi['overhead']:.1%}); dense weights "
             f"{tot['weights_bytes']:,} B ({tot['weights_bytes'] / fi['file_bytes']:.2f}x the file)",
+            *_opaque_lines(opaque),
         ])
     else:
         model = _read_model(path, args.prototxt)
         rows = report.model_rows(model)
         tot = report.totals(rows, file_bytes=path.stat().st_size)
+        opaque = _opaque(model.skeleton)
         rep = {"file": str(path), "kind": "caffemodel", "name": model.name,
                "source_format": model.format, "unmatched": model.unmatched,
-               "layers": rows, "totals": tot}
+               "layers": rows, "totals": tot, "opaque": opaque}
         text = "\n".join([
             f"{path}: Caffe {model.format} weights, net {model.name!r}",
             report.format_table(rows, tot, compressed=False),
             f"file {tot['file_bytes']:,} B, dense weights {tot['weights_bytes']:,} B",
+            *_opaque_lines(opaque),
         ])
     _emit(args, rep, text)
     return EXIT_OK
+
+
+def _opaque(skeleton) -> list:
+    """Fields of the net structure kept as unknown bytes (fork fields, clashes)."""
+    from .caffe.tolerant import opaque_report  # noqa: PLC0415
+
+    return opaque_report(skeleton)
+
+
+def _opaque_lines(opaque: list, show: int = 20) -> list:
+    """``info``'s lines on what was kept opaque (written back byte for byte)."""
+    if not opaque:
+        return []
+    total = sum(o["bytes"] for o in opaque)
+    lines = [f"kept opaque (not in the BVLC schema or not parsing as it; written back byte for byte): "
+             f"{len(opaque)} field(s), {total:,} B"]
+    for o in opaque[:show]:
+        where = f"layer {o['layer']!r}" if o["layer"] is not None else "net"
+        if o["path"]:
+            where += f" {o['path']}"
+        maybe = f"; maybe {o['maybe']}" if o["maybe"] else ""
+        lines.append(f"  {where}: {o['message']} field {o['number']} ({o['wire_type']}, "
+                     f"{o['bytes']} B), {o['reason']}{maybe}")
+    if len(opaque) > show:
+        lines.append(f"  ... and {len(opaque) - show} more (--json lists all)")
+    return lines
 
 
 def _settings_text(st: dict) -> str:

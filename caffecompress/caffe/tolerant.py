@@ -65,7 +65,13 @@ def _wire_types(fd) -> tuple:
         w = I64
     else:
         w = VARINT
-    return (w, LEN) if fd.label == F.LABEL_REPEATED else (w,)
+    return (w, LEN) if _repeated(fd) else (w,)
+
+
+def _repeated(fd) -> bool:
+    # protobuf 7 dropped FieldDescriptor.label for is_repeated; 3.20 has only label
+    rep = getattr(fd, "is_repeated", None)
+    return bool(rep) if rep is not None else fd.label == _fd().LABEL_REPEATED
 
 
 def _parses(cls, data: bytes) -> bool:
@@ -248,7 +254,7 @@ def _walk(cls, buf, a, b, layer, path, demoted, out, limit, depth) -> None:
         if mname == "NetParameter" and fd.name in ("layer", "layers"):
             _walk(sub, buf, f.a, f.b, _layer_name(buf, f.a, f.b, fd.name), "", demoted, out, limit, depth + 1)
             continue
-        step = f"{fd.name}[{i}]" if fd.label == _fd().LABEL_REPEATED else fd.name
+        step = f"{fd.name}[{i}]" if _repeated(fd) else fd.name
         _walk(sub, buf, f.a, f.b, layer, f"{path} > {step}" if path else step, demoted, out, limit, depth + 1)
 
 
@@ -258,3 +264,25 @@ def _layer_name(buf, a, b, kind) -> str:
         if f.number == number and f.wtype == LEN:
             return bytes(buf[f.a:f.b]).decode("utf-8", errors="replace")
     return ""
+
+
+def opaque_report(skeleton, limit: int = 10000) -> list:
+    """What a model's net structure keeps as unknown bytes, as plain dicts (for ``info``).
+
+    Each dict has ``layer``, ``path``, ``message``, ``number``, ``wire_type``
+    (its name), ``bytes``, ``reason`` and ``maybe`` (the forks that use this
+    number there, from :mod:`.forks`; '' when none is known). A skeleton that
+    does not parse at all gives one entry saying so.
+    """
+    from .forks import hint
+
+    if not skeleton:
+        return []
+    try:
+        found = opaque_fields(skeleton, limit=limit)
+    except WireError as e:
+        return [{"layer": None, "path": "", "message": "NetParameter", "number": 0, "wire_type": "",
+                 "bytes": len(skeleton), "reason": f"the net structure is not wire format ({e})", "maybe": ""}]
+    return [{"layer": o.layer, "path": o.path, "message": o.message, "number": o.number,
+             "wire_type": WIRE_NAMES.get(o.wire_type, str(o.wire_type)), "bytes": o.nbytes,
+             "reason": o.reason, "maybe": hint(o.message, o.number)} for o in found]
