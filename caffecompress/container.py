@@ -37,13 +37,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from .caffe.skeleton import skeleton_blobs
+from .caffe.wire import WireError
 from .errors import (
+    CaffeCompressError,
     CorruptDataError,
     FormatError,
     OutputExistsError,
@@ -51,6 +55,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .fileio import atomic_write
+from .indexschema import check_index, check_skeleton
 from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
@@ -73,6 +78,15 @@ FORMAT_VERSION = (1, 0)
 LIBVER = ("v110", "v110")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_INDEX = 1 << 28  # inflated index size cap (a damaged length cannot balloon)
+# The skeleton (a NetParameter without blob values) and the prototxt are text
+# and structure: a few MB at most for any real net. Deflate cannot expand more
+# than 1032:1, so a stream that inflates further is crafted.
+_MAX_TEXT = 1 << 26
+_MAX_DEFLATE = 1032
+_VERSION = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
+# what h5py raises on damaged files (B-tree signatures, link traversal, ...)
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError, IndexError,
+              AttributeError, SystemError)
 
 
 def _crc(b) -> int:
@@ -232,22 +246,31 @@ class _Reader:
         self.path = str(path)
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"{path}: no such file")
+            raise FormatError("no such file", path=path)
         if p.is_dir():
             raise FormatError("is a directory, not a compressed file", path=path)
-        with open(p, "rb") as fh:
-            head = fh.read(8)
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(8)
+        except OSError as exc:
+            raise FormatError(f"cannot read: {exc.strerror or exc}", path=path) from None
         if head != _HDF5_MAGIC:
             raise FormatError("not a caffecompress file (no HDF5 signature)", path=path)
         try:
             self.f = h5py.File(p, "r")
-        except OSError as exc:
+        except _H5_ERRORS as exc:
             msg = str(exc)
             if "truncat" in msg.lower() or "eof" in msg.lower():
                 raise TruncatedFileError(f"HDF5 file is truncated: {msg}", path=path) from None
             raise CorruptDataError(f"HDF5 file cannot be opened: {msg}", path=path) from None
         try:
             self._load()
+        except CaffeCompressError:
+            self.f.close()
+            raise
+        except _H5_ERRORS as exc:  # h5py's own, from a damaged file (never untyped to the caller)
+            self.f.close()
+            raise self._err(f"HDF5 structure damaged: {exc}") from None
         except BaseException:
             self.f.close()
             raise
@@ -269,14 +292,14 @@ class _Reader:
         try:
             fmt = _attr_str(f, "format")
             ver = _attr_str(f, "format_version")
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except _H5_ERRORS as exc:
             raise self._err(f"HDF5 metadata damaged: {exc}") from None
         if fmt != FORMAT:
             raise self._err(f"not a caffecompress file (format attribute {fmt!r})", FormatError)
-        try:
-            major, minor = (int(x) for x in str(ver).split("."))
-        except ValueError:
-            raise self._err(f"bad format_version {ver!r}") from None
+        m = _VERSION.fullmatch(str(ver))
+        if m is None:  # int() would take " 1", "+1", "1_0" and non-ASCII digits
+            raise self._err(f"bad format_version {ver!r} (expected MAJOR.MINOR)")
+        major, minor = int(m.group(1)), int(m.group(2))
         if major > FORMAT_VERSION[0]:
             raise self._err(
                 f"written in format version {major}.{minor}; this caffecompress reads "
@@ -287,19 +310,28 @@ class _Reader:
             raise self._err(f"unknown format_version {ver!r}", FormatError)
         self.version = (major, minor)
         try:
+            if not isinstance(f.get("payload", getlink=True), h5py.HardLink):
+                raise self._err("/payload is missing or a link")
             ds = f.get("payload")
             if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype != np.uint8:
                 raise self._err("dataset /payload missing or not uint8[N]")
+            dcpl = ds.id.get_create_plist()
+            if ds.is_virtual or dcpl.get_external_count():
+                raise self._err("/payload keeps its bytes in other files: refused")
             self.payload = ds
             self.size = int(ds.shape[0])
             idx = np.asarray(f.attrs.get("index", []), dtype=np.uint64).reshape(-1)
             if idx.size != 3:
                 raise self._err("index attribute missing")
+            if idx.dtype.kind not in "ui":
+                raise self._err("index attribute is not integers")
             off, ln, crc = (int(v) for v in idx)
-            if off + ln > self.size or ln == 0:
+            if off < 0 or ln <= 0 or off + ln > self.size:
                 raise self._err("index lies outside the payload")
             z = self._read(off, ln)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
+        except CaffeCompressError:
+            raise
+        except _H5_ERRORS as exc:
             raise self._err(f"HDF5 data damaged: {exc}") from None
         if _crc(z) != crc:
             raise self._err("index fails its CRC32")
@@ -309,9 +341,11 @@ class _Reader:
             if not d.eof:
                 raise ValueError("index stream incomplete")
             self.index = json.loads(text)
-            self._check()
+        except RecursionError:
+            raise self._err("index damaged: nested too deeply") from None
         except (zlib.error, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
             raise self._err(f"index damaged: {exc}") from None
+        self._check()
 
     def _read(self, off, ln) -> np.ndarray:
         if ln == 0:
@@ -325,25 +359,31 @@ class _Reader:
         return b
 
     def _check(self):
-        ix = self.index
-        if not isinstance(ix, dict):
-            raise ValueError("index is not an object")
-        self.layers = ix["layers"]
-        self.blobs = ix["blobs"]
-        if not isinstance(self.layers, list) or not isinstance(self.blobs, list):
-            raise ValueError("layers/blobs are not lists")
-        for b in self.blobs:
-            if not 0 <= int(b["layer"]) < len(self.layers):
-                raise ValueError("a blob points at no layer")
-            for e in b["parts"].values():
-                self._check_stream(e)
-        for e in ix["streams"].values():
-            self._check_stream(e)
+        """The index against its schema, then its blob records against the skeleton,
+        before anything is decoded or allocated on the index's word."""
+        check_index(self.index, self.size, self.path)
+        self.layers = self.index["layers"]
+        self.blobs = self.index["blobs"]
+        skeleton = self.inflate(self.index["streams"]["skeleton"], "skeleton")
+        try:
+            placeholders = skeleton_blobs(skeleton)
+        except WireError as exc:
+            raise self._err(f"skeleton stream damaged: {exc}") from None
+        check_skeleton(self.index, placeholders, self.path)
+        self.skeleton = skeleton
 
-    def _check_stream(self, e):
-        off, ln, _dt, _count, _crc32 = e
-        if int(off) < 0 or int(ln) < 0 or int(off) + int(ln) > self.size:
-            raise ValueError("a stream lies outside the payload")
+    def inflate(self, e, name) -> bytes:
+        """A deflated stream (skeleton, prototxt), CRC-checked, its inflated size bounded."""
+        z = self.stream(e, name=name).tobytes()
+        limit = min(_MAX_TEXT, max(1, len(z)) * _MAX_DEFLATE)
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(z, limit)
+        except zlib.error as exc:
+            raise self._err(f"{name} stream damaged: {exc}") from None
+        if d.unconsumed_tail or not d.eof:
+            raise self._err(f"{name} stream damaged: it does not end within {limit} bytes")
+        return out
 
     def stream(self, e, *, name="", layer=None) -> np.ndarray:
         off, ln, dt, count, crc = e
@@ -396,11 +436,10 @@ class _Reader:
         try:
             info = ix["model"]
             st = ix["streams"]
-            skeleton = _inflate(self.stream(st["skeleton"], name="skeleton").tobytes(), self.path, "skeleton")
+            skeleton = self.skeleton
             prototxt = None
             if "prototxt" in st:
-                pt = self.stream(st["prototxt"], name="prototxt").tobytes()
-                prototxt = _inflate(pt, self.path, "prototxt").decode("utf-8")
+                prototxt = self.inflate(st["prototxt"], "prototxt").decode("utf-8")
             layers = []
             for name, typ, extra in self.layers:
                 if not isinstance(extra, dict) or not isinstance(name, str):
@@ -418,11 +457,18 @@ class _Reader:
             raise self._err(f"model description damaged: {exc}") from None
 
 
-def _inflate(b: bytes, path, what) -> bytes:
+def _dataset_storage(r) -> dict:
+    """Stored bytes of each root dataset (hard links only: a link may loop or leave the file)."""
+    out = {}
     try:
-        return zlib.decompress(b)
-    except zlib.error as exc:
-        raise CorruptDataError(f"{what} stream damaged: {exc}", path=path) from None
+        for k in r.f:
+            if isinstance(r.f.get(k, getlink=True), h5py.HardLink):
+                obj = r.f.get(k)
+                if isinstance(obj, h5py.Dataset):
+                    out[k] = int(obj.id.get_storage_size())
+    except _H5_ERRORS as exc:
+        raise CorruptDataError(f"HDF5 structure damaged: {exc}", path=r.path) from None
+    return out
 
 
 def open_compressed(path) -> CompressedModel:
@@ -516,7 +562,7 @@ def file_info(path) -> dict:
     """
     with _Reader(path) as r:
         cm = r.compressed_model(load=False)
-        storage = {k: int(r.f[k].id.get_storage_size()) for k in r.f}
+        storage = _dataset_storage(r)
         stored = [r.stored_nbytes(i) for i in range(len(r.blobs))]
         index_bytes = int(np.asarray(r.f.attrs["index"]).reshape(-1)[1])
         version = "%d.%d" % r.version

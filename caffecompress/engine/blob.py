@@ -43,6 +43,10 @@ METHODS = ("raw", "exact", "shared", "shared+sparse")
 #: Largest codebook of the lossless ``exact`` method.
 EXACT_MAX = H.MAX_SYMBOLS
 _PROBE = 1 << 16  # elements looked at before a full distinct-value count
+#: What a Caffe blob can be (``Blob::Reshape``: count <= INT_MAX, kMaxBlobAxes):
+#: a larger claimed shape is damage, refused before anything is allocated.
+MAX_ELEMENTS = (1 << 31) - 1
+MAX_AXES = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,9 @@ def _parse_shape(meta) -> tuple:
         raise CorruptDataError(f"blob meta has no valid shape: {exc}") from exc
     if any(d < 0 for d in shape):
         raise CorruptDataError(f"blob shape {shape} is negative")
+    if len(shape) > MAX_AXES or int(np.prod(shape, dtype=object)) > MAX_ELEMENTS:
+        raise CorruptDataError(f"blob shape {shape} is larger than a Caffe blob can be "
+                               f"({MAX_AXES} axes, {MAX_ELEMENTS} values)")
     return shape
 
 
@@ -249,6 +256,8 @@ def _label_stream(meta, parts, nsym: int):
     s = H.stream_from_parts(meta, parts, "l_")
     if s.n != n or s.nsym != nsym:
         raise CorruptDataError(f"label stream has {s.n} labels over {s.nsym} symbols, expected {n} over {nsym}")
+    if 8 * np.asarray(s.payload).nbytes < n:  # a code of two or more symbols spends >= 1 bit a label
+        raise CorruptDataError(f"label stream of {np.asarray(s.payload).nbytes} bytes cannot hold {n} labels")
     return n, s
 
 
@@ -293,7 +302,10 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         # once (without numba the lock-step decoder reads a whole stream
         # through int64 windows, 8 bytes per payload byte: ~600 MB for
         # VGG-16's fc6), only the float32 output whole; the pieces add up
-        # to ``size`` values (label counts are checked against it)
+        # to ``size`` values (label counts are checked against it, and the
+        # label stream against its byte size, before the output exists)
+        if method in ("exact", "shared"):
+            _label_stream(meta, parts, _checked_codebook(method, meta, parts, size).size)
         out = np.empty(size, np.float32)
         s0 = 0
         for piece in iter_decode_blob(method, meta, parts, block=_DECODE_PIECE):
