@@ -105,9 +105,10 @@ def _find_bad(cls, buf, a: int, b: int, out: set, depth: int) -> bool:
         if fd.message_type is not None and f.wtype == LEN:
             ns = ns or classes_of(cls)
             sub = getattr(ns, short_name(fd.message_type))
-            before = len(out)
-            if _find_bad(sub, buf, f.a, f.b, out, depth + 1) and len(out) > before:
-                continue  # the culprits are inside; this field itself stays parsed
+            inner: set = set()
+            if _find_bad(sub, buf, f.a, f.b, inner, depth + 1) and inner:
+                out |= inner  # the culprits are inside; this field itself stays parsed
+                continue
         out.add((short_name(desc), f.number))
     return True
 
