@@ -207,13 +207,30 @@ def check_index(ix, size: int, path) -> list:
         raise CorruptDataError(f"index damaged: {exc}", path=path) from None
 
 
+def _strip_ones(dims) -> tuple:
+    dims = tuple(dims)
+    while dims and dims[0] == 1:
+        dims = dims[1:]
+    return dims
+
+
+def _fits(shape, claim) -> bool:
+    """A record's shape against a placeholder's: equal to a ``shape`` field; to
+    legacy 4-D dims up to the leading 1s that Caffe's upgrade drops."""
+    kind, dims = claim
+    if kind == "shape":
+        return tuple(shape) == tuple(dims)
+    return _strip_ones(shape) == _strip_ones(dims)
+
+
 def check_skeleton(ix, placeholders: list, path) -> None:
     """Check the blob records against the skeleton's placeholders, as the writer pairs them.
 
     ``placeholders`` is :func:`caffecompress.caffe.skeleton.skeleton_blobs` of
     the stored skeleton: each record with placeholders must meet the index
     layer of its name (first unpaired one, as the writer pairs) holding as
-    many blobs, each with as many values as its placeholder's shape claims.
+    many blobs, each of the shape its placeholder claims; every index layer
+    must pair with a record.
     An empty skeleton (weights read from HDF5 without a prototxt) says nothing.
 
     Raises
@@ -224,7 +241,7 @@ def check_skeleton(ix, placeholders: list, path) -> None:
         return
     per_layer: dict = {}
     for b in ix["blobs"]:
-        per_layer.setdefault(b["layer"], []).append(math.prod(b["shape"]))
+        per_layer.setdefault(b["layer"], []).append(tuple(b["shape"]))
     queue: dict = {}
     for li, (name, _t, _e) in enumerate(ix["layers"]):
         queue.setdefault(name, []).append(li)
@@ -240,10 +257,11 @@ def check_skeleton(ix, placeholders: list, path) -> None:
         if len(have) != len(counts):
             raise CorruptDataError(f"the index holds {len(have)} blobs where the skeleton has {len(counts)}",
                                    path=path, layer=name)
-        for k, (n, want) in enumerate(zip(have, counts)):
-            if want is not None and n != want:
-                raise CorruptDataError(f"blob {k} has {n} values where the skeleton's shape has {want}",
-                                       path=path, layer=name)
-    left = [ix["layers"][li][0] for q in queue.values() for li in q if per_layer.get(li)]
+        for k, (shape, claim) in enumerate(zip(have, counts)):
+            if claim is not None and not _fits(shape, claim):
+                raise CorruptDataError(f"blob {k} has shape {list(shape)} where the skeleton says "
+                                       f"{claim[0]} {list(claim[1])}", path=path, layer=name)
+    # every layer pairs with a skeleton record (the writer refuses the rest)
+    left = [ix["layers"][li][0] for q in queue.values() for li in q]
     if left:
         raise CorruptDataError(f"layers with blobs that the skeleton lacks: {left[:5]}", path=path, layer=left[0])

@@ -8,8 +8,6 @@ records hold blobs, how many, and how many values each claims.
 
 from __future__ import annotations
 
-import math
-
 from . import wire
 from .wire import LEN, VARINT
 
@@ -35,8 +33,9 @@ def _dims(buf, a, b) -> list:
     return dims
 
 
-def _count(buf, a, b):
-    """Values a blob placeholder claims, or None when it carries no shape."""
+def _claim(buf, a, b):
+    """What a blob placeholder says of its shape: ``("shape", dims)`` from its
+    ``shape`` field, ``("legacy", (num, channels, height, width))``, or None."""
     legacy: dict = {}
     shape = None
     for f in wire.iter_fields(buf, a, b):
@@ -45,14 +44,17 @@ def _count(buf, a, b):
         elif f.number in _LEGACY and f.wtype == VARINT:
             legacy[f.number] = f.a
     if shape is not None:
-        return math.prod(shape)
+        return ("shape", tuple(shape))
     if len(legacy) == 4:
-        return math.prod(legacy.values())
+        return ("legacy", tuple(legacy[k] for k in _LEGACY))
     return None
 
 
 def skeleton_blobs(skeleton: bytes) -> list:
-    """``[(layer name, [values claimed per blob, or None]), ...]`` for each layer record.
+    """``[(layer name, [claim per blob]), ...]`` for each layer record.
+
+    A claim is ``("shape", dims)``, ``("legacy", (num, channels, height,
+    width))`` or None (a placeholder without shape fields).
 
     Raises
     ------
@@ -69,6 +71,6 @@ def skeleton_blobs(skeleton: bytes) -> list:
             if f.number == _NAME and f.wtype == LEN and not name:  # the first, as the writer pairs
                 name = buf[f.a : f.b].decode("utf-8", errors="replace")
             elif f.number == _BLOBS and f.wtype == LEN:
-                counts.append(_count(buf, f.a, f.b))
+                counts.append(_claim(buf, f.a, f.b))
         out.append((name, counts))
     return out
