@@ -774,7 +774,7 @@ def classify(kind, seed, case_seed, path, original, rss_limit_mb) -> tuple:
 # ------------------------------------------------------------------ worker processes
 
 
-def _worker(conn, seed_dir, seeds, rss_limit_mb, as_limit_mb):
+def _worker(conn, seed_dir, seeds, rss_limit_mb, as_limit_mb, inject=None):
     import caffecompress as cc
 
     originals = {}
@@ -798,6 +798,10 @@ def _worker(conn, seed_dir, seeds, rss_limit_mb, as_limit_mb):
         if msg is None:
             break
         kind, si, cs = msg
+        if inject == "hang" and cs % 7 == 3:  # self-test of the harness: a case that never returns
+            time.sleep(3600)
+        if inject == "crash" and cs % 7 == 5:  # ... and one that kills its worker
+            os.kill(os.getpid(), 11)
         ext = {"prototxt": ".prototxt", "binaryproto": ".binaryproto", "h5": ".caffemodel.h5",
                "ccz": ".ccz.h5"}.get(kind, ".caffemodel")
         path = os.path.join(work, f"case-{cs}{ext}")
@@ -837,14 +841,16 @@ class Report:
 
 
 def campaign(n_cases: int, *, seed: int = 0, workers: int = 2, timeout: float = 10.0, rss_limit_mb: float = 256,
-             as_limit_mb: int = 2048, kinds=KINDS, folder=None, progress=None) -> Report:
+             as_limit_mb: int = 2048, kinds=KINDS, folder=None, progress=None, inject=None) -> Report:
     """Run ``n_cases`` cases spread evenly over ``kinds`` in ``workers`` processes.
 
     Each worker applies an address-space limit (``as_limit_mb`` above its
     warmed-up size, so a runaway allocation fails there instead of on the
     host) and measures each case's peak RSS rise (``VmHWM`` reset per case);
     a case with no answer in ``timeout`` seconds is a hang (the worker is
-    killed and replaced), a worker that dies is a crash.
+    killed and replaced), a worker that dies is a crash. ``inject``
+    (``"hang"`` or ``"crash"``) makes some cases misbehave on purpose, to
+    test the harness itself.
     """
     own = folder is None
     folder = Path(tempfile.mkdtemp(prefix="fuzzseeds-")) if own else Path(folder)
@@ -859,7 +865,8 @@ def campaign(n_cases: int, *, seed: int = 0, workers: int = 2, timeout: float = 
 
     def start():
         a, b = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(b, str(folder), seeds, rss_limit_mb, as_limit_mb), daemon=True)
+        p = ctx.Process(target=_worker, args=(b, str(folder), seeds, rss_limit_mb, as_limit_mb, inject),
+                        daemon=True)
         p.start()
         b.close()
         if not a.poll(300):
