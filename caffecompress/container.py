@@ -201,15 +201,17 @@ def save(cm: CompressedModel, path, *, force: bool = False, inputs=()) -> Path:
     path = check_output_path(path, inputs=[cm.source, *inputs], force=force)
     payload, idx = _build(cm)
 
-    def write(tmp):
-        # meta_block_size=0: no 2 KiB metadata block reserved ahead of the data
-        with h5py.File(tmp, "w", libver=LIBVER, meta_block_size=0) as f:
+    def write(fobj):
+        # meta_block_size=0: no 2 KiB metadata block reserved ahead of the data.
+        # fobj is a fileio.GuardedFile: a full disk never fails inside libhdf5
+        # (which crashes at close); atomic_write raises the error afterwards
+        with h5py.File(fobj, "w", libver=LIBVER, meta_block_size=0) as f:
             f.attrs["format"] = np.bytes_(FORMAT)
             f.attrs["format_version"] = np.bytes_("%d.%d" % FORMAT_VERSION)
             f.attrs["index"] = np.array(idx, dtype=np.uint64)
             f.create_dataset("payload", data=payload)
 
-    atomic_write(path, write)
+    atomic_write(path, write, fileobj=True, size_hint=int(payload.nbytes) + 65536)
     return path
 
 

@@ -234,8 +234,10 @@ def write_caffemodel_h5(model: Model, path) -> None:
     p = os.fspath(path)
     check_output_path(model, p)
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
+    def write(fobj):
+        # through a GuardedFile: libhdf5 never sees a failed write (a full disk
+        # would crash it at close); atomic_write raises the error afterwards
+        with h5py.File(fobj, "w") as f:
             data = f.create_group("data")
             for lay in model.layers:
                 if lay.name in data:
@@ -244,4 +246,6 @@ def write_caffemodel_h5(model: Model, path) -> None:
                 for i, arr in enumerate(lay.blobs):
                     g.create_dataset(str(i), data=np.ascontiguousarray(arr, dtype=np.float32))
 
-    atomic_write(p, write)
+    objects = 1 + sum(1 + len(lay.blobs) for lay in model.layers)
+    size = sum(4 * int(np.size(b)) for lay in model.layers for b in lay.blobs) + 2048 * objects + 65536
+    atomic_write(p, write, fileobj=True, size_hint=size)
