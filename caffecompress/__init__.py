@@ -27,6 +27,7 @@ _LAZY = {
     "open_compressed": "caffecompress.container:open_compressed",
     "caffemodel_bytes": "caffecompress.container:caffemodel_bytes",
     "opencv_net": "caffecompress.verify:opencv_net",
+    "batch": "caffecompress.batching:batch",
 }
 
 __all__ = ["Layer", "Model", "__version__", *_error_names, *_LAZY]

@@ -6,7 +6,7 @@ Usage::
     caffecompress decompress IN.h5 -o OUT.caffemodel|OUT.caffemodel.h5|OUT.npz
     caffecompress info FILE
     caffecompress verify ORIGINAL.caffemodel COMPRESSED.h5 [--prototxt P] ...
-    caffecompress batch INPUTS... -o OUTDIR [--jobs N] [compress options]
+    caffecompress batch INPUTS... -o OUTDIR [--jobs N | --scheduler ADDRESS] [compress options]
 
 Exit codes: 0 ok, 1 input or processing failure (one line on stderr, no
 traceback; set CAFFECOMPRESS_DEBUG=1 for one), 2 usage error, 3 verify
@@ -17,9 +17,7 @@ still written).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import math
 import os
 import sys
 import time
@@ -128,7 +126,12 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("inputs", nargs="+", metavar="INPUTS",
                        help="folders, globs or files of .caffemodel(.h5)")
         p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-        p.add_argument("--jobs", "-j", type=int, default=1, help="models compressed in parallel")
+        p.add_argument("--jobs", "-j", type=int, default=None,
+                       help="models compressed in parallel on this machine (default 1)")
+        p.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the jobs on this Dask cluster: scheduler address (tcp://host:port) or "
+                            "scheduler file (.json); default $DASK_SCHEDULER_ADDRESS unless --jobs is "
+                            "given. Inputs and OUTDIR must be on a filesystem the workers share")
         _compress_options(p)
     _common(p)
     return p
@@ -462,25 +465,6 @@ def cmd_verify(args) -> int:
     return EXIT_OK if ok else EXIT_VERIFY
 
 
-def _find_inputs(inputs) -> list[Path]:
-    found: list[Path] = []
-    for spec in inputs:
-        p = Path(spec)
-        if p.is_dir():
-            cands = sorted(q for q in p.rglob("*") if q.is_file() and
-                           (q.name.endswith(".caffemodel") or q.name.endswith(".caffemodel.h5")))
-        elif p.is_file():
-            cands = [p]
-        else:
-            cands = sorted(Path(g) for g in glob.glob(spec, recursive=True) if Path(g).is_file())
-            if not cands:
-                raise UsageError(f"{spec}: no such file, folder or matching glob")
-        for c in cands:
-            if c not in found:
-                found.append(c)
-    return found
-
-
 def _prototxt_beside(model: Path) -> Path | None:
     name = model.name
     for suf in (".caffemodel.h5", ".caffemodel"):
@@ -491,53 +475,16 @@ def _prototxt_beside(model: Path) -> Path | None:
     return cand if cand.is_file() else None
 
 
-def _batch_one(job):
-    """Worker: compress one model; never raises (returns a status dict)."""
-    src, out, proto, kw = job
-    try:
-        rep = compress_file(src, out, prototxt=proto, **kw)
-        t = rep["totals"]
-        return {"input": str(src), "output": str(out), "status": "ok", "ratio": t.get("ratio"),
-                "input_bytes": t.get("input_bytes"), "file_bytes": t.get("file_bytes"),
-                "seconds": t.get("seconds"), "warnings": rep["warnings"]}
-    except Exception as exc:  # one bad model must not stop the batch
-        return {"input": str(src), "output": str(out), "status": "failed", "error": _one_line(exc)}
-
-
 def cmd_batch(args) -> int:
-    from .config import load_toml  # noqa: PLC0415
+    from .batching import BatchInputError, batch, summarize  # noqa: PLC0415
     from .report import format_bytes, json_safe  # noqa: PLC0415
 
-    if args.jobs < 1:
-        raise UsageError("--jobs must be >= 1")
-    if args.config:
-        load_toml(args.config)  # fail early, once, on a bad config
-    outdir = Path(args.output)
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"{outdir}: exists and is not a folder")
-    models = _find_inputs(args.inputs)
-    if not models:
-        raise UsageError("no .caffemodel files found in the inputs")
-    outdir.mkdir(parents=True, exist_ok=True)
-    names: dict[str, int] = {}
-    jobs, results = [], []
-    kw = dict(preset=args.preset, config=args.config, force=args.force, **_overrides(args))
-    for m in models:
-        stem = default_output(m).name
-        if stem in names:  # same name in two folders: prefix the folder name
-            stem = f"{m.parent.name}-{stem}"
-        names[stem] = 1
-        out = outdir / stem
-        proto = _prototxt_beside(m)
-        newest = max(m.stat().st_mtime, proto.stat().st_mtime if proto else 0)
-        if out.exists() and not args.force and out.stat().st_mtime >= newest:
-            results.append({"input": str(m), "output": str(out), "status": "up-to-date"})
-            continue
-        if out.exists():
-            kw_job = dict(kw, force=True)
-        else:
-            kw_job = kw
-        jobs.append((m, out, proto, kw_job))
+    if args.jobs is not None and args.scheduler is not None:
+        raise UsageError("--jobs and --scheduler exclude each other")
+    # Dask's convention: DASK_SCHEDULER_ADDRESS names the cluster to use, unless
+    # this run asked for local processes
+    scheduler = args.scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+                                   if args.jobs is None else None)
 
     def report_line(r):
         if args.quiet or args.json:
@@ -551,40 +498,26 @@ def cmd_batch(args) -> int:
         else:
             print(f"FAILED   {r['input']}: {r['error']}", flush=True)
 
-    for r in results:
-        report_line(r)
-    if args.jobs > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for r in pool.map(_batch_one, jobs):
-                report_line(r)
-                results.append(r)
-    else:
-        for job in jobs:
-            r = _batch_one(job)
-            report_line(r)
-            results.append(r)
-
-    ok = [r for r in results if r["status"] == "ok"]
-    failed = [r for r in results if r["status"] == "failed"]
-    skipped = [r for r in results if r["status"] == "up-to-date"]
-    ratios = [r["ratio"] for r in ok if r.get("ratio")]
-    gmean = math.exp(sum(math.log(x) for x in ratios) / len(ratios)) if ratios else None
-    summary = {"models": len(results), "ok": len(ok), "failed": len(failed),
-               "skipped": len(skipped), "geomean_ratio": gmean,
-               "input_bytes": sum(r["input_bytes"] for r in ok),
-               "output_bytes": sum(r["file_bytes"] for r in ok)}
+    try:
+        results = batch(args.inputs, args.output, scheduler=scheduler, jobs=args.jobs or 1,
+                        force=args.force, on_result=report_line, preset=args.preset,
+                        config=args.config, **_overrides(args))
+    except BatchInputError as exc:
+        raise UsageError(str(exc)) from None
+    summary = summarize(results)
+    ok, failed, skipped = summary["ok"], summary["failed"], summary["skipped"]
+    gmean = summary["geomean_ratio"]
     if args.json:
         print(json.dumps(json_safe({"results": results, "summary": summary}), indent=1))
     elif not args.quiet:
         print(_batch_table(results))
-        print(f"{len(results)} model(s): {len(ok)} compressed, {len(skipped)} up to date, "
-              f"{len(failed)} failed" + (f"; geometric-mean ratio {gmean:.2f}x" if gmean else "")
+        print(f"{len(results)} model(s): {ok} compressed, {skipped} up to date, "
+              f"{failed} failed" + (f"; geometric-mean ratio {gmean:.2f}x" if gmean else "")
               + (f"; {format_bytes(summary['input_bytes'])} -> {format_bytes(summary['output_bytes'])}"
                  if ok else ""))
-    for r in failed:
-        _err(f"{r['input']}: {r['error']}")
+    for r in results:
+        if r["status"] == "failed":
+            _err(f"{r['input']}: {r['error']}")
     return EXIT_FAIL if failed else EXIT_OK
 
 

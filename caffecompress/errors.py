@@ -20,6 +20,7 @@ __all__ = [
     "OutputExistsError",
     "MissingDependencyError",
     "CalibrationError",
+    "UnreachablePathError",
 ]
 
 
@@ -84,3 +85,20 @@ class MissingDependencyError(CaffeCompressError, ImportError):
 
 class CalibrationError(_Located, ValueError):
     """Calibration inputs that cannot be used (empty folder, unreadable images, wrong shape, NaN)."""
+
+
+class UnreachablePathError(CaffeCompressError, FileNotFoundError):
+    """A cluster worker cannot see an input or write the output folder.
+
+    Batch jobs on a cluster read and write the paths themselves, so they
+    must be on a filesystem every worker shares.
+    """
+
+    def __init__(self, worker, path):
+        self.worker = str(worker)
+        self.path = str(path)
+        super().__init__(f"worker {self.worker} cannot reach {self.path} (batch on a cluster needs "
+                         "the inputs and the output folder on a filesystem the workers share)")
+
+    def __reduce__(self):  # crosses process boundaries (Dask) with its two fields
+        return type(self), (self.worker, self.path)
