@@ -34,10 +34,15 @@ from caffecompress.caffe import caffemodel_bytes  # noqa: E402
 PRESETS = {
     "lossless": {"preset": "lossless"},
     "default": {"preset": "default"},
+    "maxerr01": {"preset": "default", "max_error": 0.01},
+    "data-free": {"preset": "default", "data_free": True},
     "bits4": {"preset": "default", "bits": 4},
     "bits8": {"preset": "default", "bits": 8},
     "deep-compression": {"preset": "deep-compression"},
 }
+
+
+HELD = verify.sample_images(verify.HELDOUT_IMAGES)
 
 
 def gmean(xs):
@@ -80,9 +85,11 @@ def run(presets, only=None, fidelity=True):
                     "overhead": fi["overhead"], "compress_s": t1 - t0, "restore_s": t2 - t1,
                     "bit_exact": data == src,
                     "bits": sorted({r.bits for r in cm.records if r.bits}),
+                    "calib_error": (cm.settings.get("fidelity") or {}).get("calib_error"),
                 }
                 if fidelity:
-                    reps = verify.compare((proto.read_text(), src), (proto.read_text(), data))
+                    # held-out images only: never the calibration set
+                    reps = verify.compare((proto.read_text(), src), (proto.read_text(), data), HELD)
                     row["max_rel_l2"] = verify.max_rel_error(reps)
                     row["min_top1"] = min((r.top1 for r in reps if r.top1 is not None), default=None)
                 rows.append(row)
@@ -104,7 +111,7 @@ def baselines(model_path, src, proto, tmp, fidelity):
     out["fp16_ratio"] = len(src) / len(data)
     if fidelity:
         pt = proto.read_text()
-        out["fp16_err"] = verify.max_rel_error(verify.compare((pt, src), (pt, data)))
+        out["fp16_err"] = verify.max_rel_error(verify.compare((pt, src), (pt, data), HELD))
     return out
 
 

@@ -40,8 +40,8 @@ DEFAULT_ROWS = 24
 _SMALL_INPUT = 64 * 64
 #: im2col positions kept per image and layer (a fixed-seed sample beyond).
 _POSITIONS = 1024
-#: Validation rows kept per layer.
-_VAL_ROWS = 2048
+#: Validation rows kept per layer (each candidate's check is a product with them).
+_VAL_ROWS = 512
 #: Hessian entries (all layers together, float64) kept; layers beyond keep
 #: validation rows only and are rounded to the nearest level (no GPTQ).
 _H_BUDGET = 1 << 25
@@ -408,8 +408,7 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
             if "H" not in a:
                 a["H"] = np.zeros((g, cols, cols), np.float64) if _h_ok(name, g, cols, acc, budget) else None
             if a["H"] is not None:
-                for gi in range(g):
-                    a["H"][gi] += (rows[gi].T @ rows[gi]).astype(np.float64)
+                a["H"] += np.matmul(rows.transpose(0, 2, 1), rows).astype(np.float64)
             a["s"] = a.get("s", 0.0) + rows.astype(np.float64).sum(axis=1)
             a["n"] = a.get("n", 0) + rows.shape[1]
     out = {}

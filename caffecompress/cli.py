@@ -73,7 +73,19 @@ def _override(s: str):
 def _compress_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compression")
     g.add_argument("--preset", choices=PRESETS, default=None,
-                   help="lossless | default (near-lossless, data-free) | deep-compression")
+                   help="lossless | default (fidelity-targeted with OpenCV 4.x, else data-free) | "
+                        "deep-compression")
+    g.add_argument("--max-error", type=float, metavar="E",
+                   help="largest relative L2 error of any compared output on the calibration inputs "
+                        "(default preset: 0.02 whenever OpenCV 4.x and the prototxt are there)")
+    g.add_argument("--data-free", action="store_true",
+                   help="the data-free rule (per-blob weight SQNR), no calibration forwards")
+    g.add_argument("--calib", metavar="DIR|FILE.npy|FILE.npz",
+                   help="calibration images (a folder) or input blobs (default: bundled images)")
+    g.add_argument("--mean", metavar="VALUES|FILE.binaryproto",
+                   help="calibration preprocessing: mean to subtract (one value, per channel, or a binaryproto)")
+    g.add_argument("--scale", type=float, help="calibration preprocessing: multiplier after the mean (1/128)")
+    g.add_argument("--swap-rb", action="store_true", help="calibration preprocessing: swap R and B")
     g.add_argument("--bits", type=_bits, help="codebook bits of every compressed weight blob")
     g.add_argument("--conv-bits", type=_bits, help="bits of convolution weights")
     g.add_argument("--fc-bits", type=_bits, help="bits of inner-product / embedding / recurrent weights")
@@ -178,6 +190,22 @@ def _overrides(args) -> dict:
             kw[k] = v
     if args.layer:
         kw["layers"] = dict(args.layer)
+    if getattr(args, "max_error", None) is not None:
+        if not 0.0 < args.max_error < 1.0:
+            raise UsageError(f"--max-error must be in (0, 1), got {args.max_error}")
+        kw["max_error"] = args.max_error
+    if getattr(args, "data_free", False):
+        if getattr(args, "max_error", None) is not None:
+            raise UsageError("--max-error and --data-free exclude each other")
+        kw["data_free"] = True
+    if getattr(args, "calib", None) is not None:
+        kw["calib"] = args.calib
+    if getattr(args, "mean", None) is not None:
+        kw["mean"] = _parse_mean(args.mean)
+    if getattr(args, "scale", None) is not None:
+        kw["scale"] = args.scale
+    if getattr(args, "swap_rb", False):
+        kw["swap_rb"] = True
     return kw
 
 
@@ -349,6 +377,7 @@ def cmd_info(args) -> int:
             f" + index {fi['index_bytes']:,} B + HDF5 overhead "
             f"{fi['overhead_bytes']:,} B ({fi['overhead']:.1%}); dense weights "
             f"{tot['weights_bytes']:,} B ({tot['weights_bytes'] / fi['file_bytes']:.2f}x the file)",
+            *_fidelity_lines(cm.settings),
             *_opaque_lines(opaque),
         ])
     else:
@@ -393,6 +422,28 @@ def _opaque_lines(opaque: list, show: int = 20) -> list:
     if len(opaque) > show:
         lines.append(f"  ... and {len(opaque) - show} more (--json lists all)")
     return lines
+
+
+def _fidelity_lines(st: dict) -> list:
+    """What a fidelity-targeted file records: target, error reached, calibration, points."""
+    fid = st.get("fidelity")
+    if not fid:
+        return [f"mode: {st.get('mode', 'data-free')}"]
+    out = [f"mode: {fid.get('mode')}"
+           + (f", target {fid['max_error']:g}" if fid.get("max_error") is not None else "")
+           + f", error on the calibration inputs {fid.get('calib_error', float('nan')):.4g}"
+           + f" ({fid.get('forwards')} forwards, {fid.get('seconds', 0):.1f} s)",
+           f"calibration: {fid.get('calibration')}; preprocessing {fid.get('preprocessing')}"]
+    alloc = st.get("allocation") or {}
+    pts = alloc.get("points") or []
+    if pts:
+        out.append("allocation points explored (bytes, predicted error, measured error):")
+        for i, pt in enumerate(pts):
+            pred = pt.get("predicted")
+            mark = "  <- chosen" if i == alloc.get("chosen") else ""
+            out.append(f"  {pt.get('kind', ''):<15} {pt['bytes']:>12,.0f} B  "
+                       f"{'-' if pred is None else format(pred, '.4f'):>8}  {pt['measured']:.4f}{mark}")
+    return out
 
 
 def _settings_text(st: dict) -> str:
@@ -450,8 +501,18 @@ def cmd_verify(args) -> int:
     if not orig.is_file():
         raise FileNotFoundError(f"{orig}: no such file")
     restored = container.caffemodel_bytes(cm)
+    scale, swap_rb = args.scale, args.swap_rb
+    stored = (cm.settings.get("fidelity") or {}).get("preprocessing") or {}
+    if mean is None and scale is None and not swap_rb and stored:
+        # the preprocessing the file was calibrated with, unless told otherwise
+        if isinstance(stored.get("mean"), (int, float, list)):
+            mean = stored["mean"]
+        elif stored.get("mean") is not None:
+            _warn(f"the file was calibrated with a mean {stored['mean']}: pass --mean to verify with it",
+                  args.quiet)
+        scale, swap_rb = stored.get("scale"), bool(stored.get("swap_rb", False))
     reps = verify.compare((proto, orig.read_bytes()), (proto, restored), images=args.images,
-                          mean=mean, scale=args.scale, swap_rb=args.swap_rb, size=size)
+                          mean=mean, scale=scale, swap_rb=swap_rb, size=size)
     worst = verify.max_rel_error(reps)
     ok = worst <= args.tolerance
     rep = {"original": str(orig), "compressed": args.compressed, "tolerance": args.tolerance,

@@ -59,6 +59,10 @@ SIZE_BONUS_DB = ((4096, 12.0), (32768, 6.0))
 # The net's first conv (its errors travel through every later layer) and its
 # last fc (the logits a Softmax or a regressor reads directly) aim higher too.
 POSITION_BONUS_DB = {"first_conv": 6.0, "last_fc": 6.0}
+# The default preset with OpenCV 4.x and a deploy prototxt: compress to this
+# output error on the calibration inputs (held-out images land near it:
+# benchmarks/results_table.py).
+DEFAULT_MAX_ERROR = 0.02
 DEFAULT_MIN_BITS = 3
 DEFAULT_MAX_BITS = 12
 
@@ -87,6 +91,13 @@ class Settings:
         the first matching pattern (in insertion order; exact names first) wins.
     backend : str
         ``cpu | gpu | hybrid | auto``.
+    max_error : float or None
+        Fidelity-targeted compression (``default`` preset): the largest
+        relative L2 error allowed on any compared output, measured through
+        OpenCV on the calibration inputs. None: :data:`DEFAULT_MAX_ERROR`
+        whenever OpenCV 4.x and the deploy prototxt are there.
+    data_free : bool
+        Keep the data-free SQNR rule even when OpenCV is there.
     """
 
     preset: str = "default"
@@ -99,12 +110,22 @@ class Settings:
     min_size: int = 256
     layers: dict = field(default_factory=dict)
     backend: str = "cpu"
+    max_error: float | None = None
+    data_free: bool = False
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         for name in ("bits", "conv_bits", "fc_bits"):
             _check_bits(getattr(self, name), name)
+        if self.max_error is not None:
+            me = self.max_error
+            if isinstance(me, bool) or not isinstance(me, (int, float)) or not 0.0 < float(me) < 1.0:
+                raise ValueError(f"max_error must be a fraction in (0, 1), got {me!r}")
+            if self.data_free:
+                raise ValueError("max_error and data_free exclude each other")
+            if self.preset != "default":
+                raise ValueError(f"max_error needs the default preset, not {self.preset!r}")
         _check_prune(self.prune, "prune")
         for pat, ov in self.layers.items():
             if not isinstance(ov, dict):

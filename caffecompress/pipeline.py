@@ -445,12 +445,96 @@ class _StoreLossless(Exception):
     """Internal: the engine found no smaller coding than the raw floats."""
 
 
-def _settings_dict(s: Settings) -> dict:
-    return {
+def _settings_dict(s: Settings, fidelity=None) -> dict:
+    d = {
         "preset": s.preset, "bits": s.bits, "conv_bits": s.conv_bits, "fc_bits": s.fc_bits,
         "prune": s.prune, "init": s.init, "sqnr_target": s.sqnr_target,
         "min_size": s.min_size, "layers": s.layers, "backend": s.backend,
+        "mode": "data-free",
     }
+    if fidelity is not None:
+        rec = dict(fidelity.record)
+        d["allocation"] = rec.pop("allocation")
+        d["mode"] = rec["mode"]
+        d["fidelity"] = rec
+        # the allocation's widths are its own choice, not the user's overrides
+        d["layers"] = {k: v for k, v in s.layers.items() if k not in fidelity.bits}
+    return d
+
+
+OPENCV_NOTICE = ("OpenCV 4.x not found: compressing data-free (pip install 'caffecompress[verify]' "
+                 "for the fidelity-targeted default)")
+NO_PROTOTXT_NOTICE = "no deploy prototxt: compressing data-free (pass --prototxt for the fidelity-targeted default)"
+
+
+def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts: dict, warn: list):
+    """Run the fidelity-targeted allocation when the settings ask for it (else None).
+
+    The default preset targets ``max_error`` (default 0.02) whenever OpenCV
+    4.x and the deploy prototxt are there; fixed widths (``--bits``) with
+    calibration still get error-compensating rounding. Without OpenCV or a
+    prototxt the default falls back to the data-free rule with one notice,
+    and an explicit ``max_error`` is an error.
+    """
+    from .config import DEFAULT_MAX_ERROR  # noqa: PLC0415
+    from .errors import MissingDependencyError, SchemaMismatchError  # noqa: PLC0415
+
+    if settings.preset != "default" or settings.data_free:
+        return None
+    explicit = settings.max_error is not None or "calib" in calib_opts
+    if not model.prototxt:
+        if explicit:
+            raise SchemaMismatchError("fidelity-targeted compression needs the deploy prototxt (--prototxt)",
+                                      path=model.source)
+        warn.append(NO_PROTOTXT_NOTICE)
+        return None
+    from . import runtime  # noqa: PLC0415
+
+    if not runtime.available():
+        if explicit:
+            raise MissingDependencyError(
+                "fidelity-targeted compression (max_error, calib) needs OpenCV 4.x: "
+                "pip install 'caffecompress[verify]' (opencv-python-headless<5)")
+        warn.append(OPENCV_NOTICE)
+        return None
+    from .caffe.graph import net_graph  # noqa: PLC0415
+    from .errors import FormatError  # noqa: PLC0415
+
+    try:
+        graph = net_graph(model.prototxt, path=model.source)
+    except FormatError as exc:
+        if explicit:
+            raise
+        warn.append(f"the deploy prototxt cannot be run ({exc.reason}): compressing data-free")
+        return None
+    if not graph.inputs:
+        if explicit:
+            raise SchemaMismatchError("fidelity-targeted compression needs the prototxt's input shape "
+                                      "(Input layer, input_shape or input_dim)", path=model.source)
+        warn.append("the deploy prototxt declares no input shape: compressing data-free")
+        return None
+    lossy = []
+    for li, lay in enumerate(model.layers):
+        if not lay.blobs or lay.blobs[0] is None:
+            continue
+        pname = lay.param_names[0] if lay.param_names else ""
+        plan = plan_blob(settings, lay.name, lay.type, 0, tuple(np.shape(lay.blobs[0])),
+                         position=positions.get(li, ""))
+        # pruned blobs and shared parameters keep the data-free path
+        if plan.lossless or plan.prune > 0 or pname:
+            continue
+        if not np.isfinite(np.asarray(lay.blobs[0])).all():
+            continue
+        lossy.append((li, plan))
+    if not lossy:
+        return None
+    fixed = all(p.bits is not None for _, p in lossy)
+    target = None if fixed and settings.max_error is None else (settings.max_error or DEFAULT_MAX_ERROR)
+    from .allocate import allocate  # noqa: PLC0415
+
+    return allocate(model, lossy, target, xp=xp, calib=calib_opts.get("calib"), mean=calib_opts.get("mean"),
+                    scale=calib_opts.get("scale"), swap_rb=bool(calib_opts.get("swap_rb", False)),
+                    rows=calib_opts.get("calib_rows"), log=calib_opts.get("log"))
 
 
 def _resolve_backend(name: str):
@@ -516,10 +600,18 @@ def compress(
 
         model, release = read_caffemodel(model), True
     check_model(model)
+    calib_opts = {k: overrides.pop(k) for k in ("calib", "mean", "scale", "swap_rb", "calib_rows", "log")
+                  if k in overrides}
     settings = overrides.pop("settings", None) or make_settings(preset, config, **overrides)
     xp = _resolve_backend(settings.backend)
     positions = _positions(model)
     src = model.source
+    fid_warn: list[str] = []
+    fidelity = _fidelity(model, settings, positions, xp, calib_opts, fid_warn)
+    if fidelity is not None:
+        model = fidelity.model
+        settings = dataclasses.replace(
+            settings, layers={**{n: {"bits": b} for n, b in fidelity.bits.items()}, **settings.layers})
 
     records: list[BlobRecord | None] = []
     tasks = []  # (record slot, layer idx, blob idx, plan or None, owner slot)
@@ -550,7 +642,7 @@ def compress(
             total += arr.size
     owners.clear()
 
-    warn: list[str] = []
+    warn: list[str] = list(fid_warn)
     if settings.preset == "deep-compression":
         warn.append(DEEP_COMPRESSION_WARNING)
 
@@ -644,7 +736,7 @@ def compress(
         format=model.format,
         unmatched=list(model.unmatched),
         source=src,
-        settings=_settings_dict(settings),
+        settings=_settings_dict(settings, fidelity),
         warnings=warn,
         seconds=time.perf_counter() - t0,
     )

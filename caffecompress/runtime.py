@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_MEAN",
     "DEFAULT_SCALE",
     "SAMPLE_IMAGES",
+    "HELDOUT_IMAGES",
     "available",
     "sample_images",
     "load_images",
@@ -33,8 +34,12 @@ __all__ = [
 
 DEFAULT_MEAN = 127.5
 DEFAULT_SCALE = 1.0 / 128.0
-# scikit-image images shipped inside its wheel (no download needed).
+# scikit-image images shipped inside its wheel (no download needed). The
+# first six are also the bundled calibration set (caffecompress/data/calib);
+# fidelity is reported on the held-out ones, which calibration never sees.
 SAMPLE_IMAGES = ("astronaut", "coffee", "chelsea", "camera", "rocket", "coins")
+HELDOUT_IMAGES = ("cat", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel",
+                  "clock", "moon", "brick")
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 

@@ -48,6 +48,7 @@ __all__ = [
 from .runtime import (  # noqa: E402,F401  (verify's public names, kept)
     DEFAULT_MEAN,
     DEFAULT_SCALE,
+    HELDOUT_IMAGES,
     SAMPLE_IMAGES,
     _cv2,  # noqa: F401
     _Target,  # noqa: F401
@@ -440,7 +441,8 @@ def compare(
         :class:`caffecompress.Model`; or a Model carrying its prototxt. The
         candidate's prototxt is normally the original's.
     images : folder, sequence of arrays or None
-        Input images (BGR like ``cv2.imread``); None uses :func:`sample_images`.
+        Input images (BGR like ``cv2.imread``); None uses :func:`sample_images` of
+        :data:`HELDOUT_IMAGES` (images the bundled calibration set does not hold).
     mean, scale, swap_rb :
         Preprocessing, see :func:`make_blob` (defaults: 127.5, 1/128, False).
     size : (int, int), optional
@@ -461,7 +463,9 @@ def compare(
     proto_b, model_b = _parse_pair(candidate)
     spec = net_spec(proto_a)
     if images is None:
-        imgs = sample_images()
+        # never the calibration images: fidelity is reported on inputs
+        # calibration did not see
+        imgs = sample_images(HELDOUT_IMAGES)
     elif isinstance(images, (str, os.PathLike)):
         imgs = load_images(images)
     else:

@@ -93,8 +93,9 @@ def test_verify_with_mean_file(capsys, zoo, tmp_path):
     pytest.importorskip("cv2")
     d = zoo / "cifar10-quick"
     h5 = tmp_path / "c.h5"
+    # the net's own preprocessing, for calibration; verify defaults to the stored one
     assert run(capsys, d / "cifar10_quick_iter_5000.caffemodel", "--prototxt", d / "cifar10_quick.prototxt",
-               "-o", h5, "-q")[0] == 0
+               "-o", h5, "-q", "--mean", d / "mean.binaryproto", "--scale", "1")[0] == 0
     code, out, err = run(capsys, "verify", d / "cifar10_quick_iter_5000.caffemodel", h5,
                          "--mean", d / "mean.binaryproto", "--scale", "1", "--size", "32x32", "--json")
     assert code == 0, err

@@ -16,9 +16,11 @@ from the engine's k-means (:mod:`.kmeans`), on ``xp``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["nearest_labels", "gptq_round", "output_sse", "bias_shift"]
+__all__ = ["nearest_labels", "HessianFactor", "hessian_factor", "gptq_round", "output_sse", "bias_shift"]
 
 _BLOCK = 128
 
@@ -35,66 +37,105 @@ def nearest_labels(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     return np.searchsorted(mid, np.asarray(w, np.float64), side="left").astype(np.int32)
 
 
-def gptq_round(w: np.ndarray, H: np.ndarray, codebook: np.ndarray, *, damp: float = 0.01,
+@dataclass(frozen=True)
+class HessianFactor:
+    """What GPTQ-style rounding needs of an input Hessian, for any codebook.
+
+    ``perm`` orders each group's columns by decreasing ``H_ii``; ``U`` is the
+    upper Cholesky factor of the damped, permuted ``H^-1``.
+    """
+
+    perm: np.ndarray
+    inv: np.ndarray
+    U: np.ndarray
+
+
+def hessian_factor(H: np.ndarray, *, damp: float = 0.01) -> HessianFactor:
+    """Factor ``H`` (``(cols, cols)`` or ``(groups, cols, cols)``) once per layer.
+
+    Parameters
+    ----------
+    H : numpy.ndarray
+        Sum of ``x x^T`` over calibration input rows.
+    damp : float
+        Added to the diagonal, as a fraction of its mean (keeps a
+        rank-deficient ``H`` invertible).
+    """
+    H = np.array(H, dtype=np.float64, copy=True)
+    if H.ndim == 2:
+        H = H[None]
+    cols = H.shape[1]
+    diag = np.diagonal(H, axis1=1, axis2=2).copy()
+    dead = diag <= 0
+    # a column no calibration row ever excites: its rounding costs nothing
+    # at the output; a unit diagonal keeps the factor defined
+    gi, ci = np.nonzero(dead)
+    H[gi, ci, ci] = 1.0
+    diag[dead] = 1.0
+    # columns with the most input energy first (per group, ties in column order)
+    perm = np.argsort(-diag, axis=1, kind="stable")
+    inv = np.argsort(perm, axis=1, kind="stable")
+    H = np.take_along_axis(np.take_along_axis(H, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
+    idx = np.arange(cols)
+    H[:, idx, idx] += damp * diag.mean(axis=1, keepdims=True)
+    try:
+        L = np.linalg.cholesky(np.linalg.inv(H))
+    except np.linalg.LinAlgError:
+        H[:, idx, idx] += 0.1 * diag.mean(axis=1, keepdims=True)
+        L = np.linalg.cholesky(np.linalg.inv(H))
+    return HessianFactor(perm, inv, np.ascontiguousarray(np.swapaxes(L, 1, 2)))
+
+
+def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
                block: int = _BLOCK) -> np.ndarray:
     """Labels of ``w`` on ``codebook`` chosen with the input Hessian ``H``.
 
     Parameters
     ----------
     w : numpy.ndarray
-        ``(rows, cols)`` weights.
-    H : numpy.ndarray
-        ``(cols, cols)`` sum of ``x x^T`` over calibration input rows.
+        ``(rows, cols)`` weights, or ``(groups, rows, cols)`` for grouped
+        convolutions (each group with its own Hessian, rounded together).
+    H : numpy.ndarray or HessianFactor
+        ``(cols, cols)`` (or ``(groups, cols, cols)``) sum of ``x x^T`` over
+        calibration input rows, or its :func:`hessian_factor`.
     codebook : numpy.ndarray
         Sorted reconstruction levels.
     damp : float
-        Added to the diagonal, as a fraction of its mean (keeps a
-        rank-deficient ``H`` invertible).
+        Diagonal damping when ``H`` is a matrix (see :func:`hessian_factor`).
     block : int
         Columns per lazy block.
 
     Returns
     -------
     numpy.ndarray
-        ``(rows, cols)`` int32 labels.
+        int32 labels, shaped like ``w``.
     """
+    f = H if isinstance(H, HessianFactor) else hessian_factor(H, damp=damp)
+    single = np.ndim(w) == 2
     W = np.array(w, dtype=np.float64, copy=True)
-    rows, cols = W.shape
-    H = np.array(H, dtype=np.float64, copy=True)
-    d = np.diag(H).copy()
-    dead = d <= 0
-    # a column no calibration row ever excites: its rounding costs nothing
-    # at the output, so it is rounded to the nearest level and left out
-    H[dead, dead] = 1.0
-    perm = np.argsort(-np.diag(H), kind="stable")
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(cols)
-    W = W[:, perm]
-    H = H[np.ix_(perm, perm)]
-    H[np.diag_indices(cols)] += damp * float(np.mean(np.diag(H)))
-    try:
-        L = np.linalg.cholesky(np.linalg.inv(H))
-    except np.linalg.LinAlgError:
-        H[np.diag_indices(cols)] += 0.1 * float(np.mean(np.diag(H)))
-        L = np.linalg.cholesky(np.linalg.inv(H))
-    U = L.T  # upper factor of H^-1
+    if single:
+        W = W[None]
+    G, rows, cols = W.shape
+    W = np.take_along_axis(W, f.perm[:, None, :], axis=2)
+    U = f.U
     cb = np.asarray(codebook, np.float64)
-    labels = np.empty((rows, cols), np.int32)
+    labels = np.empty((G, rows, cols), np.int32)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        W1 = W[:, i1:i2].copy()
+        W1 = W[:, :, i1:i2].copy()
         E1 = np.empty_like(W1)
-        U1 = U[i1:i2, i1:i2]
+        U1 = U[:, i1:i2, i1:i2]
         for j in range(i2 - i1):
-            col = W1[:, j]
+            col = W1[:, :, j]
             lab = nearest_labels(col, cb)
-            labels[:, i1 + j] = lab
-            err = (col - cb[lab]) / U1[j, j]
-            W1[:, j:] -= np.outer(err, U1[j, j:])
-            E1[:, j] = err
+            labels[:, :, i1 + j] = lab
+            err = (col - cb[lab]) / U1[:, j, j][:, None]
+            W1[:, :, j:] -= err[:, :, None] * U1[:, j, j:][:, None, :]
+            E1[:, :, j] = err
         if i2 < cols:
-            W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    return labels[:, inv]
+            W[:, :, i2:] -= np.matmul(E1, U[:, i1:i2, i2:])
+    labels = np.take_along_axis(labels, f.inv[:, None, :], axis=2)
+    return labels[0] if single else labels
 
 
 def output_sse(delta: np.ndarray, X: np.ndarray, shift: np.ndarray | None = None) -> float:
