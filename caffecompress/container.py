@@ -14,7 +14,13 @@ other Layer fields) and one per blob: method, kind, dtype, shape, CRC32 of
 the restored array, the blob it shares (for shared parameters), bits,
 sparsity, SQNR, the codec's meta, and its streams (name, offset, length,
 dtype, count, CRC32). The skeleton and the prototxt are deflated streams,
-kept verbatim.
+kept verbatim. ``layout`` is a CRC32 over the layer entries and each blob's
+position, shape, dtype, CRC32 and owner (:func:`~caffecompress.indexschema.layout_crc`;
+a 1.x minor addition: files without it still read).
+
+A reader validates the whole index against its schema
+(:mod:`caffecompress.indexschema`) and against the skeleton's blob
+placeholders before it decodes or allocates anything on the index's word.
 
 Why a single dataset: HDF5 spends ~270-400 bytes of object header per
 dataset (more for compound types and filter pipelines); with the index as
@@ -55,7 +61,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .fileio import atomic_write
-from .indexschema import check_index, check_skeleton
+from .indexschema import check_index, check_layout, check_skeleton, layout_crc
 from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
@@ -79,9 +85,9 @@ LIBVER = ("v110", "v110")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_INDEX = 1 << 28  # inflated index size cap (a damaged length cannot balloon)
 # The skeleton (a NetParameter without blob values) and the prototxt are text
-# and structure: a few MB at most for any real net. Deflate cannot expand more
+# and structure: well under a MB for any real net (16 MiB allowed). Deflate cannot expand more
 # than 1032:1, so a stream that inflates further is crafted.
-_MAX_TEXT = 1 << 26
+_MAX_TEXT = 1 << 24
 _MAX_DEFLATE = 1032
 _VERSION = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})")
 # what h5py raises on damaged files (B-tree signatures, link traversal, ...)
@@ -168,6 +174,7 @@ def _build(cm: CompressedModel) -> np.ndarray:
         "layers": [[n, t, extra] for n, t, extra in cm.layers],
         "blobs": blobs,
     }
+    index["layout"] = layout_crc(json.loads(json.dumps(index, default=_plain)))
     text = json.dumps(index, sort_keys=True, separators=(",", ":"), default=_plain)
     z = np.frombuffer(zlib.compress(text.encode("utf-8"), 9), np.uint8)
     idx = [offset, int(z.size), _crc(z)]
@@ -364,6 +371,7 @@ class _Reader:
         """The index against its schema, then its blob records against the skeleton,
         before anything is decoded or allocated on the index's word."""
         check_index(self.index, self.size, self.path)
+        check_layout(self.index, self.path)
         self.layers = self.index["layers"]
         self.blobs = self.index["blobs"]
         skeleton = self.inflate(self.index["streams"]["skeleton"], "skeleton")
@@ -379,13 +387,18 @@ class _Reader:
         z = self.stream(e, name=name).tobytes()
         limit = min(_MAX_TEXT, max(1, len(z)) * _MAX_DEFLATE)
         d = zlib.decompressobj()
+        out, have, data = [], 0, z
         try:
-            out = d.decompress(z, limit)
+            while data and have <= limit:  # in pieces: zlib's own buffer growth would double the peak
+                piece = d.decompress(data, 1 << 20)
+                out.append(piece)
+                have += len(piece)
+                data = d.unconsumed_tail
         except zlib.error as exc:
             raise self._err(f"{name} stream damaged: {exc}") from None
-        if d.unconsumed_tail or not d.eof:
+        if have > limit or not d.eof:
             raise self._err(f"{name} stream damaged: it does not end within {limit} bytes")
-        return out
+        return b"".join(out)
 
     def stream(self, e, *, name="", layer=None) -> np.ndarray:
         off, ln, dt, count, crc = e

@@ -11,13 +11,15 @@ Failures are :class:`~caffecompress.errors.CorruptDataError` naming the file.
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
 
 import numpy as np
 
 from .errors import CorruptDataError
 
-__all__ = ["check_index", "check_skeleton", "MAX_ELEMENTS"]
+__all__ = ["check_index", "check_skeleton", "check_layout", "layout_crc", "MAX_ELEMENTS"]
 
 #: What a Caffe blob can be (``Blob::Reshape``: count <= INT_MAX, at most 32 axes).
 MAX_ELEMENTS = (1 << 31) - 1
@@ -265,3 +267,33 @@ def check_skeleton(ix, placeholders: list, path) -> None:
     left = [ix["layers"][li][0] for q in queue.values() for li in q]
     if left:
         raise CorruptDataError(f"layers with blobs that the skeleton lacks: {left[:5]}", path=path, layer=left[0])
+
+
+def layout_crc(ix) -> int:
+    """CRC32 of what a restore makes of the index: layer names, types and
+    fields, and per blob its position, shape, dtype, CRC32 and owner.
+
+    Saved files carry it as ``layout`` (earlier 1.0 files lack it and are
+    read without this check). It ties the records together, so a forged index that drops a record, renames a
+    layer or reshapes a blob (same bytes, same blob CRC) is caught even
+    without a skeleton to compare with (a model built in memory, HDF5 weights).
+    """
+    what = [ix["layers"], [[b["layer"], b["blob"], b["shape"], b["dtype"], b["crc32"], b["shared"]]
+                           for b in ix["blobs"]]]
+    text = json.dumps(what, sort_keys=True, separators=(",", ":"))
+    return zlib.crc32(text.encode("utf-8")) & 0xFFFFFFFF
+
+
+def check_layout(ix, path) -> None:
+    """Compare the index with its ``layout`` CRC (files without one: nothing to compare).
+
+    Raises
+    ------
+    CorruptDataError
+    """
+    if "layout" not in ix:
+        return
+    want = ix["layout"]
+    if type(want) is not int or want != layout_crc(ix):  # noqa: E721
+        raise CorruptDataError("index damaged: its records fail the layout CRC32 (layers, shapes, "
+                               "blob CRCs do not match what was written)", path=path)
