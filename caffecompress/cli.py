@@ -7,6 +7,7 @@ Usage::
     caffecompress info FILE
     caffecompress verify ORIGINAL.caffemodel COMPRESSED.h5 [--prototxt P] ...
     caffecompress batch INPUTS... -o OUTDIR [--jobs N | --scheduler ADDRESS] [compress options]
+    caffecompress report FILE.ccz.h5 [-o REPORT.html|SUMMARY.png] [--original MODEL.caffemodel]
 
 Exit codes: 0 ok, 1 input or processing failure (one line on stderr, no
 traceback; set CAFFECOMPRESS_DEBUG=1 for one), 2 usage error, 3 verify
@@ -29,7 +30,7 @@ from .config import PRESETS
 __all__ = ["main", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "EXIT_VERIFY"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_VERIFY = 0, 1, 2, 3
-COMMANDS = ("compress", "decompress", "info", "verify", "batch")
+COMMANDS = ("compress", "decompress", "info", "verify", "batch", "report")
 SUFFIX = ".ccz.h5"
 
 
@@ -110,6 +111,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--prototxt", metavar="P", help="deploy prototxt (kept in the output)")
         p.add_argument("-o", "--output", metavar="OUT.h5",
                        help=f"output file (default: beside the input, *{SUFFIX})")
+        p.add_argument("--report", metavar="REPORT.html",
+                       help="also write the visual report (.html page or .png summary; needs matplotlib)")
         _compress_options(p)
         p.add_argument("--version", action="version", version=f"caffecompress {__version__}")
     elif cmd == "decompress":
@@ -145,17 +148,30 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
                             "scheduler file (.json); default $DASK_SCHEDULER_ADDRESS unless --jobs is "
                             "given. Inputs and OUTDIR must be on a filesystem the workers share")
         _compress_options(p)
+    elif cmd == "report":
+        p.add_argument("input", metavar="FILE.ccz.h5")
+        p.add_argument("-o", "--output", metavar="REPORT.html",
+                       help="REPORT.html (one page, plots embedded) or SUMMARY.png (one figure); "
+                            "default: beside the input, *.report.html")
+        p.add_argument("--original", metavar="MODEL.caffemodel",
+                       help="histogram these weights (before compression) beside the codebooks")
+        p.add_argument("--prototxt", metavar="P", help="for reading a V0/V1 --original")
+        p.add_argument("--top", type=int, default=4, metavar="N",
+                       help="largest compressed layers to histogram (default 4)")
+        p.add_argument("--force", action="store_true", help="overwrite an existing report")
     _common(p)
     return p
 
 
 _DESCRIPTIONS = {
     "compress": "Compress a trained Caffe model into one HDF5 file (default action). "
-                "Other commands: decompress, info, verify, batch (see `caffecompress CMD -h`).",
+                "Other commands: decompress, info, verify, batch, report (see `caffecompress CMD -h`).",
     "decompress": "Restore a compressed file to .caffemodel, .caffemodel.h5 or .npz.",
     "info": "Describe a .caffemodel or a compressed file.",
     "verify": "Run the original and the compressed model through OpenCV 4.x and compare outputs.",
     "batch": "Compress many models; one status line each, continues past failures.",
+    "report": "Plots of a compressed file (bytes and bits per layer, codebooks over the weights, "
+              "size breakdown, the allocation's size/error points) in one HTML page or PNG.",
 }
 
 
@@ -291,6 +307,8 @@ def _emit(args, rep: dict, text: str) -> None:
 def cmd_compress(args) -> int:
     from .report import format_table  # noqa: PLC0415
 
+    if args.report:  # fail before compressing: no matplotlib, bad extension, existing report
+        _check_report(args.report, args.force)
     bar = _Progress(not (args.quiet or args.json), "compress")
     try:
         rep = compress_file(args.model, args.output, prototxt=args.prototxt, preset=args.preset,
@@ -305,7 +323,46 @@ def cmd_compress(args) -> int:
               args.quiet)
     t = rep["totals"]
     text = format_table(rep["layers"], t) + f"\nwrote {rep['output']} in {t['seconds']:.1f} s"
+    if args.report:
+        from .plots import write_report  # noqa: PLC0415
+
+        write_report(rep["output"], args.report, original=args.model, prototxt=args.prototxt,
+                     force=args.force)
+        rep["report"] = str(args.report)
+        text += f"\nwrote {args.report}"
     _emit(args, rep, text)
+    return EXIT_OK
+
+
+def _check_report(out, force: bool) -> None:
+    from .container import check_output_path  # noqa: PLC0415
+    from .plots import require_matplotlib  # noqa: PLC0415
+
+    if Path(out).suffix.lower() not in (".html", ".htm", ".png"):
+        raise UsageError(f"report {out}: extension must be .html (a page) or .png (one figure)")
+    require_matplotlib()
+    check_output_path(out, force=force)
+
+
+def cmd_report(args) -> int:
+    from .plots import write_report  # noqa: PLC0415
+
+    inp = Path(args.input)
+    if not inp.is_file():
+        raise FileNotFoundError(f"{inp}: no such file")
+    if args.output is None:
+        name = inp.name[: -len(SUFFIX)] if inp.name.endswith(SUFFIX) else inp.stem
+        out = inp.with_name(name + ".report.html")
+    else:
+        out = Path(args.output)
+    if args.top < 0:
+        raise UsageError("--top must be >= 0")
+    _check_report(out, args.force)
+    t0 = time.perf_counter()
+    write_report(inp, out, original=args.original, prototxt=args.prototxt, top=args.top, force=args.force)
+    rep = {"input": str(inp), "output": str(out), "bytes": out.stat().st_size,
+           "seconds": round(time.perf_counter() - t0, 3)}
+    _emit(args, rep, f"wrote {out} ({rep['bytes']:,} bytes) in {rep['seconds']:.1f} s")
     return EXIT_OK
 
 
@@ -599,7 +656,7 @@ def _batch_table(results) -> str:
 
 
 _COMMANDS = {"compress": cmd_compress, "decompress": cmd_decompress, "info": cmd_info,
-             "verify": cmd_verify, "batch": cmd_batch}
+             "verify": cmd_verify, "batch": cmd_batch, "report": cmd_report}
 
 
 # ------------------------------------------------------------------ entry

@@ -218,6 +218,12 @@ def build_seeds(folder) -> dict:
                 seeds["prototxt"].append({"path": str(q), "prototxt": None})
         cc.save(cc.compress(cc.read_caffemodel(z), preset="lossless"), folder / "det1.lossless.ccz.h5")
         seeds["ccz"].append({"path": str(folder / "det1.lossless.ccz.h5"), "prototxt": None})
+    # without a skeleton (a model built in memory) and with one without blob
+    # placeholders (HDF5 weights + prototxt): only the layout CRC ties their records
+    cc.save(cc.compress(_synthetic_model(), preset="default", bits=4, prune=0.5), folder / "seed.nosk.ccz.h5")
+    seeds["ccz"].append({"path": str(folder / "seed.nosk.ccz.h5"), "prototxt": None})
+    cc.save(cc.compress(cc.read_caffemodel(h5, prototxt=proto), preset="lossless"), folder / "seed.fromh5.ccz.h5")
+    seeds["ccz"].append({"path": str(folder / "seed.fromh5.ccz.h5"), "prototxt": None})
     src = cc.read_caffemodel(v2, prototxt=proto)
     for name, kw in (("lossless", {"preset": "lossless"}), ("default", {"preset": "default"}),
                      ("bits4-prune", {"preset": "default", "bits": 4, "prune": 0.5}),
@@ -370,7 +376,7 @@ def mutate_h5(path: str, rng, kind: str) -> str:
 
     ops = ["rename", "delete", "retype", "softlink_cycle", "softlink_self", "dangling", "hardlink_cycle",
            "external_link", "external_storage", "deep_nesting", "bomb", "undeclared", "attrs", "vds",
-           "extra_objects"]
+           "extra_objects", "gzip"]
     if kind == "h5":
         ops += ["delete_group", "data_link"]
     else:
@@ -463,6 +469,13 @@ def mutate_h5(path: str, rng, kind: str) -> str:
             for s in range(1 << 20, n, 1 << 20):
                 ds.id.write_direct_chunk((s,), ds.id.read_direct_chunk((0,))[1])
             del old_shape
+        elif op == "gzip":  # the same values, deflated (another tool's writer): must still read
+            old = f[target][()]
+            del pg[leaf]
+            if old.ndim:
+                pg.create_dataset(leaf, data=old, compression="gzip", shuffle=bool(rng.integers(0, 2)))
+            else:
+                pg.create_dataset(leaf, data=old)
         elif op == "undeclared":
             del pg[leaf]
             pg.create_dataset(leaf, shape=(10**6, 10**6), dtype="f4", chunks=True)
