@@ -1,0 +1,252 @@
+"""Fidelity-targeted compression: statistics, rounding, allocation, fallbacks, bad calibration input.
+
+Fidelity is checked on scikit-image images the bundled calibration set does
+not hold (``runtime.HELDOUT_IMAGES``), never on the calibration rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import caffecompress as cc
+from caffecompress import calibrate, pipeline, runtime
+from caffecompress.engine import compensate as C
+from caffecompress.errors import CaffeCompressError, CalibrationError, MissingDependencyError
+
+pytest.importorskip("cv2")
+
+
+def _zoo_model(zoo, rel):
+    w = zoo / (rel + ".caffemodel")
+    return cc.read_caffemodel(w, prototxt=zoo / (rel + ".prototxt"))
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("name", ["245", "248", "254", "289", "306"])
+def test_im2col_rows_reproduce_opencv_convolutions(zoo, name):
+    """Strided, grouped (depthwise) and dilated convolutions of UltraFace: the
+    im2col rows of the fetched input times the weights give OpenCV's output."""
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "ultraface/RFB-320")
+    g = net_graph(m.prototxt)
+    node = g.layer(name)
+    lay = m.layer(name)
+    src = calibrate.producers(g, [name])[name]
+    cal = calibrate.calibration_inputs(g.inputs, rows=6)
+    net = runtime.model_net(m)
+    want = [src[1]] if src[0] == "layer" else []
+    outs = runtime.run_net(net, cal.rows([0]), want + [name])
+    x = cal.rows([0])[src[1]][0] if src[0] == "input" else outs[0][0]
+    y = outs[-1][0, 0]  # (Cout, Ho, Wo) as OpenCV computed it (conv only: its output was asked for)
+    rows = calibrate.im2col(x, node.conv)
+    W = lay.blobs[0]
+    gr = node.conv.group
+    Wm = W.reshape(gr, W.shape[0] // gr, -1).astype(np.float64)
+    ours = np.concatenate([rows[i].astype(np.float64) @ Wm[i].T for i in range(gr)], axis=1)
+    if len(lay.blobs) > 1:
+        ours += lay.blobs[1].reshape(1, -1)
+    ref = y.reshape(y.shape[0], -1).T
+    assert ours.shape == ref.shape
+    assert np.allclose(ours, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()))
+
+
+def test_im2col_position_sample_is_a_subset():
+    from caffecompress.caffe.graph import ConvGeometry
+
+    x = np.random.default_rng(0).standard_normal((4, 9, 11)).astype(np.float32)
+    geom = ConvGeometry((3, 3), (1, 2), (1, 0), (1, 1), 2)
+    full = calibrate.im2col(x, geom)
+    part = calibrate.im2col(x, geom, positions=7, seed=3)
+    assert full.shape == (2, 9 * 5, 2 * 9) and part.shape == (2, 7, 18)
+    for g in range(2):
+        assert all(any(np.array_equal(r, f) for f in full[g]) for r in part[g])
+
+
+# ---------------------------------------------------------------- rounding
+
+
+def _correlated(rng, n, cols, mix=None):
+    if mix is None:
+        mix = rng.standard_normal((cols, cols)) / np.sqrt(cols) + np.eye(cols)
+    return rng.standard_normal((n, cols)) @ mix
+
+
+def test_gptq_rounding_lowers_the_output_error_on_rows_it_did_not_see():
+    rng = np.random.default_rng(1)
+    cols, rows_out = 48, 16
+    W = rng.standard_normal((rows_out, cols)) * 0.1
+    mix = rng.standard_normal((cols, cols)) / np.sqrt(cols) + np.eye(cols)
+    X = _correlated(rng, 4000, cols, mix)
+    Xv = _correlated(np.random.default_rng(2), 2000, cols, mix)  # same inputs' law, other rows
+    cb = np.sort(np.quantile(W, np.linspace(0.02, 0.98, 8)))
+    near = C.nearest_labels(W, cb)
+    gq = C.gptq_round(W, X.T @ X, cb)
+    assert gq.shape == W.shape and gq.dtype == np.int32 and 0 <= gq.min() and gq.max() < cb.size
+    e_near = C.output_sse(cb[near] - W, Xv)
+    e_gptq = C.output_sse(cb[gq] - W, Xv)
+    assert e_gptq < 0.8 * e_near
+    # its weight error is larger: the gain is the compensation, not better rounding
+    assert np.sum((cb[gq] - W) ** 2) > np.sum((cb[near] - W) ** 2)
+
+
+def test_grouped_gptq_equals_each_group_alone_and_a_reused_factor():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((3, 5, 9))
+    H = np.stack([(lambda X: X.T @ X)(_correlated(rng, 200, 9)) for _ in range(3)])
+    H[1, :, 2] = H[1, 2, :] = 0.0  # a dead input column
+    cb = np.linspace(-2, 2, 7)
+    together = C.gptq_round(W, H, cb)
+    for g in range(3):
+        assert np.array_equal(together[g], C.gptq_round(W[g], H[g], cb))
+    f = C.hessian_factor(H)
+    assert np.array_equal(C.gptq_round(W, f, cb), together)
+
+
+def test_bias_correction_removes_the_mean_output_shift():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((500, 6)) + 3.0  # inputs with a large mean
+    delta = rng.standard_normal((4, 6)) * 0.01
+    shift = C.bias_shift(delta, X.mean(axis=0))
+    assert C.output_sse(delta, X, shift) < 0.2 * C.output_sse(delta, X)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_default_targets_the_output_error_and_holds_on_held_out_images(zoo, tmp_path):
+    from caffecompress import verify
+    from caffecompress.caffe import caffemodel_bytes
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    cm = cc.compress(m)
+    fid = cm.settings["fidelity"]
+    assert cm.settings["mode"] == "fidelity" and fid["max_error"] == 0.02
+    assert fid["calib_error"] <= 0.02
+    pts = cm.settings["allocation"]["points"]
+    chosen = pts[cm.settings["allocation"]["chosen"]]
+    assert chosen["measured"] == fid["calib_error"] and any(p["kind"] == "data-free rule" for p in pts)
+    out = tmp_path / "d.ccz.h5"
+    cc.save(cm, out)
+    df = cc.compress(_zoo_model(zoo, "mtcnn/det2"), data_free=True)
+    assert df.settings["mode"] == "data-free" and "fidelity" not in df.settings
+    out_df = tmp_path / "df.ccz.h5"
+    cc.save(df, out_df)
+    assert out.stat().st_size < 0.9 * out_df.stat().st_size
+    held = verify.sample_images(runtime.HELDOUT_IMAGES)
+    reps = verify.compare(m, (m.prototxt, caffemodel_bytes(cc.decompress(out))), held)
+    assert verify.max_rel_error(reps) <= 0.03
+    # the record survives the file
+    back = cc.open_compressed(out)
+    assert back.settings["fidelity"]["calib_error"] == fid["calib_error"]
+
+
+def test_fixed_bits_still_compensate_and_never_allocate(zoo):
+    cm = cc.compress(_zoo_model(zoo, "mtcnn/det2"), bits=4)
+    assert cm.settings["mode"] == "fixed-bits+compensation"
+    assert {r.bits for r in cm.records if r.kind in ("conv", "fc") and r.method != "lossless"} == {4}
+    techs = {v["technique"] for v in cm.settings["fidelity"]["layers"].values()}
+    assert techs - {"nearest", "nearest+bc", "gptq", "gptq+bc"} == set()
+
+
+def test_info_prints_the_fidelity_record(zoo, tmp_path, capsys):
+    from caffecompress import cli
+
+    out = tmp_path / "d.ccz.h5"
+    d = zoo / "mtcnn"
+    assert cli.main([str(d / "det2.caffemodel"), "--prototxt", str(d / "det2.prototxt"), "-o", str(out),
+                     "-q", "--max-error", "0.03"]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mode: fidelity, target 0.03" in text and "<- chosen" in text and "calibration: bundled" in text
+
+
+# ---------------------------------------------------------------- fallbacks
+
+
+def test_without_opencv_the_default_is_data_free_with_one_notice(zoo, monkeypatch):
+    monkeypatch.setattr(runtime, "available", lambda: False)
+    cm = cc.compress(_zoo_model(zoo, "mtcnn/det2"))
+    assert cm.settings["mode"] == "data-free"
+    assert pipeline.OPENCV_NOTICE in cm.warnings
+    with pytest.raises(MissingDependencyError, match=r"caffecompress\[verify\]"):
+        cc.compress(_zoo_model(zoo, "mtcnn/det2"), max_error=0.02)
+
+
+def test_without_opencv_max_error_is_exit_1_with_the_hint(zoo, monkeypatch, tmp_path, capsys):
+    from caffecompress import cli
+
+    monkeypatch.setattr(runtime, "available", lambda: False)
+    d = zoo / "mtcnn"
+    out = tmp_path / "o.ccz.h5"
+    code = cli.main([str(d / "det2.caffemodel"), "--prototxt", str(d / "det2.prototxt"), "-o", str(out),
+                     "--max-error", "0.02"])
+    err = capsys.readouterr().err
+    assert code == 1 and "caffecompress[verify]" in err and not out.exists()
+    code = cli.main([str(d / "det2.caffemodel"), "--prototxt", str(d / "det2.prototxt"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("OpenCV 4.x not found") == 1
+
+
+def test_without_a_prototxt_the_default_is_data_free(zoo):
+    cm = cc.compress(cc.read_caffemodel(zoo / "mtcnn" / "det2.caffemodel"))
+    assert cm.settings["mode"] == "data-free" and pipeline.NO_PROTOTXT_NOTICE in cm.warnings
+
+
+# ---------------------------------------------------------------- bad calibration input
+
+
+def _bad_calib_cases(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"not an image at all")
+    (junk / "b.png").write_bytes(b"\x89PNG broken")
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 3, 10, 10), np.float32))
+    nan = tmp_path / "nan.npy"
+    a = np.zeros((4, 3, 24, 24), np.float32)
+    a[1, 0, 0, 0] = np.nan
+    np.save(nan, a)
+    npz = tmp_path / "missing.npz"
+    np.savez(npz, other=np.zeros((4, 3, 24, 24), np.float32))
+    return {"empty folder": empty, "unreadable images": junk, "wrong shape": wrong, "NaN": nan,
+            "missing input": npz, "no such file": tmp_path / "none.npz"}
+
+
+def test_bad_calibration_input_is_a_calibration_error(zoo, tmp_path):
+    m = _zoo_model(zoo, "mtcnn/det2")
+    for what, path in _bad_calib_cases(tmp_path).items():
+        with pytest.raises(CalibrationError) as info:
+            cc.compress(m, calib=path)
+        assert isinstance(info.value, CaffeCompressError), what
+
+
+def test_bad_calibration_input_is_exit_1_one_line_nothing_written(zoo, tmp_path, capsys):
+    from caffecompress import cli
+
+    d = zoo / "mtcnn"
+    for what, path in _bad_calib_cases(tmp_path).items():
+        out = tmp_path / "o.ccz.h5"
+        code = cli.main([str(d / "det2.caffemodel"), "--prototxt", str(d / "det2.prototxt"),
+                         "-o", str(out), "--calib", str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1, what
+        assert len(err) == 1 and err[0].startswith("caffecompress: error:"), (what, err)
+        assert not out.exists(), what
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.ccz")], what
+
+
+def test_calibration_blobs_are_used_as_given(zoo, tmp_path):
+    m = _zoo_model(zoo, "mtcnn/det2")
+    blobs = np.random.default_rng(0).uniform(-1, 1, (9, 3, 24, 24)).astype(np.float32)
+    path = tmp_path / "calib.npz"
+    np.savez(path, data=blobs)
+    cm = cc.compress(m, calib=path, max_error=0.03)
+    assert cm.settings["fidelity"]["calibration"].startswith("blobs calib.npz (9 rows)")
+    assert cm.settings["fidelity"]["calib_error"] <= 0.03
