@@ -60,7 +60,7 @@ from .errors import (
     TruncatedFileError,
     UnsupportedVersionError,
 )
-from .fileio import atomic_write
+from .fileio import atomic_write, same_file
 from .indexschema import check_index, check_layout, check_skeleton, layout_crc
 from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
@@ -123,14 +123,7 @@ def check_output_path(path, *, inputs=(), force=False) -> Path:
     for src in inputs:
         if src is None:
             continue
-        src = Path(src)
-        same = path.resolve() == src.resolve()
-        if not same and path.exists() and src.exists():
-            try:
-                same = os.path.samefile(path, src)
-            except OSError:
-                same = False
-        if same:
+        if same_file(path, src):  # also through a symlink or a hard link
             raise OutputExistsError("output would overwrite the input", path=path)
     if path.exists() and not force:
         raise OutputExistsError("output exists (use --force / force=True to overwrite)", path=path)
