@@ -158,13 +158,15 @@ def _dead_result(job, why: str) -> dict:
     return {"index": i, "input": str(src), "output": str(out), "status": "failed", "error": why}
 
 
-def _remove_leftovers(out: Path) -> None:
-    """Delete temporary files a killed writer of ``out`` left (fileio.atomic_write's names)."""
-    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp*"):
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+def _remove_leftovers(outs) -> int:
+    """Delete the temporaries that dead writers of ``outs`` left (on this host); count them.
+
+    :func:`~caffecompress.fileio.remove_stale` keeps those whose writer
+    process is still running here, so a concurrent run is never disturbed.
+    """
+    from .fileio import remove_stale  # noqa: PLC0415
+
+    return sum(len(remove_stale(o)) for o in outs)
 
 
 # ------------------------------------------------------------------ runners
@@ -341,8 +343,15 @@ def batch(inputs, out_dir, client=None, *, scheduler=None, jobs: int = 1, force:
         else:
             done = _run_local(todo, options, jobs, emit)
     finally:
-        for j in todo:
-            _remove_leftovers(j[2])
+        outs = [str(j[2]) for j in todo]
+        if todo and client is not None:
+            # a killed worker's temporary carries its pid: only its own host can tell
+            # that the process is gone, so every worker sweeps as well as this host
+            try:
+                client.run(_remove_leftovers, outs)
+            except Exception:  # noqa: BLE001  (best effort; the next write of a name sweeps too)
+                pass
+        _remove_leftovers(outs)
         if own is not None:
             own.close()
     results = sorted(skipped + done, key=lambda r: r["index"])

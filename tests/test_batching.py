@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,16 +37,22 @@ def test_the_package_function_is_not_shadowed_by_its_module():
 
 def test_results_in_order_with_failures_and_resume(src, tmp_path):
     out = tmp_path / "out"
-    # a temporary file a killed writer of a.ccz.h5 left behind
+    # a temporary a killed writer of a.ccz.h5 left behind (its pid is gone), and one
+    # of a writer still running (this process): only the first is swept
     out.mkdir()
-    (out / ".a.ccz.h5.x1y2.tmp").write_bytes(b"partial")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (out / f".a.ccz.h5.cc{dead}-x1y2.tmp").write_bytes(b"partial")
+    live = out / f".b.ccz.h5.cc{os.getpid()}-x1y2.tmp"
+    live.write_bytes(b"being written")
     seen = []
     res = cc.batch([src], out, preset="lossless", on_result=seen.append)
     assert [Path(r["input"]).name for r in res] == ["a.caffemodel", "b.caffemodel", "c.caffemodel"]
     assert [r["status"] for r in res] == ["ok", "ok", "failed"]
     assert "c.caffemodel" in res[2]["error"] and len(seen) == 3
     assert res[0]["output"] == str(out / "a.ccz.h5") and res[0]["ratio"] > 1
-    assert sorted(p.name for p in out.iterdir()) == ["a.ccz.h5", "b.ccz.h5"]
+    assert sorted(p.name for p in out.iterdir()) == [live.name, "a.ccz.h5", "b.ccz.h5"]
+    live.unlink()
     assert cc.open_compressed(out / "a.ccz.h5").prototxt is not None  # found beside a.caffemodel
     assert cc.caffemodel_bytes(out / "b.ccz.h5") == EXAMPLE.read_bytes()  # lossless: exact
     again = cc.batch([src / "a.caffemodel", src / "b.caffemodel"], out, jobs=2)
