@@ -300,8 +300,9 @@ def batch(inputs, out_dir, client=None, *, scheduler=None, jobs: int = 1, force:
         In the models' order. Each has ``input``, ``output`` and ``status``
         (``ok``, ``failed`` or ``up-to-date``); ``ok`` adds ``ratio``,
         ``input_bytes``, ``file_bytes``, ``seconds``, ``warnings``;
-        ``failed`` adds ``error`` (one line); on a cluster ``worker`` names
-        the worker that ran it.
+        ``failed`` adds ``error`` (one line); a model that ran adds
+        ``task_seconds`` (its job's wall time where it ran); on a cluster
+        ``worker`` names the worker that ran it.
 
     Raises
     ------
