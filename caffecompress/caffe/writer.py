@@ -238,7 +238,7 @@ def net_chunks(model: Model, keep_fp16: bool = False, path=None) -> list:
             if _has_placeholders(skel, f):
                 raise FormatError("the model has no layer for this skeleton record with blobs", path=path,
                                   layer=name)
-        elif f.number == 2:
+        elif f.number == 2 and f.wtype == LEN:  # another wire type is an unknown field, kept as is
             raise FormatError("model skeleton is not V2 (has 'layers' records)", path=path)
         out.append(bytes(skel[f.tag : f.b]))
     left = [n for n, q in pending.items() if q]
@@ -249,7 +249,7 @@ def net_chunks(model: Model, keep_fp16: bool = False, path=None) -> list:
 
 def caffemodel_bytes(model: Model, *, keep_fp16: bool = False) -> bytes:
     """The dense V2 ``.caffemodel`` of ``model`` in memory (e.g. for ``cv2.dnn.readNetFromCaffe``)."""
-    chunks = net_chunks(model, keep_fp16)
+    chunks = net_chunks(model, keep_fp16, path=model.source)  # errors name where the model came from
     total = _size(chunks)
     if total > MAX_CAFFEMODEL_BYTES:
         raise FormatError(_too_big(total))

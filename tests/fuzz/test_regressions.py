@@ -366,3 +366,17 @@ def test_layers_in_order_without_blobs_still_read(tmp_path):
     p = tmp_path / "e.ccz.h5"
     cc.save(cc.compress(m), p)
     assert [lay.name for lay in cc.decompress(p).layers] == ["in", "a"]
+
+
+def test_v2_file_with_a_varint_field_2_reads_and_writes_back(tmp_path):
+    """Field 2 (V1 ``layers``) with another wire type is an unknown field, as protobuf
+    and Caffe take it: the read goes on and the writer keeps it (the 120,000-case
+    campaign's one finding: the writer refused it without naming the file)."""
+    from caffecompress.caffe.writer import caffemodel_bytes
+
+    good = caffemodel_bytes(_model())
+    p = tmp_path / "v.caffemodel"
+    p.write_bytes(good + b"\x10\x05")  # key (2, VARINT), value 5
+    m = read_caffemodel(p)
+    assert m.format == "V2"
+    assert caffemodel_bytes(m) == good + b"\x10\x05"
