@@ -4,7 +4,8 @@ Inputs come from the bundled calibration images (the six scikit-image
 photographs ``verify`` always used, in ``caffecompress/data/calib``), a
 folder of images, or input blobs (``.npy`` for one-input nets, ``.npz``
 mapping input names to blobs). Images are widened with flips and random
-crops (a fixed seed) up to a row budget, because a handful of rows makes
+crops with contrast, brightness and grey changes (a fixed seed) up to a
+row budget, because a handful of rows makes
 the later layers' input Hessians rank-deficient and error-compensating
 rounding then fits the calibration set (measured in
 ``../shared/reference/fidelity-frontier.md``).
@@ -95,7 +96,13 @@ def bundled_images() -> list[np.ndarray]:
 
 
 def _augment(images: list, rows: int, seed: int = 0) -> tuple[list, list]:
-    """``rows`` variants of ``images``: originals, then flips, then random crops.
+    """``rows`` variants of ``images``: originals, flips, then photometrically changed random crops.
+
+    The photometric changes widen what the rows cover: on a development set
+    of scikit-image images outside both the calibration and the reported
+    held-out sets (grass, gravel, cell, page, text, logo, horse,
+    microaneurysms), the worst ratio of development error to the 0.02
+    target over 8 zoo models fell from 1.89 to 1.64 at the same mean ratio.
 
     Returns the variants and, per variant, the index of its source image.
     """
@@ -119,10 +126,23 @@ def _augment(images: list, rows: int, seed: int = 0) -> tuple[list, list]:
                 v = im[y0 : y0 + ch, x0 : x0 + cw]
                 if rng.random() < 0.5:
                     v = v[:, ::-1]
+                v = _photometric(v, rng)
             out.append(np.ascontiguousarray(v))
             src.append(i)
         k += 1
     return out, src
+
+
+def _photometric(v: np.ndarray, rng) -> np.ndarray:
+    """A contrast, brightness and (colour images, half the time) grey change of one crop."""
+    f = v.astype(np.float32)
+    if f.ndim == 3 and f.shape[2] >= 3 and rng.random() < 0.5:
+        f = np.repeat(f[..., :3].mean(axis=2, keepdims=True), 3, axis=2)
+    c = rng.uniform(0.5, 1.5)
+    b = rng.uniform(-40.0, 40.0)
+    m = f.mean()
+    f = (f - m) * c + m + b
+    return np.clip(f, 0, 255).astype(np.uint8)
 
 
 def _split_by_source(src: list[int], n_sources: int) -> tuple[np.ndarray, np.ndarray]:
