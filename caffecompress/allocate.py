@@ -57,9 +57,11 @@ PROBE_BITS = 5
 MAX_JOINT = 7
 #: Rows of the sensitivity probes (evenly spaced over the calibration rows).
 SENS_ROWS = 8
-#: Labels of blobs up to this size are kept per candidate; bigger blobs
-#: recompute the chosen candidate's labels (memory).
+#: Blobs up to this size keep their candidates' labels; bigger ones take
+#: the piecewise nearest-level path (memory; see _candidates_big).
 _KEEP_LABELS = 1 << 21
+#: Widest codebook tried for such big blobs.
+BIG_MAX_BITS = 9
 
 
 @dataclass
@@ -147,10 +149,72 @@ def _weight_sqnr(w64: np.ndarray, d: np.ndarray) -> float:
     return 10 * math.log10(sig / err) if sig > 0 else -math.inf
 
 
+def _row_blocks(M: np.ndarray):
+    """``(group, row slice)`` pieces of a ``(groups, rows, cols)`` matrix of <= 4M values."""
+    step = max(1, (1 << 22) // max(M.shape[2], 1))
+    for g in range(M.shape[0]):
+        for r0 in range(0, M.shape[1], step):
+            yield g, slice(r0, min(r0 + step, M.shape[1]))
+
+
+def _candidates_big(b: _Blob, xp, widths) -> None:
+    """:func:`_candidates` for a blob of more than ``_KEEP_LABELS`` weights.
+
+    Nearest levels only (no GPTQ: the Hessian of such a layer would hold
+    ~cols^2 float64 values and its rounding loop runs once per column), with
+    and without bias correction, everything in pieces of <= 4M weights so the
+    working set stays a small multiple of one piece. Labels are not kept:
+    :func:`_quantised` recomputes them the same way.
+    """
+    from .engine import kmeans  # noqa: PLC0415
+
+    M = _matrix(b.w, b.node)
+    st = b.stats
+    og = M.shape[1]
+    for bits in widths:
+        sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp)
+        cb = np.asarray(sw.codebook, np.float32)
+        cb64 = cb.astype(np.float64)
+        del sw
+        counts = np.zeros(cb.size, np.int64)
+        sse = sig = 0.0
+        Ys = []
+        shift = np.zeros(M.shape[0] * og) if (st is not None and b.has_bias) else None
+        for g, rs in _row_blocks(M):
+            w64 = M[g, rs].astype(np.float64)
+            lab = C.nearest_labels(w64, cb64)
+            counts += np.bincount(lab.reshape(-1), minlength=cb.size)
+            d = cb64[lab] - w64
+            sse += _sq(d)
+            sig += _sq(w64)
+            if st is not None:
+                Ys.append((g, rs, np.asarray(st.Xval[g], np.float64) @ d.T))
+                if shift is not None:
+                    shift[g * og + rs.start:g * og + rs.stop] = d @ st.mean_fit[g]
+        if st is None:
+            variants = [("nearest", sse, None)]
+        else:
+            n = st.Xval.shape[1]
+            variants = [("nearest", sum(_sq(y) for _, _, y in Ys) / n, None)]
+            if shift is not None:
+                d1 = sum(_sq(y - shift[g * og + rs.start:g * og + rs.stop][None, :]) for g, rs, y in Ys) / n
+                variants.append(("nearest+bc", d1, shift))
+        del Ys
+        name, dist, sh = min(variants, key=lambda v: v[1])
+        p = counts[counts > 0] / counts.sum()
+        nbytes = float(counts.sum() * -(p * np.log2(p)).sum() / 8.0) + 4.0 * cb.size + 48.0
+        sq = math.inf if sse == 0 else (10 * math.log10(sig / sse) if sig > 0 else -math.inf)
+        b.cands[bits] = _Cand(bits, name, nbytes, dist, cb, None, sh, sq)
+        if sse == 0:
+            break
+
+
 def _candidates(b: _Blob, xp, widths) -> None:
     """Fill ``b.cands`` (width -> best candidate on the validation rows)."""
     from .engine import kmeans  # noqa: PLC0415
 
+    if b.w.size > _KEEP_LABELS:
+        return _candidates_big(b, xp, [w for w in widths if w <= BIG_MAX_BITS])
     W64 = b.w.astype(np.float64)
     M = _matrix(W64, b.node)
     st = b.stats
@@ -185,8 +249,7 @@ def _candidates(b: _Blob, xp, widths) -> None:
                     best = (name, dist, shift, lab, delta)
         name, dist, shift, lab, delta = best
         b.cands[bits] = _Cand(
-            bits, name, _entropy_bytes(lab, cb.size), dist, cb,
-            lab if b.w.size <= _KEEP_LABELS else None, shift, _weight_sqnr(W64, delta))
+            bits, name, _entropy_bytes(lab, cb.size), dist, cb, lab, shift, _weight_sqnr(W64, delta))
         if sw.exact:
             break
 
@@ -198,14 +261,17 @@ def _factor(b: _Blob):
     return b.factor
 
 
-def _labels_of(b: _Blob, c: _Cand) -> np.ndarray:
+def _quantised(b: _Blob, c: _Cand) -> np.ndarray:
+    """The candidate's weights (float32, the blob's shape)."""
     if c.labels is not None:
-        return c.labels
-    M = _matrix(b.w.astype(np.float64), b.node)
+        return _unmatrix(c.codebook[c.labels], b.shape, b.node).astype(np.float32)
+    # a big blob: nearest levels, piece by piece, as _candidates_big chose them
+    M = _matrix(b.w, b.node)
+    out = np.empty(M.shape, np.float32)
     cb64 = c.codebook.astype(np.float64)
-    if c.technique.startswith("gptq"):
-        return C.gptq_round(M, _factor(b), cb64)
-    return C.nearest_labels(M, cb64)
+    for g, rs in _row_blocks(M):
+        out[g, rs] = c.codebook[C.nearest_labels(M[g, rs].astype(np.float64), cb64)]
+    return _unmatrix(out, b.shape, b.node)
 
 
 def _apply(model: Model, blobs, choice: dict) -> Model:
@@ -215,8 +281,7 @@ def _apply(model: Model, blobs, choice: dict) -> Model:
         c = b.cands[choice[b.name]]
         lay = layers[b.li]
         arrs = list(lay.blobs)
-        q = c.codebook[_labels_of(b, c)]
-        arrs[0] = _unmatrix(q, b.shape, b.node).astype(np.float32)
+        arrs[0] = _quantised(b, c)
         if c.shift is not None and len(arrs) > 1:
             bias = arrs[1]
             arrs[1] = (bias.astype(np.float64) - c.shift.reshape(bias.shape)).astype(np.float32)

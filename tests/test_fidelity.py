@@ -250,3 +250,33 @@ def test_calibration_blobs_are_used_as_given(zoo, tmp_path):
     cm = cc.compress(m, calib=path, max_error=0.03)
     assert cm.settings["fidelity"]["calibration"].startswith("blobs calib.npz (9 rows)")
     assert cm.settings["fidelity"]["calib_error"] <= 0.03
+
+
+def test_big_blob_path_matches_the_nearest_candidates(zoo, monkeypatch):
+    """Blobs over _KEEP_LABELS take the piecewise path; with GPTQ out of the way
+    it must give the small path's nearest(+bc) candidates and weights."""
+    from caffecompress import allocate as A
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, rows=12)
+    names = ["conv2", "conv4"]
+    stats = calibrate.layer_stats(runtime.model_net(m), g, cal, names)
+    monkeypatch.setattr(A, "GPTQ_MIN_ROWS_PER_COL", 1e9)
+    for name in names:
+        lay = m.layer(name)
+        w = np.ascontiguousarray(lay.blobs[0])
+        mk = lambda: A._Blob(m.layers.index(lay), name, w.shape, w, g.layer(name), stats[name], True, None, None)  # noqa: E731
+        small, big = mk(), mk()
+        A._candidates(small, np, [3, 5])
+        monkeypatch.setattr(A, "_KEEP_LABELS", 16)
+        A._candidates(big, np, [3, 5])
+        monkeypatch.setattr(A, "_KEEP_LABELS", 1 << 21)
+        for bits in (3, 5):
+            s, b = small.cands[bits], big.cands[bits]
+            assert b.labels is None and s.technique == b.technique
+            assert np.isclose(s.dist, b.dist, rtol=1e-9) and np.isclose(s.nbytes, b.nbytes, rtol=1e-9)
+            assert np.array_equal(A._quantised(small, s), A._quantised(big, b))
+            if s.shift is not None:
+                assert np.allclose(s.shift, b.shift, rtol=1e-9, atol=1e-12)
