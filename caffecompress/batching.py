@@ -36,6 +36,9 @@ from .errors import CaffeCompressError, MissingDependencyError, UnreachablePathE
 __all__ = ["batch", "find_models", "plan", "prototxt_beside", "summarize", "BatchInputError"]
 
 _MODEL_SUFFIXES = (".caffemodel", ".caffemodel.h5")
+# compression options that name files: made absolute before they travel to a
+# worker (whose working directory is its own) and probed on every worker
+_PATH_OPTIONS = ("config", "calib")
 
 
 class BatchInputError(CaffeCompressError, ValueError):
@@ -140,8 +143,8 @@ def _run_job(job, options: dict, on_cluster: bool = False) -> dict:
         res["worker"] = worker
     try:
         if on_cluster:
-            for p in (src, proto, options.get("config"), out.parent):
-                if p is not None and not os.path.exists(p):
+            for p in (src, proto, out.parent, *(options.get(k) for k in _PATH_OPTIONS)):
+                if isinstance(p, (str, os.PathLike)) and not os.path.exists(p):
                     raise UnreachablePathError(worker, p)
         rep = compress_file(src, out, prototxt=proto, **dict(options, force=True))
         t = rep["totals"]
@@ -233,8 +236,7 @@ def _run_cluster(client, jobs, options, out_dir, emit) -> list[dict]:
     from distributed import as_completed  # noqa: PLC0415
 
     paths = {p for j in jobs for p in (j[1], j[3]) if p is not None}
-    if options.get("config"):
-        paths.add(Path(options["config"]).resolve())
+    paths.update(Path(options[k]) for k in _PATH_OPTIONS if isinstance(options.get(k), str))
     check_reachable(client, sorted(paths), out_dir)
     tag = uuid.uuid4().hex[:8]
     futs = {}
@@ -318,7 +320,10 @@ def batch(inputs, out_dir, client=None, *, scheduler=None, jobs: int = 1, force:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BatchInputError(f"{out_dir}: exists and is not a folder")
-    if options.get("config"):
+    for k in _PATH_OPTIONS:  # (a config may also be a dict, calibration inputs arrays)
+        if isinstance(options.get(k), (str, os.PathLike)):
+            options[k] = str(Path(options[k]).resolve())
+    if isinstance(options.get("config"), str):
         from .config import load_toml  # noqa: PLC0415
 
         load_toml(options["config"])  # fail once, here, on a bad config

@@ -137,10 +137,15 @@ def test_cluster_outputs_restore_like_a_local_batch(cluster, zoo, tmp_path, caps
 
 def test_dask_scheduler_address_is_honoured(cluster, zoo, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler.address)
-    code = main(["batch", str(zoo / "mtcnn" / "det1.caffemodel"), "-o", str(tmp_path), "--preset",
-                 "lossless", "--json"])
+    # a relative --config: the workers' working directory is their own
+    monkeypatch.chdir(tmp_path)
+    Path("cfg.toml").write_text('preset = "lossless"\n')
+    code = main(["batch", str(zoo / "mtcnn" / "det1.caffemodel"), "-o", "out", "--config", "cfg.toml",
+                 "--json"])
     rep = json.loads(capsys.readouterr().out)
-    assert code == 0 and rep["results"][0]["worker"] in cluster.scheduler_info()["workers"]
+    assert code == 0, rep
+    assert rep["results"][0]["worker"] in cluster.scheduler_info()["workers"]
+    assert cc.open_compressed(tmp_path / "out" / "det1.ccz.h5").settings["preset"] == "lossless"
     # --jobs asks for local processes: the variable does not apply
     code = main(["batch", str(zoo / "mtcnn" / "det1.caffemodel"), "-o", str(tmp_path / "j"),
                  "--preset", "lossless", "--jobs", "1", "--json"])
