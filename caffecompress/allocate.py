@@ -55,8 +55,13 @@ GPTQ_MIN_ROWS_PER_COL = 4
 PROBE_BITS = 5
 #: Joint forwards spent tuning the budget.
 MAX_JOINT = 7
-#: Rows of the sensitivity probes (evenly spaced over the calibration rows).
+#: Rows of the sensitivity probes (evenly spaced over the calibration rows);
+#: nets whose weights x input pixels exceed SENS_HEAVY (a deterministic
+#: proxy of a forward's cost: ResNet-50, VGG) probe on SENS_ROWS_HEAVY rows,
+#: since a probe is one forward per blob.
 SENS_ROWS = 8
+SENS_ROWS_HEAVY = 2
+SENS_HEAVY = 1e11
 #: Blobs up to this size keep their candidates' labels; bigger ones take
 #: the piecewise nearest-level path (memory; see _candidates_big).
 _KEEP_LABELS = 1 << 21
@@ -435,7 +440,9 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": "fixed"})
         return _result(qm, blobs, choice, points, 0, None, m, cal, meter.count, t0, graph)
 
-    sens_rows = np.unique(np.linspace(0, cal.n - 1, min(SENS_ROWS, cal.n)).round().astype(int))
+    pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
+    nrows = SENS_ROWS_HEAVY if model.num_params * pixels > SENS_HEAVY else SENS_ROWS
+    sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
     probe = _Meter(model, graph, cal.rows(sens_rows))
     for b in blobs:
         pb = PROBE_BITS if PROBE_BITS in b.cands else max(b.cands)
