@@ -271,7 +271,7 @@ def calibration_inputs(
         except ValueError as exc:
             raise CalibrationError(f"input {name!r}: {exc}", path=path) from None
     fit, val = _split_by_source(src, len(images))
-    what += f", widened to {rows} rows by flips and crops; {len(fit)} fit, {len(val)} validation)"
+    what += f", widened to {rows} rows by flips and photometrically changed crops; {len(fit)} fit, {len(val)} validation)"
     return Calibration(feeds, fit, val, what, prep)
 
 
