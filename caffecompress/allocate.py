@@ -136,8 +136,10 @@ def _unmatrix(m: np.ndarray, shape, node) -> np.ndarray:
 
 def _sq(a: np.ndarray) -> float:
     """Sum of squares (float64)."""
-    f = np.asarray(a, np.float64).reshape(-1)
-    return float(np.dot(f, f))
+    f = np.ascontiguousarray(a, np.float64).reshape(-1)
+    # einsum, not np.dot: the machine's BLAS ddot ran 8x slower (60 vs 7 ms
+    # for 2M values), and this sum runs for every candidate
+    return float(np.einsum("i,i->", f, f))
 
 
 def _entropy_bytes(labels: np.ndarray, k: int) -> float:

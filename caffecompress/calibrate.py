@@ -39,8 +39,11 @@ __all__ = ["Calibration", "LayerStats", "calibration_inputs", "layer_stats", "im
 #: Rows the bundled images are widened to (small inputs get twice as many).
 DEFAULT_ROWS = 24
 _SMALL_INPUT = 64 * 64
-#: im2col positions kept per image and layer (a fixed-seed sample beyond).
+#: im2col positions kept per image and layer (a fixed-seed sample beyond):
+#: about _FIT_POSITIONS over all fit rows, within these bounds per image.
 _POSITIONS = 1024
+_MIN_POSITIONS = 256
+_FIT_POSITIONS = 1 << 14
 #: Validation rows kept per layer (each candidate's check is a product with them).
 _VAL_ROWS = 512
 #: Hessian entries (all layers together, float64) kept; layers beyond keep
@@ -371,10 +374,10 @@ def producers(graph, names) -> dict:
     return out
 
 
-def _rows_of(node, x: np.ndarray, seed: int) -> np.ndarray:
+def _rows_of(node, x: np.ndarray, seed: int, positions: int = _POSITIONS) -> np.ndarray:
     """Input rows of one weight layer for one image: ``(groups, rows, cols)``."""
     if node.conv is not None:
-        return im2col(x, node.conv, positions=_POSITIONS, seed=seed)
+        return im2col(x, node.conv, positions=positions, seed=seed)
     # InnerProduct: flatten from `axis` (the image axis counts as the first)
     axis = node.axis if node.axis >= 0 else x.ndim + node.axis
     return np.ascontiguousarray(x.reshape(int(np.prod(x.shape[:axis])), -1)[None], dtype=np.float32)
@@ -408,13 +411,15 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
     val_cap = {n: 0 for n in names}
     is_val = np.zeros(calib.n, bool)
     is_val[calib.val] = True
+    # the Hessians' cost is rows x cols^2: many small images need fewer positions each
+    positions = int(min(_POSITIONS, max(_MIN_POSITIONS, _FIT_POSITIONS // max(len(calib.fit), 1))))
     for r in range(calib.n):
         feeds = calib.rows([r])
         outs = dict(zip(fetch, runtime.run_net(net, feeds, fetch))) if fetch else {}
         for name in names:
             kind, what = src[name]
             x = feeds[what][0] if kind == "input" else outs[what][0]
-            rows = _rows_of(nodes[name], x, seed=r)
+            rows = _rows_of(nodes[name], x, seed=r, positions=positions)
             if is_val[r]:
                 if val_cap[name] < _VAL_ROWS and rows.shape[1]:
                     val_rows[name].append(rows[:, : _VAL_ROWS - val_cap[name]])
