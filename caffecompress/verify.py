@@ -20,7 +20,6 @@ What is compared follows the project's fidelity rule:
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -29,7 +28,6 @@ import numpy as np
 __all__ = [
     "OutputReport",
     "NetSpec",
-    "parse_prototxt_text",
     "net_spec",
     "load_net",
     "opencv_net",
@@ -63,137 +61,6 @@ from .runtime import (  # noqa: E402,F401  (verify's public names, kept)
     sample_images,
 )
 
-# V1 ``layers { type: ENUM }`` names for the two types this module looks for.
-_V1_TYPES = {"SOFTMAX": "Softmax", "INPUT": "Input"}
-
-
-# --------------------------------------------------------------------------
-# Minimal protobuf text-format reader (names, types, bottoms, tops, shapes).
-# --------------------------------------------------------------------------
-
-_TOKEN = re.compile(
-    r"""\s+|\#[^\n]*|(?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
-    r"""|(?P<punct>[{}<>:\[\],;])|(?P<word>[^\s{}<>:\[\],;"'#]+)"""
-)
-
-
-class TextMessage:
-    """A parsed text-format message: field name -> list of values, in file order.
-
-    Values are ``str`` (strings unquoted, scalars as written) or
-    :class:`TextMessage` for sub-messages. Only as much of the text format as
-    Caffe prototxts use is understood; it never needs the schema.
-    """
-
-    __slots__ = ("fields",)
-
-    def __init__(self):
-        self.fields: list[tuple[str, object]] = []
-
-    def all(self, key: str) -> list:
-        """Every value of ``key`` in order."""
-        return [v for k, v in self.fields if k == key]
-
-    def get(self, key: str, default=None):
-        """The last value of ``key`` (text format: last one wins), or ``default``."""
-        vals = self.all(key)
-        return vals[-1] if vals else default
-
-
-def _tokens(text: str) -> list[tuple[str, str]]:
-    out = []
-    pos = 0
-    n = len(text)
-    while pos < n:
-        m = _TOKEN.match(text, pos)
-        if m is None:  # unterminated quote or stray character
-            raise ValueError(f"prototxt: cannot tokenise near offset {pos}: {text[pos:pos + 30]!r}")
-        pos = m.end()
-        if m.lastgroup == "str":
-            s = m.group("str")[1:-1]
-            out.append(("str", bytes(s, "utf-8").decode("unicode_escape") if "\\" in s else s))
-        elif m.lastgroup == "punct":
-            out.append(("p", m.group("punct")))
-        elif m.lastgroup == "word":
-            out.append(("w", m.group("word")))
-    return out
-
-
-def parse_prototxt_text(text: str | bytes) -> TextMessage:
-    """Parse protobuf text format into a :class:`TextMessage` tree.
-
-    Parameters
-    ----------
-    text : str or bytes
-        A Caffe ``.prototxt`` (any generation: V0, V1, V2).
-
-    Returns
-    -------
-    TextMessage
-        The root message.
-
-    Raises
-    ------
-    ValueError
-        On unbalanced braces or a malformed field.
-    """
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    toks = _tokens(text)
-    root = TextMessage()
-    stack = [root]
-    closers = []
-    i = 0
-    n = len(toks)
-    while i < n:
-        kind, val = toks[i]
-        if kind == "p" and val in "}>":
-            if len(stack) == 1 or closers[-1] != val:
-                raise ValueError(f"prototxt: unbalanced {val!r}")
-            stack.pop()
-            closers.pop()
-            i += 1
-            continue
-        if kind == "p" and val in ",;":
-            i += 1
-            continue
-        if kind != "w":
-            raise ValueError(f"prototxt: expected a field name, got {val!r}")
-        key = val
-        i += 1
-        if i < n and toks[i] == ("p", ":"):
-            i += 1
-        if i >= n:
-            raise ValueError(f"prototxt: field {key!r} has no value")
-        kind, val = toks[i]
-        if kind == "p" and val in "{<":
-            msg = TextMessage()
-            stack[-1].fields.append((key, msg))
-            stack.append(msg)
-            closers.append("}" if val == "{" else ">")
-            i += 1
-        elif kind == "p" and val == "[":
-            i += 1
-            while i < n and toks[i] != ("p", "]"):
-                if toks[i] != ("p", ","):
-                    stack[-1].fields.append((key, toks[i][1]))
-                i += 1
-            i += 1
-        elif kind in ("w", "str"):
-            # adjacent string literals concatenate
-            if kind == "str":
-                while i + 1 < n and toks[i + 1][0] == "str":
-                    i += 1
-                    val += toks[i][1]
-            stack[-1].fields.append((key, val))
-            i += 1
-        else:
-            raise ValueError(f"prototxt: bad value for {key!r}: {val!r}")
-    if len(stack) != 1:
-        raise ValueError("prototxt: missing closing brace")
-    return root
-
-
 @dataclass
 class LayerSpec:
     """Name, type and connections of one prototxt layer (V2 type names where known)."""
@@ -221,12 +88,11 @@ class NetSpec:
     layers: list[LayerSpec] = field(default_factory=list)
 
 
-def _dims(msg: TextMessage) -> tuple[int, ...]:
-    return tuple(int(float(d)) for d in msg.all("dim"))
-
-
 def net_spec(prototxt: str | bytes) -> NetSpec:
     """Read inputs and layer connectivity from prototxt text (V0, V1 or V2).
+
+    The net is parsed by the project's one prototxt parser
+    (:func:`caffecompress.caffe.graph.net_graph`, upgraded to V2).
 
     Parameters
     ----------
@@ -236,39 +102,18 @@ def net_spec(prototxt: str | bytes) -> NetSpec:
     Returns
     -------
     NetSpec
+
+    Raises
+    ------
+    FormatError
+        The text is not a valid net definition.
     """
-    root = parse_prototxt_text(prototxt)
-    spec = NetSpec()
-    # Net-level inputs: `input` + `input_shape {dim}` or `input_dim` x4.
-    names = [str(v) for v in root.all("input")]
-    shapes = [_dims(s) for s in root.all("input_shape")]
-    flat = [int(float(d)) for d in root.all("input_dim")]
-    for k, nm in enumerate(names):
-        if k < len(shapes):
-            spec.inputs[nm] = shapes[k]
-        elif len(flat) >= 4 * (k + 1):
-            spec.inputs[nm] = tuple(flat[4 * k : 4 * k + 4])
-    records = root.all("layer") + root.all("layers")
-    for rec in records:
-        if not isinstance(rec, TextMessage):
-            continue
-        inner = rec.get("layer")  # V0: layers { layer { name type } bottom top }
-        head = inner if isinstance(inner, TextMessage) else rec
-        name = str(head.get("name", ""))
-        typ = str(head.get("type", ""))
-        typ = _V1_TYPES.get(typ, typ)
-        if typ.lower() == "softmax":
-            typ = "Softmax"
-        sm = head.get("softmax_param")
-        axis = int(sm.get("axis", 1)) if isinstance(sm, TextMessage) else 1
-        lay = LayerSpec(name, typ, [str(b) for b in rec.all("bottom")], [str(t) for t in rec.all("top")], axis)
-        spec.layers.append(lay)
-        if typ == "Input":
-            ip = head.get("input_param")
-            shp = ip.all("shape") if isinstance(ip, TextMessage) else []
-            for j, top in enumerate(lay.tops):
-                if shp:
-                    spec.inputs[top] = _dims(shp[min(j, len(shp) - 1)])
+    from .caffe.graph import net_graph  # noqa: PLC0415
+
+    g = net_graph(prototxt)
+    spec = NetSpec(inputs=dict(g.inputs))
+    for lay in g.layers:
+        spec.layers.append(LayerSpec(lay.name, lay.type, list(lay.bottoms), list(lay.tops), lay.softmax_axis))
     return spec
 
 

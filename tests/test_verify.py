@@ -63,8 +63,20 @@ def _perturbed(model: Path, proto: Path, layer: str, factor: float) -> bytes:
 # --------------------------------------------------------------------------- parsing
 
 
+def _textformat():
+    """tools/textformat.py: the synthetic-model tool's own schema-free text reader."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    return importlib.import_module("textformat")
+
+
 def test_text_parser_nested_and_lists():
-    msg = V.parse_prototxt_text(
+    msg = _textformat().parse_prototxt_text(
         'name: "n" # comment\nlayer { name: "a" type: "Conv" bottom: "x" top: "y" '
         "param { lr_mult: 1 } } layer < name: 'b' > input_dim: [1, 3, 8, 8]\n"
         's: "con" "cat"'
@@ -80,7 +92,7 @@ def test_text_parser_nested_and_lists():
 @pytest.mark.parametrize("bad", ["layer { name: 'a' ", "layer { } }", "a: "])
 def test_text_parser_rejects_unbalanced(bad):
     with pytest.raises(ValueError):
-        V.parse_prototxt_text(bad)
+        _textformat().parse_prototxt_text(bad)
 
 
 def test_every_zoo_prototxt_matches_opencv(zoo):

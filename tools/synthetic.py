@@ -346,7 +346,7 @@ def infer_blob_shapes(prototxt_path) -> tuple[str, list[tuple[str, str, list[tup
     (str, list)
         Net name and ``[(layer name, V2 type, [blob shapes])]`` for every layer.
     """
-    from caffecompress.verify import parse_prototxt_text
+    from textformat import parse_prototxt_text
 
     root = parse_prototxt_text(_spec_text(prototxt_path))
     shapes: dict[str, list] = {}
