@@ -280,3 +280,29 @@ def test_big_blob_path_matches_the_nearest_candidates(zoo, monkeypatch):
             assert np.array_equal(A._quantised(small, s), A._quantised(big, b))
             if s.shift is not None:
                 assert np.allclose(s.shift, b.shift, rtol=1e-9, atol=1e-12)
+
+
+def test_allocation_through_the_device_branches_gives_the_host_choice(zoo):
+    """The engine's device-side k-means branches (NumPy posing as cupy) lead to
+    the same allocation, weights and record as the host: every float decision
+    of the allocation is made on the host from exact inputs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fakedevice import NumpyAsDevice
+
+    from caffecompress import allocate, config
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    s = config.make_settings("default")
+    lossy = [(li, config.plan_blob(s, lay.name, lay.type, 0, tuple(lay.blobs[0].shape)))
+             for li, lay in enumerate(m.layers) if lay.blobs]
+    lossy = [(li, p) for li, p in lossy if not p.lossless]
+    host = allocate.allocate(m, lossy, 0.02, xp=np)
+    dev = allocate.allocate(m, lossy, 0.02, xp=NumpyAsDevice())
+    assert host.bits == dev.bits
+    for a, b in zip(host.model.layers, dev.model.layers):
+        assert all(np.array_equal(x, y) for x, y in zip(a.blobs, b.blobs)), a.name
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert strip(host.record) == strip(dev.record)
