@@ -51,6 +51,8 @@ GPTQ_MAX_BITS = 8
 #: 0.033. At 4 the held-out error stayed under 0.025 on det2, det4 and
 #: yufacedetectnet (benchmarks/README.md).
 GPTQ_MIN_ROWS_PER_COL = 4
+#: Uniform grids tried beside k-means: 2**u + 1 levels (see _uniform_candidates).
+UNIFORM_BITS = tuple(range(3, 11))
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
 #: Joint forwards spent tuning the budget.
@@ -142,10 +144,23 @@ def _sq(a: np.ndarray) -> float:
     return float(np.einsum("i,i->", f, f))
 
 
-def _entropy_bytes(labels: np.ndarray, k: int) -> float:
-    cnt = np.bincount(labels.reshape(-1), minlength=k).astype(np.float64)
-    p = cnt[cnt > 0] / labels.size
-    return float(labels.size * -(p * np.log2(p)).sum() / 8.0) + 4.0 * k + 48.0
+def _coded_bytes(labels: np.ndarray, k: int) -> float:
+    """Bytes of the labels under the container's length-limited Huffman code, plus the codebook.
+
+    The real code, not the entropy: at low rates (a few levels, one of them
+    most of the weights) Huffman's whole-bit codes cost up to 1 bit a label
+    more than the entropy says, which would favour fine uniform grids wrongly.
+    """
+    return _counts_bytes(np.bincount(labels.reshape(-1), minlength=k))
+
+
+def _counts_bytes(counts: np.ndarray) -> float:
+    """:func:`_coded_bytes` from the label counts."""
+    from .engine import huffman_code as HC  # noqa: PLC0415
+
+    used = int(np.count_nonzero(counts))
+    bits = 0 if used <= 1 else HC.coded_bits(counts, HC.code_lengths(counts, HC.auto_max_len(used)))
+    return bits / 8.0 + 4.0 * used + 48.0
 
 
 def _weight_sqnr(w64: np.ndarray, d: np.ndarray) -> float:
@@ -208,10 +223,9 @@ def _candidates_big(b: _Blob, xp, widths) -> None:
                 variants.append(("nearest+bc", d1, shift))
         del Ys
         name, dist, sh = min(variants, key=lambda v: v[1])
-        p = counts[counts > 0] / counts.sum()
-        nbytes = float(counts.sum() * -(p * np.log2(p)).sum() / 8.0) + 4.0 * cb.size + 48.0
+        nbytes = _counts_bytes(counts)
         sq = math.inf if sse == 0 else (10 * math.log10(sig / sse) if sig > 0 else -math.inf)
-        b.cands[bits] = _Cand(bits, name, nbytes, dist, cb, None, sh, sq)
+        b.cands[("k", bits)] = _Cand(bits, name, nbytes, dist, cb, None, sh, sq)
         if sse == 0:
             break
 
@@ -255,10 +269,67 @@ def _candidates(b: _Blob, xp, widths) -> None:
                 if best is None or dist < best[1]:
                     best = (name, dist, shift, lab, delta)
         name, dist, shift, lab, delta = best
-        b.cands[bits] = _Cand(
-            bits, name, _entropy_bytes(lab, cb.size), dist, cb, lab, shift, _weight_sqnr(W64, delta))
+        b.cands[("k", bits)] = _Cand(
+            bits, name, _coded_bytes(lab, cb.size), dist, cb, lab, shift, _weight_sqnr(W64, delta))
         if sw.exact:
-            break
+            return
+    if b.fixed_bits is None:
+        _uniform_candidates(b, M, W64)
+
+
+def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str):
+    """The better of ``tech`` with and without bias correction: (name, dist, shift, delta)."""
+    st = b.stats
+    delta = cb64[lab] - M
+    if st is None:
+        return tech, _sq(delta), None, delta
+    n = st.Xval.shape[1]
+    G, og = M.shape[0], M.shape[1]
+    Y = [np.asarray(st.Xval[g], np.float64) @ delta[g].T for g in range(G)]
+    best = (tech, sum(_sq(y) for y in Y) / n, None, delta)
+    if b.has_bias:
+        shift = np.concatenate([C.bias_shift(delta[g], st.mean_fit[g]) for g in range(G)])
+        d1 = sum(_sq(Y[g] - shift[g * og:(g + 1) * og][None, :]) for g in range(G)) / n
+        if d1 < best[1]:
+            best = (tech + "+bc", d1, shift, delta)
+    return best
+
+
+def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray) -> None:
+    """Uniform, zero-anchored grids (entropy-coded scalar quantisation) beside k-means.
+
+    Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS`: ``2**u + 1``
+    levels, of which the used ones are stored. At equal distortion the
+    labels of a uniform grid carry less information than k-means' when they
+    are entropy coded (k-means spends its levels evenly by count); GPTQ-style
+    rounding onto the grid where the Hessian allows, as for k-means.
+    """
+    st = b.stats
+    amax = float(np.max(np.abs(W64))) if W64.size else 0.0
+    if amax == 0.0:
+        return
+    gptq_ok = st is not None and st.H is not None and st.n_fit >= GPTQ_MIN_ROWS_PER_COL * st.cols
+    for u in UNIFORM_BITS:
+        half = 1 << (u - 1)
+        cb = (np.arange(-half, half + 1, dtype=np.float64) * (amax / half)).astype(np.float32)
+        cb64 = cb.astype(np.float64)
+        lab = C.nearest_labels(M, cb64)
+        options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
+        if gptq_ok and u <= GPTQ_MAX_BITS + 1:
+            lab = C.gptq_round(M, _factor(b), cb64)
+            options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
+        name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
+        used = np.unique(lab)
+        # store only the used levels: relabel onto them (same values)
+        remap = np.zeros(cb.size, np.int32)
+        remap[used] = np.arange(used.size, dtype=np.int32)
+        cbu = cb[used]
+        labu = remap[lab]
+        bits = max(1, int(math.ceil(math.log2(max(cbu.size, 2)))))
+        if bits > 12:
+            continue
+        b.cands[("u", u)] = _Cand(bits, name, _coded_bytes(labu, cbu.size), dist, cbu, labu, shift,
+                                  _weight_sqnr(W64, delta))
 
 
 def _factor(b: _Blob):
@@ -332,8 +403,10 @@ def _greedy(blobs, T2: float, widths) -> dict:
     choice = {}
     pred = None
     for b in blobs:
-        ws = sorted(b.cands)
-        choice[b.name] = b.fixed_bits if b.fixed_bits in b.cands else ws[-1]
+        fixed = ("k", b.fixed_bits)
+        # start from the most faithful candidate (ties: the larger one)
+        choice[b.name] = fixed if fixed in b.cands else min(
+            b.cands, key=lambda key: (b.cands[key].dist, -b.cands[key].nbytes))
     nout = len(blobs[0].sens) if blobs else 0
     pred = np.zeros(nout)
     for b in blobs:
@@ -347,7 +420,7 @@ def _greedy(blobs, T2: float, widths) -> dict:
             c0 = b.cands[choice[b.name]]
             for w, c in b.cands.items():
                 saved = c0.nbytes - c.nbytes
-                if w >= choice[b.name] or saved <= 0:
+                if saved <= 0:
                     continue
                 new = pred + b.sens * (c.dist - c0.dist)
                 m = float(new.max())
@@ -435,7 +508,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
 
     points = []
     if max_error is None:  # fixed widths: compensation only
-        choice = {b.name: b.fixed_bits for b in blobs}
+        choice = {b.name: ("k", b.fixed_bits) for b in blobs}
         qm = _apply(model, blobs, choice)
         meter = _Meter(model, graph, cal.feeds)
         m = float(np.sqrt(meter.sq_errors(qm).max(initial=0.0)))
@@ -447,7 +520,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
     probe = _Meter(model, graph, cal.rows(sens_rows))
     for b in blobs:
-        pb = PROBE_BITS if PROBE_BITS in b.cands else max(b.cands)
+        pb = ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands else max(k for k in b.cands if k[0] == "k")
         c = b.cands[pb]
         if c.dist <= 0:
             b.sens = np.zeros(len(probe.layers))
@@ -495,11 +568,11 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     df = {}
     for b in blobs:
         if b.fixed_bits is not None:
-            df[b.name] = b.fixed_bits
+            df[b.name] = ("k", b.fixed_bits)
             continue
-        ok = [w for w in sorted(b.cands)
-              if b.df_target is None or b.cands[w].sqnr >= b.df_target]
-        df[b.name] = ok[0] if ok else max(b.cands)
+        ks = sorted(k for k in b.cands if k[0] == "k")
+        ok = [w for w in ks if b.df_target is None or b.cands[w].sqnr >= b.df_target]
+        df[b.name] = ok[0] if ok else ks[-1]
     m_df, idx_df, _ = measure(df, "data-free rule")
     nb_df = _nbytes(blobs, df)
     if m_df <= max_error and (best is None or nb_df < best[0]):
@@ -546,5 +619,5 @@ def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, graph)
         "allocation": {"points": points, "chosen": int(idx)},
         "layers": layers,
     }
-    return FidelityResult(qm, {b.name: int(choice[b.name]) for b in blobs}, record)
+    return FidelityResult(qm, {b.name: int(b.cands[choice[b.name]].bits) for b in blobs}, record)
 

@@ -274,7 +274,7 @@ def test_big_blob_path_matches_the_nearest_candidates(zoo, monkeypatch):
         A._candidates(big, np, [3, 5])
         monkeypatch.setattr(A, "_KEEP_LABELS", 1 << 21)
         for bits in (3, 5):
-            s, b = small.cands[bits], big.cands[bits]
+            s, b = small.cands[("k", bits)], big.cands[("k", bits)]
             assert b.labels is None and s.technique == b.technique
             assert np.isclose(s.dist, b.dist, rtol=1e-9) and np.isclose(s.nbytes, b.nbytes, rtol=1e-9)
             assert np.array_equal(A._quantised(small, s), A._quantised(big, b))
