@@ -306,3 +306,23 @@ def test_allocation_through_the_device_branches_gives_the_host_choice(zoo):
         assert all(np.array_equal(x, y) for x, y in zip(a.blobs, b.blobs)), a.name
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert strip(host.record) == strip(dev.record)
+
+
+def test_recomputed_labels_give_the_kept_ones(zoo, monkeypatch):
+    """Blobs over _KEEP_LABELS_ALL keep no candidate labels; the chosen ones are
+    recomputed (GPTQ with the cached factor, nearest in pieces) to the same weights."""
+    from caffecompress import allocate, config
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    s = config.make_settings("default")
+    lossy = [(li, config.plan_blob(s, lay.name, lay.type, 0, tuple(lay.blobs[0].shape)))
+             for li, lay in enumerate(m.layers) if lay.blobs]
+    lossy = [(li, p) for li, p in lossy if not p.lossless]
+    kept = allocate.allocate(m, lossy, 0.02)
+    monkeypatch.setattr(allocate, "_KEEP_LABELS_ALL", 0)
+    again = allocate.allocate(m, lossy, 0.02)
+    techs = {v["technique"] for v in kept.record["layers"].values()}
+    assert any("gptq" in t for t in techs)  # the recomputation of GPTQ labels is exercised
+    assert kept.bits == again.bits
+    for a, b in zip(kept.model.layers, again.model.layers):
+        assert all(np.array_equal(x, y) for x, y in zip(a.blobs, b.blobs)), a.name
