@@ -4,10 +4,12 @@ Every writer (``.caffemodel``, ``.caffemodel.h5``, the compressed container,
 ``.npz``) goes through :func:`atomic_write`, so an interrupted or failed run
 never leaves a half-written file under the final name.
 
-Temporaries are named ``.NAME.cc<pid>-<random>.tmp[suffix]``: a process
-killed by a signal (nothing in it can clean up) leaves one behind, and the
-next write to ``NAME`` removes those whose process is gone
-(:func:`remove_stale`). A writer nested inside another's ``write`` callback
+Temporaries are named ``.NAME.cc<host>-<pid>-<random>.tmp[suffix]`` (``host``:
+six hex digits of the host name's CRC32): a process killed by a signal
+(nothing in it can clean up) leaves one behind, and the next write to
+``NAME`` from the same host removes those whose process is gone
+(:func:`remove_stale`); another host's temporaries on a shared filesystem
+are left alone, since their writers cannot be checked from here. A writer nested inside another's ``write`` callback
 (e.g. a library writer called on the temporary path it was handed) writes
 that path directly instead of making a temporary of the temporary.
 
@@ -26,12 +28,14 @@ import io
 import os
 import re
 import secrets
+import socket
 import threading
+import zlib
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_stale", "same_file", "GuardedFile"]
+__all__ = ["atomic_write", "remove_stale", "same_file", "host_key", "GuardedFile"]
 
-_TMP = re.compile(r"\.cc(?P<pid>[0-9]+)-[A-Za-z0-9_]+\.tmp")
+_TMP = re.compile(r"\.cc(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]+)-[0-9a-f]+\.tmp")
 _local = threading.local()
 
 
@@ -59,6 +63,11 @@ def same_file(a, b) -> bool:
         return False
 
 
+def host_key() -> str:
+    """Six hex digits naming this host in temporaries' names."""
+    return "%06x" % (zlib.crc32(socket.gethostname().encode("utf-8", "replace")) & 0xFFFFFF)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -80,6 +89,7 @@ def remove_stale(path) -> list:
     path = Path(path)
     removed = []
     prefix = f".{path.name}."
+    host = host_key()
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
@@ -88,7 +98,7 @@ def remove_stale(path) -> list:
         if not e.name.startswith(prefix):
             continue
         m = _TMP.match(e.name, len(prefix) - 1)
-        if m is None or _alive(int(m.group("pid"))):
+        if m is None or m.group("host") != host or _alive(int(m.group("pid"))):
             continue
         try:
             os.unlink(e.path)
@@ -219,7 +229,7 @@ def atomic_write(path, write, *, suffix: str = "", fileobj: bool = False, size_h
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    tmp = os.fspath(path.parent / f".{path.name}.cc{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
+    tmp = os.fspath(path.parent / f".{path.name}.cc{host_key()}-{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
     try:

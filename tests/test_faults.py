@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import caffecompress as cc
+from caffecompress import fileio
 from caffecompress.errors import OutputExistsError
 from caffecompress.model import Layer, Model
 
@@ -163,7 +164,8 @@ def test_sigkill_in_the_write_phase_leaves_a_temporary_the_next_run_removes(file
     assert p.returncode == -signal.SIGKILL
     assert not final.exists()
     assert tmp.exists()  # nothing in a killed process can clean up ...
-    assert tmp.name.startswith(f".{final.name}.cc{p.pid}-")  # ... but its name says whose it is
+    # ... but its name says whose it is: this host, that (now dead) process
+    assert tmp.name.startswith(f".{final.name}.cc{fileio.host_key()}-{p.pid}-")
     r = _cli(*args)
     assert r.returncode == 0, r.stderr
     assert final.exists() and not tmp.exists() and _leftovers(tmp_path) == []
@@ -268,3 +270,24 @@ def test_decompress_onto_the_input_through_a_link_is_refused(files, tmp_path):
                     cc.write_caffemodel(restored, link)
     assert ccz.read_bytes() == before
     cc.decompress(ccz)
+
+
+def test_stale_temporaries_of_other_hosts_and_live_writers_are_kept(tmp_path):
+    final = tmp_path / "m.ccz.h5"
+    key = fileio.host_key()
+    other = "0" * 6 if key != "0" * 6 else "1" * 6
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    names = {
+        "dead here": f".m.ccz.h5.cc{key}-{dead}-0a1b2c3d.tmp",
+        "alive here": f".m.ccz.h5.cc{key}-{os.getpid()}-0a1b2c3d.tmp",
+        "other host": f".m.ccz.h5.cc{other}-{dead}-0a1b2c3d.tmp",
+        "not ours": ".m.ccz.h5.notes.tmp",
+        "other name": f".n.ccz.h5.cc{key}-{dead}-0a1b2c3d.tmp",
+    }
+    for n in names.values():
+        (tmp_path / n).write_bytes(b"x")
+    fileio.atomic_write(final, lambda t: Path(t).write_bytes(b"done"))
+    left = {k for k, n in names.items() if (tmp_path / n).exists()}
+    assert left == {"alive here", "other host", "not ours", "other name"}
+    assert final.read_bytes() == b"done"
