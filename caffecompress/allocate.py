@@ -19,7 +19,8 @@ steps that save the most bytes per unit of predicted error, while every
 output stays under a budget ``T``. ``T`` is then tuned by joint forwards
 with every blob quantised (bracketing and bisection) until the measured
 error on the calibration rows is as close under the target as a few
-forwards allow. The data-free assignment (the SQNR rule) is measured too
+forwards allow (aiming at :data:`AIM` x the target, a margin for inputs
+calibration did not see). The data-free assignment (the SQNR rule) is measured too
 and wins when it is smaller and within the target: the allocator never
 loses to it.
 """
@@ -53,6 +54,12 @@ GPTQ_MAX_BITS = 8
 GPTQ_MIN_ROWS_PER_COL = 4
 #: Uniform grids tried beside k-means: 2**u + 1 levels (see _uniform_candidates).
 UNIFORM_BITS = tuple(range(3, 11))
+#: The allocation aims at AIM x the target on the calibration rows. Chosen
+#: on a development set of scikit-image images outside both the calibration
+#: and the reported held-out sets (grass, gravel, cell, page, text, logo,
+#: horse, microaneurysms): over 6 zoo models at 0.02 the worst development
+#: error went from 1.64x to 1.28x the target at 0.8, for 3 % in mean ratio.
+AIM = 0.8
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
 #: Joint forwards spent tuning the budget.
@@ -554,6 +561,10 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s")
 
     meter = _Meter(model, graph, cal.feeds)
+    target = float(max_error)
+    # aim under the target on the calibration rows: inputs calibration did
+    # not see move the error by more than the rows' own spread
+    max_error = target * AIM
     E2 = float(max_error) ** 2
     tried = {}
 
@@ -607,8 +618,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     _, idx, choice, m = best
     qm = _apply(model, blobs, choice)
     say(f"allocation: {meter.count} joint forwards of {cal.n} rows; error {m:.4f} on the calibration rows")
-    return _result(qm, blobs, choice, points, idx, max_error, m, cal,
-                   probe.count + meter.count, t0, graph)
+    return _result(qm, blobs, choice, points, idx, target, m, cal,
+                   probe.count + meter.count, t0, graph, aim=max_error)
 
 
 def _prep_record(prep: dict) -> dict:
@@ -624,7 +635,7 @@ def _prep_record(prep: dict) -> dict:
     return out
 
 
-def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, graph) -> FidelityResult:
+def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, graph, aim=None) -> FidelityResult:
     layers = {}
     for b in blobs:
         c = b.cands[choice[b.name]]
@@ -634,6 +645,7 @@ def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, graph)
     record = {
         "mode": "fidelity" if target is not None else "fixed-bits+compensation",
         "max_error": target,
+        "aim": aim,
         "calib_error": m,
         "calibration": cal.source,
         "preprocessing": _prep_record(cal.preprocessing),
