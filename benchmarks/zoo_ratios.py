@@ -37,6 +37,7 @@ PRESETS = {
     "maxerr01": {"preset": "default", "max_error": 0.01},
     "data-free": {"preset": "default", "data_free": True},
     "bits4": {"preset": "default", "bits": 4},
+    "bits4-df": {"preset": "default", "bits": 4, "data_free": True},
     "bits8": {"preset": "default", "bits": 8},
     "deep-compression": {"preset": "deep-compression"},
 }
