@@ -42,8 +42,11 @@ def test_results_in_order_with_failures_and_resume(src, tmp_path):
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    (out / f".a.ccz.h5.cc{dead}-x1y2.tmp").write_bytes(b"partial")
-    live = out / f".b.ccz.h5.cc{os.getpid()}-x1y2.tmp"
+    from caffecompress.fileio import host_key
+
+    host = host_key()  # temporaries are named .NAME.cc<host>-<pid>-<hex>.tmp
+    (out / f".a.ccz.h5.cc{host}-{dead}-a1b2.tmp").write_bytes(b"partial")
+    live = out / f".b.ccz.h5.cc{host}-{os.getpid()}-a1b2.tmp"
     live.write_bytes(b"being written")
     seen = []
     res = cc.batch([src], out, preset="lossless", on_result=seen.append)
