@@ -584,13 +584,9 @@ def cmd_verify(args) -> int:
 
 
 def _prototxt_beside(model: Path) -> Path | None:
-    name = model.name
-    for suf in (".caffemodel.h5", ".caffemodel"):
-        if name.endswith(suf):
-            name = name[: -len(suf)]
-            break
-    cand = model.with_name(name + ".prototxt")
-    return cand if cand.is_file() else None
+    from .batching import prototxt_beside  # noqa: PLC0415
+
+    return prototxt_beside(model)
 
 
 def cmd_batch(args) -> int:
