@@ -311,8 +311,12 @@ def cmd_compress(args) -> int:
         _check_report(args.report, args.force)
     bar = _Progress(not (args.quiet or args.json), "compress")
     try:
+        ov = _overrides(args)
+        if not (args.quiet or args.json):
+            # the fidelity stages (statistics, probes, joint forwards) take a while before any blob is coded
+            ov["log"] = lambda line: print(f"caffecompress: {line}", file=sys.stderr)
         rep = compress_file(args.model, args.output, prototxt=args.prototxt, preset=args.preset,
-                            config=args.config, force=args.force, progress=bar, **_overrides(args))
+                            config=args.config, force=args.force, progress=bar, **ov)
     finally:
         bar.close()
     for w in rep["warnings"]:
