@@ -441,25 +441,28 @@ def _greedy(blobs, T2: float, widths) -> dict:
     pred = np.zeros(nout)
     for b in blobs:
         pred += b.sens * b.cands[choice[b.name]].dist
+    # per blob, its candidates as arrays (in the dict's order: ties go to the first)
+    table = {b.name: (list(b.cands), np.array([c.nbytes for c in b.cands.values()]),
+                      np.array([c.dist for c in b.cands.values()])) for b in blobs}
     while True:
         best = None
         cur_max = float(pred.max()) if nout else 0.0
         for b in blobs:
-            if b.fixed_bits is not None:
+            if b.fixed_bits is not None or not nout:
                 continue
+            keys, nb, ds = table[b.name]
             c0 = b.cands[choice[b.name]]
-            for w, c in b.cands.items():
-                saved = c0.nbytes - c.nbytes
-                if saved <= 0:
-                    continue
-                new = pred + b.sens * (c.dist - c0.dist)
-                m = float(new.max())
-                if m > T2:
-                    continue
-                cost = max(m - cur_max, 0.0) + 1e-3 * float((new - pred).sum()) + 1e-30
-                r = saved / cost
-                if best is None or r > best[0]:
-                    best = (r, b, w, new)
+            saved = c0.nbytes - nb
+            new = pred[None, :] + b.sens[None, :] * (ds - c0.dist)[:, None]
+            m = new.max(axis=1)
+            ok = (saved > 0) & (m <= T2)
+            if not ok.any():
+                continue
+            cost = np.maximum(m - cur_max, 0.0) + 1e-3 * (new - pred[None, :]).sum(axis=1) + 1e-30
+            r = np.where(ok, saved / cost, -np.inf)
+            j = int(np.argmax(r))
+            if best is None or r[j] > best[0]:
+                best = (float(r[j]), b, keys[j], new[j].copy())
         if best is None:
             return choice
         _, b, w, new = best
