@@ -37,6 +37,7 @@ import numpy as np
 from . import calibrate, runtime
 from .backend import to_host
 from .engine import compensate as C
+from .engine.kmeans import _sqnr  # the engine's SQNR from signal and error sums
 from .model import Model
 
 __all__ = ["WIDTHS", "PROBE_BITS", "FidelityResult", "allocate"]
@@ -176,14 +177,6 @@ def _counts_bytes(counts: np.ndarray) -> float:
     return bits / 8.0 + 4.0 * used + 48.0
 
 
-def _weight_sqnr(w64: np.ndarray, d: np.ndarray) -> float:
-    err = _sq(d)
-    sig = _sq(w64)
-    if err == 0:
-        return math.inf
-    return 10 * math.log10(sig / err) if sig > 0 else -math.inf
-
-
 def _row_blocks(M: np.ndarray):
     """``(group, row slice)`` pieces of a ``(groups, rows, cols)`` matrix of <= 4M values."""
     step = max(1, (1 << 22) // max(M.shape[2], 1))
@@ -237,8 +230,7 @@ def _candidates_big(b: _Blob, xp, widths) -> None:
         del Ys
         name, dist, sh = min(variants, key=lambda v: v[1])
         nbytes = _counts_bytes(counts)
-        sq = math.inf if sse == 0 else (10 * math.log10(sig / sse) if sig > 0 else -math.inf)
-        b.cands[("k", bits)] = _Cand(bits, name, nbytes, dist, cb, None, sh, sq)
+        b.cands[("k", bits)] = _Cand(bits, name, nbytes, dist, cb, None, sh, _sqnr(sig, sse))
         if sse == 0:
             break
 
@@ -251,44 +243,28 @@ def _candidates(b: _Blob, xp, widths) -> None:
         return _candidates_big(b, xp, [w for w in widths if w <= BIG_MAX_BITS])
     W64 = b.w.astype(np.float64)
     M = _matrix(W64, b.node)
-    st = b.stats
+    sig = _sq(W64)
     for bits in widths:
         sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp)
         cb = np.asarray(sw.codebook, np.float32)
         cb64 = cb.astype(np.float64)
-        options = [("nearest", C.nearest_labels(M, cb64))]
-        if sw.exact:
-            options = [("nearest", np.asarray(to_host(sw.labels)).reshape(b.shape).astype(np.int32))]
-            options[0] = ("nearest", _matrix(options[0][1], b.node))
-        elif st is not None and st.H is not None and bits <= GPTQ_MAX_BITS \
-                and st.n_fit >= GPTQ_MIN_ROWS_PER_COL * st.cols:
-            lab = C.gptq_round(M, _factor(b), cb64)
-            options.append(("gptq", lab))
-        best = None
-        for tech, lab in options:
-            delta = cb64[lab] - M
-            if st is None:
-                variants = [(tech, _sq(delta), None)]
-            else:
-                n = st.Xval.shape[1]
-                G, og = M.shape[0], M.shape[1]
-                Y = [np.asarray(st.Xval[g], np.float64) @ delta[g].T for g in range(G)]
-                variants = [(tech, sum(_sq(y) for y in Y) / n, None)]
-                if b.has_bias:
-                    shift = np.concatenate([C.bias_shift(delta[g], st.mean_fit[g]) for g in range(G)])
-                    d1 = sum(_sq(Y[g] - shift[g * og:(g + 1) * og][None, :]) for g in range(G)) / n
-                    variants.append((tech + "+bc", d1, shift))
-            for name, dist, shift in variants:
-                if best is None or dist < best[1]:
-                    best = (name, dist, shift, lab, delta)
-        name, dist, shift, lab, delta = best
+        if sw.exact:  # the levels hold the weights exactly: nothing to round or correct
+            lab = _matrix(np.asarray(to_host(sw.labels)).reshape(b.shape).astype(np.int32), b.node)
+            options = [_score(b, M, lab, cb64, "nearest") + (lab,)]
+        else:
+            lab = C.nearest_labels(M, cb64)
+            options = [_score(b, M, lab, cb64, "nearest") + (lab,)]
+            if _gptq_ok(b, bits):
+                lab = C.gptq_round(M, _factor(b), cb64)
+                options.append(_score(b, M, lab, cb64, "gptq") + (lab,))
+        name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
         b.cands[("k", bits)] = _Cand(
             bits, name, _coded_bytes(lab, cb.size), dist, cb, _kept(b, lab, cb.size), shift,
-            _weight_sqnr(W64, delta))
+            _sqnr(sig, _sq(delta)))
         if sw.exact:
             return
     if b.fixed_bits is None:
-        _uniform_candidates(b, M, W64)
+        _uniform_candidates(b, M, W64, sig)
 
 
 def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str):
@@ -309,7 +285,7 @@ def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str
     return best
 
 
-def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray) -> None:
+def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) -> None:
     """Uniform, zero-anchored grids (entropy-coded scalar quantisation) beside k-means.
 
     Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS`: ``2**u + 1``
@@ -318,18 +294,16 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray) -> None:
     are entropy coded (k-means spends its levels evenly by count); GPTQ-style
     rounding onto the grid where the Hessian allows, as for k-means.
     """
-    st = b.stats
     amax = float(np.max(np.abs(W64))) if W64.size else 0.0
     if amax == 0.0:
         return
-    gptq_ok = st is not None and st.H is not None and st.n_fit >= GPTQ_MIN_ROWS_PER_COL * st.cols
     for u in UNIFORM_BITS:
         half = 1 << (u - 1)
         cb = (np.arange(-half, half + 1, dtype=np.float64) * (amax / half)).astype(np.float32)
         cb64 = cb.astype(np.float64)
         lab = C.nearest_labels(M, cb64)
         options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
-        if gptq_ok and u <= GPTQ_MAX_BITS + 1:
+        if _gptq_ok(b, u, max_bits=GPTQ_MAX_BITS + 1):
             lab = C.gptq_round(M, _factor(b), cb64)
             options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
         name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
@@ -343,7 +317,14 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray) -> None:
         if bits > 12:
             continue
         b.cands[("u", u)] = _Cand(bits, name, _coded_bytes(labu, cbu.size), dist, cbu,
-                                  _kept(b, labu, cbu.size), shift, _weight_sqnr(W64, delta), grid=cb)
+                                  _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb)
+
+
+def _gptq_ok(b: _Blob, bits: int, max_bits: int = GPTQ_MAX_BITS) -> bool:
+    """GPTQ-style rounding is tried: a Hessian, enough fit rows per column, and ``bits <= max_bits``."""
+    st = b.stats
+    return (st is not None and st.H is not None and bits <= max_bits
+            and st.n_fit >= GPTQ_MIN_ROWS_PER_COL * st.cols)
 
 
 def _factor(b: _Blob):
@@ -405,10 +386,21 @@ class _Meter:
         net = runtime.model_net(model)
         self.targets = runtime.compared_outputs(graph.layers, graph.inputs, net)
         self.layers = [t.layer for t in self.targets]
+        self._set(feeds, [o.astype(np.float64) for o in runtime.run_net(net, feeds, self.layers)])
+
+    def _set(self, feeds: dict, ref: list) -> None:
         self.feeds = feeds
-        self.ref = [o.astype(np.float64) for o in runtime.run_net(net, feeds, self.layers)]
+        self.ref = ref
         self.ref_sq = [_sq(r) for r in self.ref]
         self.count = 0
+
+    def rows(self, idx) -> "_Meter":
+        """A meter on a subset of the rows, sharing the reference outputs (one image per forward)."""
+        sub = object.__new__(_Meter)
+        sub.proto, sub.targets, sub.layers = self.proto, self.targets, self.layers
+        sub._set({k: np.ascontiguousarray(v[idx]) for k, v in self.feeds.items()},
+                 [np.ascontiguousarray(r[idx]) for r in self.ref])
+        return sub
 
     def sq_errors(self, model: Model) -> np.ndarray:
         """Squared relative L2 error of each compared output (batch-wise, as verify)."""
@@ -428,10 +420,9 @@ class _Meter:
         return np.asarray(e)
 
 
-def _greedy(blobs, T2: float, widths) -> dict:
+def _greedy(blobs, T2: float) -> dict:
     """Widths per blob: the cheapest in bytes whose predicted errors stay under ``T2``."""
     choice = {}
-    pred = None
     for b in blobs:
         fixed = ("k", b.fixed_bits)
         # start from the most faithful candidate (ties: the larger one)
@@ -482,7 +473,7 @@ def _nbytes(blobs, choice) -> float:
 
 
 def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, xp=np,
-             mean=None, scale=None, swap_rb=False, rows=None, log=None) -> FidelityResult:
+             mean=None, scale=None, swap_rb=False, rows=None, log=None, graph=None) -> FidelityResult:
     """Choose per-blob widths and roundings so the outputs stay within ``max_error``.
 
     Parameters
@@ -503,6 +494,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         Preprocessing and row count of image calibration inputs.
     log : callable, optional
         Called with one line per stage.
+    graph : NetGraph, optional
+        ``model.prototxt`` already parsed (:func:`caffecompress.caffe.graph.net_graph`).
 
     Returns
     -------
@@ -512,7 +505,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
 
     t0 = time.perf_counter()
     say = log or (lambda s: None)
-    graph = net_graph(model.prototxt, path=model.source)
+    if graph is None:
+        graph = net_graph(model.prototxt, path=model.source)
     cal = calibrate.calibration_inputs(graph.inputs, calib, mean=mean, scale=scale, swap_rb=swap_rb, rows=rows)
     net = runtime.model_net(model)
     names = [model.layers[li].name for li, _ in lossy]
@@ -540,18 +534,18 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s")
 
     points = []
+    meter = _Meter(model, graph, cal.feeds)
     if max_error is None:  # fixed widths: compensation only
         choice = {b.name: ("k", b.fixed_bits) for b in blobs}
         qm = _apply(model, blobs, choice)
-        meter = _Meter(model, graph, cal.feeds)
         m = float(np.sqrt(meter.sq_errors(qm).max(initial=0.0)))
         points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": "fixed"})
-        return _result(qm, blobs, choice, points, 0, None, m, cal, meter.count, t0, graph)
+        return _result(qm, blobs, choice, points, 0, None, m, cal, meter.count, t0)
 
     pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
     nrows = SENS_ROWS_HEAVY if model.num_params * pixels > SENS_HEAVY else SENS_ROWS
     sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
-    probe = _Meter(model, graph, cal.rows(sens_rows))
+    probe = meter.rows(sens_rows)
     for b in blobs:
         pb = ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands else max(k for k in b.cands if k[0] == "k")
         c = b.cands[pb]
@@ -563,7 +557,6 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     t_sens = time.perf_counter() - t0 - t_stats - t_cands
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s")
 
-    meter = _Meter(model, graph, cal.feeds)
     target = float(max_error)
     # aim under the target on the calibration rows: inputs calibration did
     # not see move the error by more than the rows' own spread
@@ -585,7 +578,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     lo, hi = None, None  # budgets known to pass / fail
     T2 = E2
     for _ in range(MAX_JOINT):
-        choice = _greedy(blobs, T2, widths)
+        choice = _greedy(blobs, T2)
         m, idx, _c = measure(choice, "allocation")
         if m <= max_error:
             nb = _nbytes(blobs, choice)
@@ -622,7 +615,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     qm = _apply(model, blobs, choice)
     say(f"allocation: {meter.count} joint forwards of {cal.n} rows; error {m:.4f} on the calibration rows")
     return _result(qm, blobs, choice, points, idx, target, m, cal,
-                   probe.count + meter.count, t0, graph, aim=max_error)
+                   probe.count + meter.count, t0, aim=max_error)
 
 
 def _prep_record(prep: dict) -> dict:
@@ -638,7 +631,7 @@ def _prep_record(prep: dict) -> dict:
     return out
 
 
-def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, graph, aim=None) -> FidelityResult:
+def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, aim=None) -> FidelityResult:
     layers = {}
     for b in blobs:
         c = b.cands[choice[b.name]]

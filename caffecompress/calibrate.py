@@ -291,8 +291,8 @@ class LayerStats:
         ``(groups, cols, cols)`` float64 sum of ``x x^T`` over the fit rows
         (None when over the Hessian budget).
     n_fit : int
-    mean_fit, mean_val : numpy.ndarray
-        ``(groups, cols)`` float64 column means.
+    mean_fit : numpy.ndarray
+        ``(groups, cols)`` float64 column means over the fit rows.
     Xval : numpy.ndarray
         ``(groups, rows, cols)`` float32 validation rows (a fixed-seed sample).
     """
@@ -302,7 +302,6 @@ class LayerStats:
     H: np.ndarray | None
     n_fit: int
     mean_fit: np.ndarray
-    mean_val: np.ndarray
     Xval: np.ndarray
 
 
@@ -424,14 +423,11 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
                 if val_cap[name] < _VAL_ROWS and rows.shape[1]:
                     val_rows[name].append(rows[:, : _VAL_ROWS - val_cap[name]])
                     val_cap[name] += val_rows[name][-1].shape[1]
-                a = acc.setdefault(name, {})
-                a["sv"] = a.get("sv", 0.0) + rows.astype(np.float64).sum(axis=1)
-                a["nv"] = a.get("nv", 0) + rows.shape[1]
                 continue
             a = acc.setdefault(name, {})
             g, _, cols = rows.shape
             if "H" not in a:
-                a["H"] = np.zeros((g, cols, cols), np.float64) if _h_ok(name, g, cols, acc, budget) else None
+                a["H"] = np.zeros((g, cols, cols), np.float64) if _h_ok(g, cols, acc, budget) else None
             if a["H"] is not None:
                 a["H"] += np.matmul(rows.transpose(0, 2, 1), rows).astype(np.float64)
             a["s"] = a.get("s", 0.0) + rows.astype(np.float64).sum(axis=1)
@@ -439,15 +435,15 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
     out = {}
     for name in names:
         a = acc.get(name, {})
-        if not a.get("n") or not a.get("nv") or not val_rows[name]:
+        if not a.get("n") or not val_rows[name]:
             continue
         xv = np.concatenate(val_rows[name], axis=1)
         out[name] = LayerStats(
             groups=xv.shape[0], cols=xv.shape[2], H=a.get("H"), n_fit=int(a["n"]),
-            mean_fit=a["s"] / a["n"], mean_val=a["sv"] / a["nv"], Xval=xv)
+            mean_fit=a["s"] / a["n"], Xval=xv)
     return out
 
 
-def _h_ok(name, g, cols, acc, budget) -> bool:
+def _h_ok(g, cols, acc, budget) -> bool:
     used = sum(v["H"].size for v in acc.values() if isinstance(v, dict) and v.get("H") is not None)
     return used + g * cols * cols <= budget
