@@ -477,7 +477,7 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
     and an explicit ``max_error`` is an error.
     """
     from .config import DEFAULT_MAX_ERROR  # noqa: PLC0415
-    from .errors import MissingDependencyError, SchemaMismatchError  # noqa: PLC0415
+    from .errors import FormatError, MissingDependencyError, SchemaMismatchError  # noqa: PLC0415
 
     if settings.preset != "default" or settings.data_free:
         return None
@@ -498,7 +498,6 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
         warn.append(OPENCV_NOTICE)
         return None
     from .caffe.graph import net_graph  # noqa: PLC0415
-    from .errors import FormatError  # noqa: PLC0415
 
     try:
         graph = net_graph(model.prototxt, path=model.source)
