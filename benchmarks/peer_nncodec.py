@@ -223,9 +223,11 @@ def compare(ours_path, peer_path):
                 else:
                     v = r["ratio"] / b["ratio"]
                     paired.setdefault((r["preset"], robust), []).append((m, v))
-                    cells += [f"{b['ratio']:.2f}x ({b['qp']}, {b['max_rel_l2']:.4f})", f"{v:.3f}"]
+                    edge = " edge" if b["qp"] == max(p["qp"] for p in by[m]) else ""
+                    cells += [f"{b['ratio']:.2f}x ({b['qp']}{edge}, {b['max_rel_l2']:.4f})", f"{v:.3f}"]
             print(f"| {m} | {r['preset']} | {r['ratio']:.2f}x ({e:.4f}) | " + " | ".join(cells) + " |")
-    print("\npaired = our ratio / NNCodec's best ratio at an error <= ours, same model")
+    print("\npaired = our ratio / NNCodec's best ratio at an error <= ours, same model "
+          "(\"edge\": the sweep's coarsest QP still holds our error, so NNCodec's ratio is a lower bound)")
     print(f"{'preset':<18} {'ours gmean':>10} {'NNCodec gmean':>13} {'paired gmean':>12} {'min (model)':>34} "
           f"{'robust gmean':>12} {'robust min':>10} {'models':>7}")
     for p in presets:
@@ -233,7 +235,7 @@ def compare(ours_path, peer_path):
         line = f"{p:<18} {gmean(r['ratio'] for r in rs):>10.2f}"
         vs = paired.get((p, False), [])
         nb = [best(by[r["model"]], r["max_rel_l2"]) for r in rs]
-        line += f" {gmean(b['ratio'] for b in nb if b):>13.2f}"
+        line += f" {gmean(b['ratio'] for b in nb if b):>13.2f}" if any(nb) else f" {'-':>13}"
         if vs:
             mn = min(vs, key=lambda t: t[1])
             line += f" {gmean(v for _, v in vs):>12.3f} {f'{mn[1]:.3f} ({mn[0]})':>34}"
