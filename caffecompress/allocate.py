@@ -20,7 +20,7 @@ output stays under a budget ``T``. ``T`` is then tuned by joint forwards
 with every blob quantised (bracketing and bisection) until the measured
 error on the calibration rows is as close under the target as a few
 forwards allow (aiming at :data:`AIM` x the target, a margin for inputs
-calibration did not see). The data-free assignment (the SQNR rule) is measured too
+calibration did not see). The data-free assignment (the grid rule) is measured too
 and wins when it is smaller and within the target: the allocator never
 loses to it.
 """
@@ -37,6 +37,7 @@ import numpy as np
 from . import calibrate, runtime
 from .backend import to_host
 from .engine import compensate as C
+from .engine import uniform as U
 from .engine.kmeans import _sqnr  # the engine's SQNR from signal and error sums
 from .model import Model
 
@@ -94,6 +95,7 @@ class _Cand:
     shift: np.ndarray | None  # bias correction (subtracted from the bias)
     sqnr: float
     grid: np.ndarray | None = None  # levels the labels were rounded onto (default: codebook)
+    step: float | None = None  # a uniform grid's step: stored as the ``grid`` method (no codebook)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class _Blob:
     has_bias: bool
     fixed_bits: int | None
     df_target: float | None
+    df_step: float | None = None  # the data-free rule's grid step (None: the k-means SQNR rule)
     cands: dict = field(default_factory=dict)
     sens: np.ndarray | None = None
     factor: object = None
@@ -127,11 +130,15 @@ class FidelityResult:
     record : dict
         For the container: mode, target, error reached, calibration,
         preprocessing, explored points, per-layer techniques, forwards, time.
+    steps : dict of str -> float
+        Layer name -> grid step, for the blobs whose choice is a uniform grid
+        (stored with the ``grid`` method at that step; their values lie on it).
     """
 
     model: Model
     bits: dict
     record: dict
+    steps: dict = field(default_factory=dict)
 
 
 def _matrix(w: np.ndarray, node) -> np.ndarray:
@@ -168,12 +175,18 @@ def _coded_bytes(labels: np.ndarray, k: int) -> float:
     return _counts_bytes(np.bincount(labels.reshape(-1), minlength=k))
 
 
-def _counts_bytes(counts: np.ndarray) -> float:
-    """:func:`_coded_bytes` from the label counts."""
+def _counts_bytes(counts: np.ndarray, codebook: bool = True) -> float:
+    """:func:`_coded_bytes` from the label counts; ``codebook=False`` for the
+    ``grid`` method, which stores a step instead of 4 bytes a level (its
+    code-length table, ~half a byte a symbol of the index range, it keeps)."""
     from .engine import huffman_code as HC  # noqa: PLC0415
 
     used = int(np.count_nonzero(counts))
     bits = 0 if used <= 1 else HC.coded_bits(counts, HC.code_lengths(counts, HC.auto_max_len(used)))
+    if not codebook:
+        nz = np.flatnonzero(counts)
+        span = int(nz[-1] - nz[0] + 1) if nz.size else 0
+        return bits / 8.0 + 0.5 * span + 48.0
     return bits / 8.0 + 4.0 * used + 48.0
 
 
@@ -288,18 +301,25 @@ def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str
 def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) -> None:
     """Uniform, zero-anchored grids (entropy-coded scalar quantisation) beside k-means.
 
-    Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS`: ``2**u + 1``
-    levels, of which the used ones are stored. At equal distortion the
-    labels of a uniform grid carry less information than k-means' when they
-    are entropy coded (k-means spends its levels evenly by count); GPTQ-style
-    rounding onto the grid where the Hessian allows, as for k-means.
+    Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS` (``2**u + 1``
+    levels), and the data-free rule's step (key ``("d", 0)``). At equal
+    distortion the labels of a uniform grid carry less information than
+    k-means' when they are entropy coded (k-means spends its levels evenly
+    by count); GPTQ-style rounding onto the grid where the Hessian allows,
+    as for k-means. Stored with the ``grid`` method (a step, no codebook).
     """
     amax = float(np.max(np.abs(W64))) if W64.size else 0.0
     if amax == 0.0:
         return
-    for u in UNIFORM_BITS:
-        half = 1 << (u - 1)
-        cb = (np.arange(-half, half + 1, dtype=np.float64) * (amax / half)).astype(np.float32)
+    grids = [(("u", u), u, float(np.float64(amax) / np.float64(1 << (u - 1)))) for u in UNIFORM_BITS]
+    if b.df_step is not None:
+        step = U.grid_step_for(b.w, b.df_step)
+        grids.append((("d", 0), max(2, math.ceil(math.log2(2 * amax / step + 1))), step))
+    for key, u, step in grids:
+        half = min(int(round(amax / step)), U.MAX_LEVEL)
+        # the grid method's own levels (engine.blob.grid_codebook): float64
+        # products rounded once, so the pipeline finds the same indices again
+        cb = (np.arange(-half, half + 1, dtype=np.float64) * step).astype(np.float32)
         cb64 = cb.astype(np.float64)
         lab = C.nearest_labels(M, cb64)
         options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
@@ -316,8 +336,9 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) ->
         bits = max(1, int(math.ceil(math.log2(max(cbu.size, 2)))))
         if bits > 12:
             continue
-        b.cands[("u", u)] = _Cand(bits, name, _coded_bytes(labu, cbu.size), dist, cbu,
-                                  _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb)
+        nbytes = _counts_bytes(np.bincount(lab.reshape(-1), minlength=cb.size), codebook=False)
+        b.cands[key] = _Cand(bits, name, nbytes, dist, cbu,
+                                  _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
 
 
 def _gptq_ok(b: _Blob, bits: int, max_bits: int = GPTQ_MAX_BITS) -> bool:
@@ -526,7 +547,9 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         has_bias = bool(node is not None and node.bias_term and len(lay.blobs) > 1
                         and lay.blobs[1].size == (w.shape[1] if node.type == "InnerProduct" and node.transpose
                                                   else w.shape[0]))
-        blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits, plan.sqnr_target))
+        df_step = None if plan.step is None else U.floored_step(w, plan.step, plan.sqnr_target)
+        blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits,
+                           None if df_step is not None else plan.sqnr_target, df_step))
     widths = WIDTHS
     for b in blobs:
         _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths)
@@ -600,8 +623,16 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         if b.fixed_bits is not None:
             df[b.name] = ("k", b.fixed_bits)
             continue
+        if ("d", 0) in b.cands:
+            df[b.name] = ("d", 0)
+            continue
         ks = sorted(k for k in b.cands if k[0] == "k")
-        ok = [w for w in ks if b.df_target is None or b.cands[w].sqnr >= b.df_target]
+        db = b.df_target
+        if b.df_step is not None:  # a blob without grid candidates (big): the k-means
+            # width of at least the SQNR the rule's uniform noise would leave
+            ms = _sq(b.w) / max(b.w.size, 1)
+            db = 10.0 * math.log10(12.0 * ms / b.df_step ** 2) if ms > 0 else None
+        ok = [w for w in ks if db is None or b.cands[w].sqnr >= db]
         df[b.name] = ok[0] if ok else ks[-1]
     m_df, idx_df, _ = measure(df, "data-free rule")
     nb_df = _nbytes(blobs, df)
@@ -635,7 +666,7 @@ def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, aim=No
     layers = {}
     for b in blobs:
         c = b.cands[choice[b.name]]
-        layers[b.name] = {"bits": int(c.bits), "technique": c.technique,
+        layers[b.name] = {"bits": int(c.bits), "technique": c.technique, "method": "grid" if c.step else "codebook",
                           "stats": "hessian" if (b.stats is not None and b.stats.H is not None)
                           else ("rows" if b.stats is not None else "none")}
     record = {
@@ -650,5 +681,6 @@ def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, aim=No
         "allocation": {"points": points, "chosen": int(idx)},
         "layers": layers,
     }
-    return FidelityResult(qm, {b.name: int(b.cands[choice[b.name]].bits) for b in blobs}, record)
+    steps = {b.name: b.cands[choice[b.name]].step for b in blobs if b.cands[choice[b.name]].step is not None}
+    return FidelityResult(qm, {b.name: int(b.cands[choice[b.name]].bits) for b in blobs}, record, steps)
 

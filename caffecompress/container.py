@@ -1,9 +1,10 @@
-"""The compressed file: versioned HDF5, format ``caffecompress`` 1.0.
+"""The compressed file: versioned HDF5, format ``caffecompress`` 1.1.
 
 Layout: one dataset, three root attributes, nothing else::
 
     /          attrs: format = "caffecompress"   (fixed-length string)
-                      format_version = "1.0"      (fixed-length string)
+                      format_version = "1.1"      (fixed-length string; "1.0"
+                                                   when no blob uses a 1.1 method)
                       index = uint64[3]           (offset, length, CRC32 of the index)
     /payload   uint8[N], contiguous: every stored stream, concatenated, then
                the index (deflated JSON)
@@ -34,6 +35,18 @@ its CRC32 in the ``index`` attribute, every stream by its own CRC32 and every
 restored blob by the CRC32 of its array, so a damaged file raises
 :class:`~caffecompress.errors.CorruptDataError` and is never decoded into
 other weights. One layer is read by slicing the payload.
+
+Blob methods (``method`` of a blob entry; the codec's ``meta`` and streams
+are those of :mod:`caffecompress.engine.blob`): ``lossless``, ``ref`` (a
+shared parameter), ``raw``, ``exact``, ``shared``, ``shared+sparse`` (1.0),
+and, since 1.1, ``grid``: a uniform grid, meta ``step`` (a float64 in
+``float.hex`` form, > 0), ``qmin`` and ``nsym`` (indices ``qmin .. qmin +
+nsym - 1`` within +-2047), ``bits`` (informative), ``nlab`` and the label
+stream's ``l_`` meta; streams ``l_lengths``, ``l_payload``, ``l_offsets``
+(one Huffman code, as for ``shared``) and no codebook. A value restores as
+``float32((qmin + label) * step)``, the product taken in float64. A file is
+written as 1.0 when none of its blobs uses ``grid``, so older readers keep
+reading what they can.
 
 A reader accepts any 1.x file and refuses a newer major version.
 """
@@ -80,7 +93,10 @@ __all__ = [
 ]
 
 FORMAT = "caffecompress"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
+#: The minor version each method first appeared in (a file is written with
+#: the lowest version its blobs need).
+_METHOD_MINOR = {"grid": 1}
 LIBVER = ("v110", "v110")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_INDEX = 1 << 28  # inflated index size cap (a damaged length cannot balloon)
@@ -200,6 +216,7 @@ def save(cm: CompressedModel, path, *, force: bool = False, inputs=()) -> Path:
     """
     path = check_output_path(path, inputs=[cm.source, *inputs], force=force)
     payload, idx = _build(cm)
+    minor = max((_METHOD_MINOR.get(r.method, 0) for r in cm.records), default=0)
 
     def write(fobj):
         # meta_block_size=0: no 2 KiB metadata block reserved ahead of the data.
@@ -207,7 +224,7 @@ def save(cm: CompressedModel, path, *, force: bool = False, inputs=()) -> Path:
         # (which crashes at close); atomic_write raises the error afterwards
         with h5py.File(fobj, "w", libver=LIBVER, meta_block_size=0) as f:
             f.attrs["format"] = np.bytes_(FORMAT)
-            f.attrs["format_version"] = np.bytes_("%d.%d" % FORMAT_VERSION)
+            f.attrs["format_version"] = np.bytes_("%d.%d" % (FORMAT_VERSION[0], minor))
             f.attrs["index"] = np.array(idx, dtype=np.uint64)
             f.create_dataset("payload", data=payload)
 

@@ -25,7 +25,7 @@ __all__ = ["check_index", "check_skeleton", "check_layout", "layout_crc", "MAX_E
 MAX_ELEMENTS = (1 << 31) - 1
 MAX_AXES = 32
 MAX_BLOBS_PER_LAYER = 256
-_METHODS = ("lossless", "ref", "raw", "exact", "shared", "shared+sparse")
+_METHODS = ("lossless", "ref", "raw", "exact", "shared", "shared+sparse", "grid")
 _LIST_FIELDS = ("param_names", "storage")  # Layer fields the index keeps per layer
 
 

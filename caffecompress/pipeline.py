@@ -373,8 +373,16 @@ def _lossy(x, plan, xp, where):
         raise NonFiniteWeightsError("NaN or Inf weights cannot be quantised", **where)
     xd = x if x.dtype == np.float32 else x.astype(np.float32)
     xin = xd if xp is np else xp.asarray(xd)
-    bits = plan.bits if plan.bits is not None else _search_bits(xin, plan, xp)
-    enc = eng.encode_blob(xin, bits=bits, prune=plan.prune, init=plan.init, xp=xp)
+    if plan.step is not None:
+        if plan.prune:
+            raise ValueError("the grid method takes no pruning")
+        from .engine.uniform import floored_step  # noqa: PLC0415
+
+        enc = eng.encode_blob(xin, step=floored_step(xd, plan.step, plan.sqnr_target), xp=xp)
+        bits = int(enc.meta.get("bits", 32))
+    else:
+        bits = plan.bits if plan.bits is not None else _search_bits(xin, plan, xp)
+        enc = eng.encode_blob(xin, bits=bits, prune=plan.prune, init=plan.init, xp=xp)
     del xin
     parts = {k: to_host(v) for k, v in enc.parts.items()}
     xf = xd.reshape(-1)
@@ -609,8 +617,9 @@ def compress(
     fidelity = _fidelity(model, settings, positions, xp, calib_opts, fid_warn)
     if fidelity is not None:
         model = fidelity.model
-        settings = dataclasses.replace(
-            settings, layers={**{n: {"bits": b} for n, b in fidelity.bits.items()}, **settings.layers})
+        chosen = {n: ({"step": fidelity.steps[n]} if n in fidelity.steps else {"bits": b})
+                  for n, b in fidelity.bits.items()}
+        settings = dataclasses.replace(settings, layers={**chosen, **settings.layers})
 
     records: list[BlobRecord | None] = []
     tasks = []  # (record slot, layer idx, blob idx, plan or None, owner slot)

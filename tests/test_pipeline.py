@@ -49,13 +49,24 @@ def test_blob_roles(typ, idx, shape, kind):
 
 def test_plans_by_preset():
     s = Settings()
+    # the data-free rule: one grid step, finer for small blobs, an SQNR floor
     p = plan_blob(s, "conv1", "Convolution", 0, (64, 64, 3, 3))
-    assert not p.lossless and p.bits is None and p.sqnr_target == config.DEFAULT_SQNR_DB
-    # small blobs aim higher (cheap, and the ones errors propagate from)
-    assert plan_blob(s, "c", "Convolution", 0, (64, 3, 3, 3)).sqnr_target == config.DEFAULT_SQNR_DB + 12
-    assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 1)).sqnr_target == config.DEFAULT_SQNR_DB + 6
+    assert not p.lossless and p.bits is None and p.step == config.DEFAULT_STEP
+    assert p.sqnr_target == config.DEFAULT_GRID_MIN_SQNR_DB
+    assert plan_blob(s, "c", "Convolution", 0, (64, 3, 3, 3)).step == config.DEFAULT_STEP / 4
+    assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 1)).step == config.DEFAULT_STEP / 2
+    assert plan_blob(make_settings(step=0.01), "c", "Convolution", 0, (64, 3, 3, 3)).step == 0.01
+    # an SQNR target asks for the k-means rule; small blobs aim higher there
+    ks = make_settings(sqnr_target=36.0)
+    p = plan_blob(ks, "conv1", "Convolution", 0, (64, 64, 3, 3))
+    assert p.step is None and p.bits is None and p.sqnr_target == 36.0
+    assert plan_blob(ks, "c", "Convolution", 0, (64, 3, 3, 3)).sqnr_target == 36.0 + 12
+    assert plan_blob(ks, "c", "Convolution", 0, (64, 64, 3, 1)).sqnr_target == 36.0 + 6
     assert plan_blob(make_settings(sqnr_target=20.0), "c", "Convolution", 0,
                      (64, 64, 3, 3)).sqnr_target == 20.0
+    # a fixed width, pruning or the deep-compression preset keep k-means
+    assert plan_blob(make_settings(bits=6), "c", "Convolution", 0, (64, 64, 3, 3)).step is None
+    assert plan_blob(make_settings(prune=0.5), "c", "Convolution", 0, (64, 64, 3, 3)).step is None
     assert plan_blob(s, "conv1", "Convolution", 1, (64,)).lossless
     # size floor: a tiny weight blob stays lossless
     assert plan_blob(s, "c", "Convolution", 0, (2, 3, 3, 3)).lossless
@@ -282,7 +293,7 @@ def test_gpu_backends_match_cpu_byte_for_byte(backend):
 
 
 def test_position_bonus():
-    s = Settings()
+    s = make_settings(sqnr_target=36.0)  # the k-means SQNR rule
     base = plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 3)).sqnr_target
     assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 3), position="first_conv").sqnr_target == base + 6
     assert plan_blob(s, "f", "InnerProduct", 0, (100, 4096), position="last_fc").sqnr_target == base + 6

@@ -20,6 +20,11 @@ Methods:
     1 bit a weight), then the positions of the kept weights
     (:mod:`~caffecompress.engine.sparse`) plus the codebook and the labels
     of the kept weights only. Pruned weights restore to +0.0.
+``grid``
+    A uniform, zero-anchored grid (:mod:`~caffecompress.engine.uniform`):
+    ``step`` (float64, as ``float.hex``), the lowest index ``qmin`` and the
+    alphabet size ``nsym`` in ``meta``, no codebook stored; the indices
+    ``q - qmin`` Huffman-coded. Restores ``float32((qmin + label) * step)``.
 
 ``meta`` holds plain ints/strs only (the shape as ``"d0,d1,..."``), ``parts``
 1-D NumPy arrays; prefixes keep the sub-streams apart (``l_`` labels, ``p_``
@@ -37,9 +42,9 @@ from . import huffman as H
 from . import sparse as S
 from .packedmask import PackedMask
 
-__all__ = ["EncodedBlob", "METHODS", "encode_blob", "decode_blob", "iter_decode_blob", "blob_stats"]
+__all__ = ["EncodedBlob", "METHODS", "encode_blob", "decode_blob", "iter_decode_blob", "blob_stats", "grid_codebook"]
 
-METHODS = ("raw", "exact", "shared", "shared+sparse")
+METHODS = ("raw", "exact", "shared", "shared+sparse", "grid")
 #: Largest codebook of the lossless ``exact`` method.
 EXACT_MAX = H.MAX_SYMBOLS
 _PROBE = 1 << 16  # elements looked at before a full distinct-value count
@@ -152,7 +157,44 @@ def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
     return EncodedBlob("exact", meta, parts)
 
 
-def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_zero=None, xp=np) -> EncodedBlob:
+def _grid(x32: np.ndarray, shape, step: float, lam: float, xp) -> EncodedBlob:
+    """The ``grid`` method: indices on a uniform grid of ``step`` (or coarser, see
+    :func:`~caffecompress.engine.uniform.grid_step_for`), Huffman-coded."""
+    from . import uniform as U  # noqa: PLC0415
+
+    xd = xp.asarray(x32) if xp is not np else x32
+    s = U.grid_step_for(xd, step, xp=xp)
+    q = U.quantize(xd, s, lam=lam, xp=xp)
+    qmin, qmax = int(q.min()), int(q.max())
+    nsym = qmax - qmin + 1
+    lab = (q - qmin).astype(np.uint8 if nsym <= 256 else np.uint16)
+    del q
+    meta = {"shape": _shape_str(shape), "bits": max(1, (nsym - 1).bit_length()), "step": s.hex(),
+            "qmin": qmin, "nsym": nsym}
+    parts: dict = {}
+    _labels_parts(lab, nsym, xp, meta, parts)
+    return EncodedBlob("grid", meta, parts)
+
+
+def grid_codebook(meta: dict) -> np.ndarray:
+    """The levels of a ``grid`` blob, ``float32((qmin + i) * step)``, checked (host)."""
+    from .uniform import MAX_LEVEL  # noqa: PLC0415
+
+    try:
+        step = float.fromhex(str(meta["step"]))
+        qmin, nsym = int(meta["qmin"]), int(meta["nsym"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise CorruptDataError(f"grid blob meta is incomplete: {exc}") from exc
+    if not (step > 0.0 and np.isfinite(step)):
+        raise CorruptDataError(f"grid step {meta['step']!r} is not a positive finite number")
+    if not (1 <= nsym <= 2 * MAX_LEVEL + 1 and -MAX_LEVEL <= qmin and qmin + nsym - 1 <= MAX_LEVEL):
+        raise CorruptDataError(f"grid indices {qmin}..{qmin + nsym - 1} exceed +-{MAX_LEVEL}")
+    # float64 products rounded once to float32: what the encoder's levels are
+    return ((np.arange(nsym, dtype=np.float64) + qmin) * step).astype(np.float32)
+
+
+def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_zero=None,
+                step: float | None = None, lam: float = 0.0, xp=np) -> EncodedBlob:
     """Code one blob.
 
     Parameters
@@ -167,6 +209,12 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
         Fraction of weights pruned by magnitude before sharing (0 = none).
     init : str
         k-means initialisation (see :func:`~caffecompress.engine.kmeans.share_weights`).
+    step : float, optional
+        A uniform grid step instead of a codebook: the ``grid`` method
+        (``bits`` and ``prune`` must then be left out).
+    lam : float
+        The ``grid`` method's rate weight (0: nearest level; see
+        :func:`~caffecompress.engine.uniform.quantize`).
     keep_zero : bool, optional
         Keep 0.0 as an exact centroid. Default False: a ``shared+sparse``
         blob restores its pruned positions from the position stream, so only
@@ -187,6 +235,13 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
     x32 = np.ascontiguousarray(_host(xp.asarray(x)) if xp is not np else np.asarray(x), dtype=np.float32)
     raw_bytes = 4 * x32.size
+    if step is not None:
+        if bits is not None or prune:
+            raise ValueError("step= (the grid method) takes neither bits= nor prune=")
+        if x32.size == 0:
+            return _raw(x32, shape)
+        enc = _grid(x32, shape, step, float(lam), xp)
+        return enc if enc.nbytes < raw_bytes else _raw(x32, shape)
     if bits is None:
         if prune:
             raise ValueError("pruning is lossy: give bits= with prune=")
@@ -269,10 +324,17 @@ def _decode_labels(meta, parts, nsym: int, xp):
 def _checked_codebook(method: str, meta: dict, parts: dict, size: int) -> np.ndarray:
     """The blob's float32 codebook, checked, and for ``exact``/``shared``
     the label count against the blob size (both decoders)."""
+    if method == "grid":
+        if "codebook" in parts:
+            raise CorruptDataError("a grid blob stores no codebook")
+        book = grid_codebook(meta)
+        if int(meta.get("nlab", -1)) != size:
+            raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
+        return book
     book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
     if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
         raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
-    if method in ("exact", "shared") and int(meta.get("nlab", -1)) != size:
+    if method in ("exact", "shared", "grid") and int(meta.get("nlab", -1)) != size:
         raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
     return book
 
@@ -304,7 +366,7 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         # VGG-16's fc6), only the float32 output whole; the pieces add up
         # to ``size`` values (label counts are checked against it, and the
         # label stream against its byte size, before the output exists)
-        if method in ("exact", "shared"):
+        if method in ("exact", "shared", "grid"):
             _label_stream(meta, parts, _checked_codebook(method, meta, parts, size).size)
         out = np.empty(size, np.float32)
         s0 = 0
@@ -313,7 +375,7 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
             s0 += piece.size
         return out.reshape(shape)
     book = _checked_codebook(method, meta, parts, size)
-    if method in ("exact", "shared"):
+    if method in ("exact", "shared", "grid"):
         lab = _host(_decode_labels(meta, parts, book.size, xp))
         return book[lab].reshape(shape)
     # shared+sparse
@@ -357,7 +419,7 @@ def iter_decode_blob(method: str, meta: dict, parts: dict, *, block: int = 1 << 
             yield y[s : s + block]
         return
     book = _checked_codebook(method, meta, parts, size)
-    if method in ("exact", "shared"):
+    if method in ("exact", "shared", "grid"):
         # label pieces come in whole Huffman chunks: regroup them to ``block``
         pend, have = [], 0
         for lab in _label_blocks(meta, parts, book.size, block):

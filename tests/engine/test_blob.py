@@ -108,7 +108,7 @@ def test_nonfinite_refused_on_the_lossy_path():
 
 def test_corrupt_records_are_detected():
     x = np.random.default_rng(1).standard_t(3, 30000).astype(np.float32).reshape(300, 100)
-    for kw in (dict(bits=5), dict(bits=4, prune=0.7), dict()):
+    for kw in (dict(bits=5), dict(bits=4, prune=0.7), dict(), dict(step=0.05)):
         enc = B.encode_blob(x, **kw)
         bad = [
             (enc.method, {**enc.meta, "shape": "300,99"}, enc.parts),
@@ -120,6 +120,14 @@ def test_corrupt_records_are_detected():
             bad.append((enc.method, {**enc.meta, "nlab": enc.meta["nlab"] - 1}, enc.parts))
         if "codebook" in enc.parts:
             bad.append((enc.method, enc.meta, {**enc.parts, "codebook": enc.parts["codebook"][:1]}))
+        if enc.method == "grid":
+            m = enc.meta
+            bad += [("grid", {**m, "step": "nan"}, enc.parts), ("grid", {**m, "step": "-0x1p-4"}, enc.parts),
+                    ("grid", {**m, "step": "0x1p+2000"}, enc.parts), ("grid", {**m, "step": "0x1p"}, enc.parts),
+                    ("grid", {**m, "qmin": -5000}, enc.parts), ("grid", {**m, "nsym": m["nsym"] + 1}, enc.parts),
+                    ("grid", {**m, "qmin": 2047}, enc.parts),
+                    ("grid", {k: v for k, v in m.items() if k != "qmin"}, enc.parts),
+                    ("grid", m, {**enc.parts, "codebook": np.zeros(3, np.float32)})]
         for method, meta, parts in bad:
             with pytest.raises(CorruptDataError):
                 B.decode_blob(method, meta, parts)
@@ -143,7 +151,7 @@ def test_zoo_blobs_every_method(zoo):
     model = read_caffemodel(zoo / "mtcnn" / "det2.caffemodel")
     seen = set()
     for _, i, w in model.blobs():
-        for kw in (dict(), dict(bits=5), dict(bits=8), dict(bits=4, prune=0.7)):
+        for kw in (dict(), dict(bits=5), dict(bits=8), dict(bits=4, prune=0.7), dict(step=2.0 ** -10)):
             enc = B.encode_blob(w, **kw)
             seen.add(enc.method)
             y = _roundtrip(enc)
@@ -152,7 +160,8 @@ def test_zoo_blobs_every_method(zoo):
                 np.testing.assert_array_equal(y.view(np.uint32), w.view(np.uint32))
             else:
                 assert enc.nbytes < w.nbytes
-                assert np.isin(y, enc.parts["codebook"]).all() or enc.method == "shared+sparse"
+                book = B.grid_codebook(enc.meta) if enc.method == "grid" else enc.parts["codebook"]
+                assert np.isin(y, book).all() or enc.method == "shared+sparse"
     assert seen == set(B.METHODS) - {"exact"} or seen == set(B.METHODS)
 
 
