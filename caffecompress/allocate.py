@@ -56,6 +56,8 @@ GPTQ_MAX_BITS = 8
 GPTQ_MIN_ROWS_PER_COL = 4
 #: Uniform grids tried beside k-means: 2**u + 1 levels (see _uniform_candidates).
 UNIFORM_BITS = tuple(range(3, 11))
+#: Grids per octave of step (1: the steps max|w| / 2**(u-1) only).
+UNIFORM_PER_OCTAVE = 2
 #: The allocation aims at AIM x the target on the calibration rows. Chosen
 #: on a development set of scikit-image images outside both the calibration
 #: and the reported held-out sets (grass, gravel, cell, page, text, logo,
@@ -311,7 +313,9 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) ->
     amax = float(np.max(np.abs(W64))) if W64.size else 0.0
     if amax == 0.0:
         return
-    grids = [(("u", u), u, float(np.float64(amax) / np.float64(1 << (u - 1)))) for u in UNIFORM_BITS]
+    grids = [(("u", u + j / UNIFORM_PER_OCTAVE), u,
+              float(np.float64(amax) / np.float64(2.0 ** (u - 1 + j / UNIFORM_PER_OCTAVE))))
+             for u in UNIFORM_BITS for j in range(UNIFORM_PER_OCTAVE)]
     if b.df_step is not None:
         step = U.grid_step_for(b.w, b.df_step)
         grids.append((("d", 0), max(2, math.ceil(math.log2(2 * amax / step + 1))), step))

@@ -78,7 +78,9 @@ DEFAULT_MAX_BITS = 12
 # them 4.16x at 0.023 / 0.006; 2^-10.5: 4.06x at 0.020 / 0.006. The k-means
 # SQNR rule (36 dB) gave 4.10x at 0.034 / 0.010. Dividing the first conv's and
 # last fc's steps by 2 as well changed nothing; capping the SQNR (coarser steps
-# for blobs of large weights) raised the worst error to 0.085-0.20.
+# for blobs of large weights) raised the worst error to 0.085-0.20; scaling
+# the step by fan-in^(+-1/4) or making fc steps coarser by sqrt(2) or 2 moved
+# along the same ratio/error curve or below it.
 DEFAULT_STEP = 2.0 ** -9.5
 GRID_SIZE_FINER = ((4096, 4.0), (32768, 2.0))
 DEFAULT_GRID_MIN_SQNR_DB = 24.0

@@ -25,6 +25,10 @@ Methods:
     ``step`` (float64, as ``float.hex``), the lowest index ``qmin`` and the
     alphabet size ``nsym`` in ``meta``, no codebook stored; the indices
     ``q - qmin`` Huffman-coded. Restores ``float32((qmin + label) * step)``.
+    With ``dq_seg`` in ``meta`` the indices are dependent-quantisation
+    indices ``k`` (:mod:`~caffecompress.engine.trellis`, a state machine
+    restarted every ``dq_seg`` weights): a value restores as
+    ``float32(m * step)``, ``m`` the grid multiple the state gives ``k``.
 
 ``meta`` holds plain ints/strs only (the shape as ``"d0,d1,..."``), ``parts``
 1-D NumPy arrays; prefixes keep the sub-streams apart (``l_`` labels, ``p_``
@@ -157,23 +161,88 @@ def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
     return EncodedBlob("exact", meta, parts)
 
 
-def _grid(x32: np.ndarray, shape, step: float, lam: float, xp) -> EncodedBlob:
+def _grid(x32: np.ndarray, shape, step: float, lam: float, dq: bool, xp) -> EncodedBlob:
     """The ``grid`` method: indices on a uniform grid of ``step`` (or coarser, see
-    :func:`~caffecompress.engine.uniform.grid_step_for`), Huffman-coded."""
+    :func:`~caffecompress.engine.uniform.grid_step_for`), Huffman-coded; with
+    ``dq``, dependent-quantisation indices (:mod:`~caffecompress.engine.trellis`,
+    chosen on the host)."""
     from . import uniform as U  # noqa: PLC0415
 
     xd = xp.asarray(x32) if xp is not np else x32
     s = U.grid_step_for(xd, step, xp=xp)
-    q = U.quantize(xd, s, lam=lam, xp=xp)
+    if dq:
+        from . import trellis as TR  # noqa: PLC0415
+
+        q = xp.asarray(TR.quantize(x32, s))
+    else:
+        q = U.quantize(xd, s, lam=lam, xp=xp)
     qmin, qmax = int(q.min()), int(q.max())
     nsym = qmax - qmin + 1
     lab = (q - qmin).astype(np.uint8 if nsym <= 256 else np.uint16)
     del q
     meta = {"shape": _shape_str(shape), "bits": max(1, (nsym - 1).bit_length()), "step": s.hex(),
             "qmin": qmin, "nsym": nsym}
+    if dq:
+        from .trellis import SEGMENT  # noqa: PLC0415
+
+        meta["dq_seg"] = SEGMENT
     parts: dict = {}
     _labels_parts(lab, nsym, xp, meta, parts)
     return EncodedBlob("grid", meta, parts)
+
+
+_MAX_DQ_SEG = 1 << 20
+
+
+def _dq_seg(meta: dict) -> int | None:
+    """A grid blob's dependent-quantisation segment length, checked; None without one."""
+    if "dq_seg" not in meta:
+        return None
+    v = meta["dq_seg"]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= int(v) <= _MAX_DQ_SEG:
+        raise CorruptDataError(f"grid blob's dq_seg {v!r} is not an integer in 1..{_MAX_DQ_SEG}")
+    return int(v)
+
+
+def _grid_dq_values(meta, parts, size: int, block: int):
+    """A dependent-quantisation grid blob's values in pieces of ``block`` (the
+    state scan runs on whole segments, then the pieces are regrouped)."""
+    from . import trellis as TR  # noqa: PLC0415
+
+    seg = _dq_seg(meta)
+    grid_codebook(meta)  # checks step, qmin, nsym
+    step, qmin = float.fromhex(str(meta["step"])), int(meta["qmin"])
+    nsym = int(meta["nsym"])
+
+    def segments():
+        pos, pend = 0, np.zeros(0, np.int64)
+        for lab in _label_blocks(meta, parts, nsym, max(block, seg)):
+            pend = np.concatenate([pend, lab.astype(np.int64)])
+            cut = pend.size - pend.size % seg
+            if cut:
+                m = TR.levels(pend[:cut] + qmin, start=pos, seg=seg)
+                pos += cut
+                pend = pend[cut:]
+                yield (m.astype(np.float64) * step).astype(np.float32)
+        if pend.size:
+            yield (TR.levels(pend + qmin, start=pos, seg=seg).astype(np.float64) * step).astype(np.float32)
+
+    yield from _regroup(segments(), block)
+
+
+def _regroup(pieces, block: int):
+    """Re-cut a stream of 1-D arrays into pieces of exactly ``block`` (the last may be shorter)."""
+    pend, have = [], 0
+    for p in pieces:
+        pend.append(p)
+        have += p.size
+        while have >= block:
+            cat = np.concatenate(pend) if len(pend) > 1 else pend[0]
+            yield cat[:block]
+            rest = cat[block:]
+            pend, have = ([rest] if rest.size else []), rest.size
+    if have:
+        yield np.concatenate(pend) if len(pend) > 1 else pend[0]
 
 
 def grid_codebook(meta: dict) -> np.ndarray:
@@ -194,7 +263,7 @@ def grid_codebook(meta: dict) -> np.ndarray:
 
 
 def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_zero=None,
-                step: float | None = None, lam: float = 0.0, xp=np) -> EncodedBlob:
+                step: float | None = None, lam: float = 0.0, dq: bool = False, xp=np) -> EncodedBlob:
     """Code one blob.
 
     Parameters
@@ -215,6 +284,9 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     lam : float
         The ``grid`` method's rate weight (0: nearest level; see
         :func:`~caffecompress.engine.uniform.quantize`).
+    dq : bool
+        The ``grid`` method with dependent (trellis-coded) quantisation
+        (:mod:`~caffecompress.engine.trellis`); ``lam`` is then unused.
     keep_zero : bool, optional
         Keep 0.0 as an exact centroid. Default False: a ``shared+sparse``
         blob restores its pruned positions from the position stream, so only
@@ -240,7 +312,7 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
             raise ValueError("step= (the grid method) takes neither bits= nor prune=")
         if x32.size == 0:
             return _raw(x32, shape)
-        enc = _grid(x32, shape, step, float(lam), xp)
+        enc = _grid(x32, shape, step, float(lam), bool(dq), xp)
         return enc if enc.nbytes < raw_bytes else _raw(x32, shape)
     if bits is None:
         if prune:
@@ -359,6 +431,8 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
         return data.reshape(shape).copy()
     if method not in METHODS:
         raise CorruptDataError(f"unknown blob method {method!r}")
+    if method == "grid" and _dq_seg(meta) is not None:
+        xp = np  # the state scan runs on the host
     if xp is np:
         # on the host in pieces: never the whole label stream decoded at
         # once (without numba the lock-step decoder reads a whole stream
@@ -419,6 +493,9 @@ def iter_decode_blob(method: str, meta: dict, parts: dict, *, block: int = 1 << 
             yield y[s : s + block]
         return
     book = _checked_codebook(method, meta, parts, size)
+    if method == "grid" and _dq_seg(meta) is not None:
+        yield from _grid_dq_values(meta, parts, size, block)
+        return
     if method in ("exact", "shared", "grid"):
         # label pieces come in whole Huffman chunks: regroup them to ``block``
         pend, have = [], 0

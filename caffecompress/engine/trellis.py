@@ -1,0 +1,276 @@
+"""Dependent (trellis-coded) quantisation onto a uniform grid.
+
+Two interleaved scalar quantisers share the grid ``m * step``: ``Q0`` holds
+the even multiples (``m = 2k``), ``Q1`` the odd ones and zero (``m = 2k -
+sign(k)``). A four-state machine picks the quantiser of each weight from the
+parities of the indices before it (states 0, 1 use ``Q0``; 2, 3 use ``Q1``;
+``next = TRANSITION[state][k & 1]``), so the decoder follows the encoder
+with no side information, and the encoder chooses the whole index sequence
+by a Viterbi search for the least squared error. The indices ``k`` span
+about half the range of a plain grid of the same step, while the union of
+the two quantisers fills the grid: at equal weight error the indices carry
+~0.15 bit less each (measured on zoo blobs: 2-3 % fewer bytes at the
+data-free rule's rates). This is the dependent quantisation of MPEG NNR and
+VVC.
+
+The flat blob is cut into segments of ``seg`` weights; each starts in state
+0, so segments are independent (the NumPy twin runs them side by side).
+
+Bit-identical twins: the numba loop and the NumPy lock-step version do the
+same float64 operations in the same order (``t = x / (2*step)``, ``floor``,
+``d = x - m*step``, ``d*d``, sums along the path) and break ties the same
+way (the first source state, then the first candidate, in a fixed order),
+so they return the same indices. Everything runs on the host.
+
+Functions
+---------
+:func:`quantize` - the Viterbi choice of indices.
+:func:`levels` - the grid multiples ``m`` the indices stand for (the decoder's scan).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["TRANSITION", "SEGMENT", "quantize", "levels", "have_compiled"]
+
+#: ``TRANSITION[state, k & 1]``: the next state.
+TRANSITION = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
+#: Weights per segment (each starts in state 0).
+SEGMENT = 4096
+_LANE_BLOCK = 1 << 21  # weights per NumPy lock-step block (traceback ~20 bytes a weight)
+
+_compiled = {}
+
+
+def _numba():
+    try:
+        import numba  # noqa: PLC0415
+    except ImportError:
+        return None
+    return numba
+
+
+def have_compiled() -> bool:
+    """True when numba is installed (the compiled twins run)."""
+    return _numba() is not None
+
+
+def _get(name):
+    if name not in _compiled:
+        nb = _numba()
+        if nb is None:
+            _compiled[name] = None
+        else:
+            _compiled[name] = nb.njit(cache=True, nogil=True)(globals()["_py_" + name])
+    return _compiled[name]
+
+
+# ---------------------------------------------------------------- encoder
+
+def _py_viterbi(x, step, seg, out):
+    """Sequential Viterbi (the numba twin's source; also runs as plain Python)."""
+    n = x.size
+    inf = np.inf
+    tr = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
+    bk = np.zeros((seg, 4), np.int64)
+    bs = np.zeros((seg, 4), np.int64)
+    cost = np.zeros(4)
+    new = np.zeros(4)
+    cand = np.zeros(3, np.int64)
+    two = 2.0 * step
+    for s0 in range(0, n, seg):
+        s1 = min(s0 + seg, n)
+        cost[:] = inf
+        cost[0] = 0.0
+        for i in range(s0, s1):
+            xi = x[i]
+            new[:] = inf
+            for s in range(4):
+                if cost[s] == inf:
+                    continue
+                if s < 2:
+                    k0 = np.int64(np.floor(xi / two))
+                    cand[0] = k0
+                    cand[1] = k0 + 1
+                else:
+                    m0 = np.int64(np.floor(xi / step))
+                    if m0 % 2 == 0:
+                        m0 -= 1
+                    m1 = m0 + 2
+                    cand[0] = (m0 + 1) // 2 if m0 > 0 else (m0 - 1) // 2
+                    cand[1] = (m1 + 1) // 2 if m1 > 0 else (m1 - 1) // 2
+                cand[2] = 0
+                for c in range(3):
+                    k = cand[c]
+                    if s < 2:
+                        m = 2 * k
+                    else:
+                        m = 2 * k - (1 if k > 0 else (-1 if k < 0 else 0))
+                    d = xi - m * step
+                    v = cost[s] + d * d
+                    t = tr[s, k & 1]
+                    if v < new[t]:
+                        new[t] = v
+                        bk[i - s0, t] = k
+                        bs[i - s0, t] = s
+            cost[:] = new
+        best = 0
+        for s in range(1, 4):
+            if cost[s] < cost[best]:
+                best = s
+        st = best
+        for i in range(s1 - 1, s0 - 1, -1):
+            out[i] = bk[i - s0, st]
+            st = bs[i - s0, st]
+
+
+def _lockstep(X, step):
+    """The NumPy twin: Viterbi over the rows of ``X`` (lanes x seg, NaN-padded) side by side."""
+    L, S = X.shape
+    inf = np.inf
+    cost = np.full((L, 4), inf)
+    cost[:, 0] = 0.0
+    bk = np.zeros((S, L, 4), np.int64)
+    bs = np.zeros((S, L, 4), np.int8)
+    two = 2.0 * step
+    src = np.repeat(np.arange(4), 3)  # option order: source state, then candidate
+    for i in range(S):
+        pad = np.isnan(X[:, i])
+        xi = np.where(pad, 0.0, X[:, i])  # padding past a short last segment: cost kept below
+        k0 = np.floor(xi / two).astype(np.int64)
+        m0 = np.floor(xi / step).astype(np.int64)
+        m0 = np.where(m0 % 2 == 0, m0 - 1, m0)
+        m1 = m0 + 2
+        c10 = np.where(m0 > 0, (m0 + 1) // 2, (m0 - 1) // 2)
+        c11 = np.where(m1 > 0, (m1 + 1) // 2, (m1 - 1) // 2)
+        z = np.zeros(L, np.int64)
+        cq0 = np.stack([k0, k0 + 1, z], 1)
+        cq1 = np.stack([c10, c11, z], 1)
+        K = np.concatenate([cq0, cq0, cq1, cq1], 1)  # (L, 12)
+        M = np.concatenate([2 * cq0, 2 * cq0, 2 * cq1 - np.sign(cq1), 2 * cq1 - np.sign(cq1)], 1)
+        d = xi[:, None] - M * step
+        v = cost[:, src] + d * d
+        v = np.where(np.isinf(cost[:, src]), inf, v)
+        dst = TRANSITION[src[None, :], K & 1]
+        for t in range(4):
+            vt = np.where(dst == t, v, inf)
+            j = np.argmin(vt, axis=1)
+            cost_t = vt[np.arange(L), j]
+            bk[i, :, t] = K[np.arange(L), j]
+            bs[i, :, t] = src[j]
+            if t == 0:
+                newc = np.empty((L, 4))
+            newc[:, t] = cost_t
+        cost = np.where(pad[:, None], cost, newc)
+    return cost, bk, bs
+
+
+def _numpy_viterbi(x, step, seg, out):
+    n = x.size
+    lanes_per_block = max(1, _LANE_BLOCK // seg)
+    nseg = -(-n // seg)
+    for g0 in range(0, nseg, lanes_per_block):
+        g1 = min(g0 + lanes_per_block, nseg)
+        a, b = g0 * seg, min(g1 * seg, n)
+        X = np.full((g1 - g0) * seg, np.nan)
+        X[: b - a] = x[a:b]
+        X = X.reshape(g1 - g0, seg)
+        cost, bk, bs = _lockstep(X, step)
+        L = g1 - g0
+        lens = np.minimum(seg, n - (np.arange(g0, g1) * seg))
+        # first minimum over the states, as the sequential loop takes it
+        st = np.argmin(cost, axis=1)
+        K = np.zeros((L, seg), np.int64)
+        rows = np.arange(L)
+        for i in range(seg - 1, -1, -1):
+            live = i < lens
+            K[:, i] = np.where(live, bk[i, rows, st], 0)
+            st = np.where(live, bs[i, rows, st].astype(np.int64), st)
+        out[a:b] = K.reshape(-1)[: b - a]
+
+
+def quantize(x, step: float, *, seg: int = SEGMENT, engine: str = "auto") -> np.ndarray:
+    """Dependent-quantisation indices of ``x`` on the grid of ``step`` (host).
+
+    Parameters
+    ----------
+    x : array_like
+        Finite weights (float32 or float64, any shape; taken flat as float64).
+    step : float
+        The grid step (> 0).
+    seg : int
+        Weights per segment (each starts in state 0).
+    engine : {"auto", "numpy", "compiled"}
+        The numba loop or the NumPy lock-step twin (same indices).
+
+    Returns
+    -------
+    numpy.ndarray of int32
+        The indices ``k``; :func:`levels` gives the grid multiples they stand for.
+    """
+    a = np.ascontiguousarray(np.asarray(x, np.float64).reshape(-1))
+    out = np.zeros(a.size, np.int64)
+    step, seg = float(step), int(seg)
+    fn = _get("viterbi") if engine != "numpy" else None
+    if engine == "compiled" and fn is None:
+        raise RuntimeError("the compiled trellis needs numba (pip install 'caffecompress[fast]')")
+    if a.size:
+        if fn is not None:
+            fn(a, step, seg, out)
+        else:
+            _numpy_viterbi(a, step, seg, out)
+    return out.astype(np.int32)
+
+
+# ---------------------------------------------------------------- decoder
+
+def _py_scan(k, start, seg, m):
+    """The grid multiples of indices ``k`` whose first one sits at flat position ``start``."""
+    st = 0
+    for i in range(k.size):
+        if (start + i) % seg == 0:
+            st = 0
+        ki = k[i]
+        if st < 2:
+            m[i] = 2 * ki
+        else:
+            m[i] = 2 * ki - (1 if ki > 0 else (-1 if ki < 0 else 0))
+        st = (0, 2, 2, 0, 1, 3, 3, 1)[2 * st + (ki & 1)]
+
+
+def _numpy_scan(k, start, seg, m):
+    # segments side by side: pad the piece to whole segments, scan the columns
+    off = start % seg
+    n = k.size
+    tot = off + n
+    L = -(-tot // seg)
+    K = np.zeros(L * seg, np.int64)
+    K[off : off + n] = k
+    K = K.reshape(L, seg)
+    M = np.empty_like(K)
+    st = np.zeros(L, np.int64)
+    for i in range(seg):
+        c = K[:, i]
+        M[:, i] = np.where(st < 2, 2 * c, 2 * c - np.sign(c))
+        st = TRANSITION[st, c & 1]
+    m[:] = M.reshape(-1)[off : off + n]
+
+
+def levels(k, *, start: int = 0, seg: int = SEGMENT, engine: str = "auto") -> np.ndarray:
+    """The grid multiples ``m`` (int64) of dependent-quantisation indices.
+
+    ``k`` may be a piece of the blob's index sequence beginning at flat
+    position ``start``; it must then begin at a segment boundary
+    (``start % seg == 0``), since the state is not carried in.
+    """
+    k = np.ascontiguousarray(np.asarray(k, np.int64).reshape(-1))
+    if int(start) % int(seg):
+        raise ValueError("a piece of dependent-quantisation indices must start at a segment boundary")
+    m = np.empty(k.size, np.int64)
+    fn = _get("scan") if engine != "numpy" else None
+    if fn is not None:
+        fn(k, int(start), int(seg), m)
+    else:
+        _numpy_scan(k, int(start), int(seg), m)
+    return m
