@@ -1,7 +1,7 @@
 """Fuzz every reader: >= 100,000 seeded mutation cases, counts per kind and outcome.
 
     python benchmarks/fuzz_readers.py [--cases 105000] [--seed 1] [--workers 2]
-        [--timeout 20] [--rss-limit-mb 256] [--json OUT.json]
+        [--timeout 20] [--rss-limit-mb 256] [--kinds ccz,...] [--json OUT.json]
 
 Kinds: binary caffemodel V0/V1/V2, prototxt, binaryproto, ``.caffemodel.h5``
 and ``.ccz.h5``; mutation families bytes, text, HDF5 structure, forged
@@ -34,8 +34,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--rss-limit-mb", type=float, default=256.0)
+    ap.add_argument("--kinds", default=",".join(mutfuzz.KINDS),
+                    help=f"comma-separated kinds to fuzz (default all: {','.join(mutfuzz.KINDS)})")
     ap.add_argument("--json", help="write the counts and findings here")
     args = ap.parse_args(argv)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    if not kinds or set(kinds) - set(mutfuzz.KINDS):
+        ap.error(f"--kinds: choose from {', '.join(mutfuzz.KINDS)}")
     t0 = time.perf_counter()
 
     def progress(done, rep):
@@ -43,8 +48,9 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
 
     rep = mutfuzz.campaign(args.cases, seed=args.seed, workers=args.workers, timeout=args.timeout,
-                           rss_limit_mb=args.rss_limit_mb, progress=progress)
-    print(f"{sum(rep.counts.values())} cases in {rep.seconds:.0f} s ({args.workers} workers, seed {args.seed}); "
+                           rss_limit_mb=args.rss_limit_mb, kinds=kinds, progress=progress)
+    print(f"{sum(rep.counts.values())} cases in {rep.seconds:.0f} s ({args.workers} workers, seed {args.seed}, "
+          f"kinds {','.join(kinds)}); "
           f"largest peak RSS rise of a case {rep.peak_mb:.0f} MiB\n")
     print(rep.table())
     fam = Counter()
@@ -61,7 +67,7 @@ def main(argv=None) -> int:
             print("  ", f)
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "cases": sum(rep.counts.values()), "seconds": rep.seconds, "seed": args.seed,
+            "cases": sum(rep.counts.values()), "seconds": rep.seconds, "seed": args.seed, "kinds": list(kinds),
             "counts": {f"{k}/{o}": n for (k, o), n in sorted(rep.counts.items())},
             "ops": {f"{k}/{l}/{o}": n for (k, l, o), n in sorted(rep.ops.items())},
             "findings": rep.findings, "peak_mb": rep.peak_mb}, indent=1))

@@ -270,10 +270,12 @@ def _golden_cases():
 
 @pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.name)
 def test_golden_v1_files_read_forever(path):
-    """Files written by format 1.0 restore to the recorded arrays, forever."""
+    """Files written by format 1.0 and 1.1 restore to the recorded arrays, forever."""
     import json
 
     expected = json.loads(path.with_suffix("").with_suffix(".json").read_text())
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"].decode() == expected["format_version"]
     m = cc.decompress(path)
     got = {}
     for lay in m.layers:
@@ -288,6 +290,38 @@ def test_golden_v1_files_read_forever(path):
 
 def test_golden_files_exist():
     assert len(_golden_cases()) >= 2
+
+
+#: The 1.0 golden files, byte for byte: they are what 1.0 wrote, never regenerated.
+GOLDEN_1_0_SHA256 = {
+    "example.bits4-prune.ccz.h5": "1e8bd5d91d4c0106f4d4ab9be6e6e58615c59135e7249d423930049e73ac733f",
+    "example.deep-compression.ccz.h5": "bf4b22a5234dc10be5dbf24b5391526338f5df4530da0f305482f5c170415393",
+    "example.default.ccz.h5": "659277fcb760a0957d6babdf6c4f3b2930045e4690cb0edaf18099366802fb91",
+    "example.lossless.ccz.h5": "d98d8d2ab25898a99e046f62b9820a22093cf94a9224f0de18407c61f0ab611d",
+}
+
+
+def test_golden_1_0_files_untouched():
+    for name, sha in GOLDEN_1_0_SHA256.items():
+        p = GOLDEN / name
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == sha, f"{name} was rewritten"
+        with h5py.File(p, "r") as f:
+            assert f.attrs["format_version"] == b"1.0"
+        assert {r.method for r in cc.open_compressed(p).records} <= {"lossless", "ref", "raw", "exact", "shared",
+                                                                    "shared+sparse"}
+
+
+def test_golden_1_1_files_hold_grid_blobs():
+    import json
+
+    got = {}
+    for p in _golden_cases():
+        man = json.loads(p.with_suffix("").with_suffix(".json").read_text())
+        if man["format_version"] == "1.1":
+            got[p.name] = {r.method for r in cc.open_compressed(p).records}
+            assert container.file_info(p)["format_version"] == "1.1"
+    assert {"example.grid.ccz.h5", "example.grid-step.ccz.h5"} <= set(got)
+    assert all("grid" in methods for methods in got.values()), got
 
 
 def test_opencv_net_straight_from_compressed_file(tmp_path):

@@ -2,7 +2,8 @@
 
 Seeds are small files built here (and the zoo's MTCNN det1 when present):
 binary caffemodels V0/V1/V2, prototxt, binaryproto, Caffe's
-``.caffemodel.h5`` and the project's own ``.ccz.h5``. Each case is
+``.caffemodel.h5`` and the project's own ``.ccz.h5`` (formats 1.0 and
+1.1, the latter with ``grid`` blobs). Each case is
 ``(kind, seed, case_seed)``: the worker rebuilds the mutated file from those
 numbers alone (so any case can be replayed with :func:`replay`), calls the
 library entry point for the kind and classifies what happened.
@@ -17,7 +18,9 @@ Mutation families:
             storage, virtual datasets, deep nesting, compressed "bombs",
             damaged attributes (``.caffemodel.h5`` and ``.ccz.h5``);
 ``index``   ``.ccz.h5`` only: the JSON index rewritten (CRC recomputed) with
-            hostile values, deleted/duplicated/swapped records, deep nesting;
+            hostile values, deleted/duplicated/swapped records, deep nesting,
+            and the ``grid`` method's own meta (``step``, ``qmin``, ``nsym``,
+            label counts) and label streams forged (op ``grid_*``);
 ``stream``  ``.ccz.h5`` only: a stream's bytes rewritten with a valid CRC.
 
 Outcomes: ``ok`` (a result), ``error`` (a CaffeCompressError naming the
@@ -61,6 +64,7 @@ FAMILIES = {
 BAD = ("unnamed", "untyped", "silent", "wrong", "blowup", "hang", "crash")
 # a result from these edits is wrong by definition: weights read from elsewhere than the file
 _FOREIGN = ("h5:external_storage", "h5:vds", "h5:external_link", "h5:softlink_cycle", "h5:data_link")
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 ZOO = Path(os.environ.get("CAFFE_ZOO", Path(__file__).resolve().parents[2].parent / "shared" / "caffe-zoo"))
 
 
@@ -227,9 +231,18 @@ def build_seeds(folder) -> dict:
     src = cc.read_caffemodel(v2, prototxt=proto)
     for name, kw in (("lossless", {"preset": "lossless"}), ("default", {"preset": "default"}),
                      ("bits4-prune", {"preset": "default", "bits": 4, "prune": 0.5}),
-                     ("deep", {"preset": "deep-compression"})):
+                     ("deep", {"preset": "deep-compression"}),
+                     # format 1.1: grid blobs (data-free rule: wide alphabets; one coarse step: narrow ones)
+                     ("grid", {"preset": "default", "data_free": True}),
+                     ("grid-step", {"preset": "default", "data_free": True, "step": 0.02})):
         p = folder / f"seed.{name}.ccz.h5"
         cc.save(cc.compress(src, **kw), p)
+        seeds["ccz"].append({"path": str(p), "prototxt": None})
+    # the golden 1.1 file of the example model: five grid blobs (alphabets up to 3116)
+    golden = GOLDEN / "example.grid.ccz.h5"
+    if golden.exists():
+        p = folder / "golden.grid.ccz.h5"
+        shutil.copyfile(golden, p)
         seeds["ccz"].append({"path": str(p), "prototxt": None})
     return seeds
 
@@ -564,12 +577,75 @@ _HOSTILE = ["", None, 0, -1, 1, 3, 2**31, 2**63, 2**64 + 5, -(2**63) - 1, 1e308,
             "lossless", "raw", "ref", "-1", "4294967296", _DEEP, "\ud800"]
 
 
+_GRID_KEYS = ("step", "qmin", "nsym", "nlab", "bits", "l_n", "l_nsym", "l_chunk")
+
+
+def _grid_value(key, v, rng):
+    """A hostile or nearly right value for a grid meta ``key`` (now ``v``)."""
+    if key == "step":
+        x = float.fromhex(v) if isinstance(v, str) else 0.01
+        return _pick(rng, ["", "zz", "0x", "nan", "inf", "-inf", "0x0p+0", "-0x0p+0", (-x).hex(), (x * 2).hex(),
+                           (x / 2).hex(), float(np.nextafter(x, 1.0)).hex(), float(np.nextafter(x, 0.0)).hex(),
+                           (5e-324).hex(), (1e308).hex(), float.hex(3.4e38), x, 1, True, None, [x], repr(x),
+                           "0x1.0p+1024", "0x1.fffffffffffffp+1023", " " + v if isinstance(v, str) else "1"])
+    n = v if type(v) is int else 1  # noqa: E721
+    return _pick(rng, [n + 1, n - 1, -n, 0, 1, -1, 2047, 2048, -2047, -2048, 4095, 4096, 4097, 2**31, 2**63,
+                       10**30, -(10**30), float(n), n + 0.5, str(n), True, None, [n]])
+
+
+def _mutate_grid(ix, rng) -> str:
+    """Edit the meta or label streams of a ``grid`` record: the method's own
+    fields. A file without grid records gets one of its records relabelled
+    ``grid`` with plausible grid meta over the streams it has."""
+    grid = [b for b in ix["blobs"] if b.get("method") == "grid"]
+    if not grid:
+        if not ix["blobs"]:
+            return "grid_none"
+        b = _pick(rng, ix["blobs"])
+        b["method"] = "grid"
+        meta = b["meta"]
+        shape = b["shape"] if isinstance(b["shape"], list) else []
+        meta.setdefault("shape", ",".join(str(d) for d in shape))
+        meta.update(step=(0.01).hex(), qmin=int(_pick(rng, [-3, 0, -2047])), nsym=int(_pick(rng, [1, 2, 7, 4095])))
+        meta.setdefault("nlab", int(np.prod(shape)) if all(type(d) is int for d in shape) else 0)  # noqa: E721
+        return "grid_relabel"
+    pool = grid
+    b = _pick(rng, pool)
+    meta, parts = b["meta"], b["parts"]
+    t = int(rng.integers(0, 6))
+    if t <= 2:  # one meta field
+        key = str(_pick(rng, [k for k in _GRID_KEYS if k in meta] or ["step"]))
+        meta[key] = _grid_value(key, meta.get(key), rng)
+        return f"grid_{key}"
+    if t == 3:  # qmin and nsym moved together: still within or just past +-2047
+        q, n = meta.get("qmin", 0), meta.get("nsym", 1)
+        if type(q) is int and type(n) is int:  # noqa: E721
+            d = int(_pick(rng, [-1, 1, -2047, 2047, 4096]))
+            meta["qmin"], meta["nsym"] = q + d, n + int(_pick(rng, [0, -d, 1, -1]))
+        return "grid_range"
+    if t == 4:  # a label stream part dropped, or taken from another record
+        names = [k for k in parts if k.startswith("l_")] or list(parts) or ["l_lengths"]
+        k = str(_pick(rng, names))
+        others = [o for o in pool if o is not b and k in o["parts"]]
+        if others and rng.random() < 0.6:
+            parts[k] = list(_pick(rng, others)["parts"][k])
+            return "grid_part_other"
+        parts.pop(k, None)
+        return "grid_part_drop"
+    # a codebook part (a grid stores none), or the method renamed
+    if rng.random() < 0.5 and parts:
+        parts["codebook"] = list(_pick(rng, list(parts.values())))
+        return "grid_codebook"
+    b["method"] = str(_pick(rng, ["exact", "shared", "shared+sparse", "raw", "grid"]))
+    return "grid_method"
+
+
 def mutate_index(path: str, rng) -> str:
     """Rewrite the JSON index of a ``.ccz.h5`` with a hostile edit (its CRC recomputed)."""
     attrs, payload, ix = read_ccz(path)
     payload = payload[: int(attrs["index"][0])]
     op = str(_pick(rng, ["set", "set", "set", "delete", "dup", "swap", "drop_blob", "dup_blob", "targeted",
-                         "targeted", "deep"]))
+                         "targeted", "deep", "grid"]))
     nodes = [p for p, _ in _nodes(ix) if p]
     if op == "set":
         _set(ix, nodes[int(rng.integers(0, len(nodes)))], _HOSTILE[int(rng.integers(0, len(_HOSTILE)))])
@@ -619,6 +695,8 @@ def mutate_index(path: str, rng) -> str:
             b["meta"]["nlab"] = 10**12
         else:
             ix["layers"][int(rng.integers(0, len(ix["layers"])))][0] = "renamed"
+    elif op == "grid":
+        op = _mutate_grid(ix, rng)
     elif op == "deep":
         _set(ix, nodes[int(rng.integers(0, len(nodes)))], _DEEP)
     text = json.dumps(ix, sort_keys=True)

@@ -8,6 +8,8 @@ through a link or external storage, or a ``.ccz.h5`` restored to other weights.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import mutfuzz
 
 
@@ -21,6 +23,12 @@ def test_fuzz_every_reader():
         assert rep.counts[(kind, "ok")] + rep.counts[(kind, "error")] >= 400, kind
     families = {label.split(":")[0] for (_, label, _) in rep.ops}
     assert {"bytes", "text", "h5", "index", "stream"} <= families
+    # format 1.1: the grid method's meta and label streams were forged, and refused
+    grid = Counter()
+    for (kind, label, outcome), n in rep.ops.items():
+        if label.startswith("index:grid_"):
+            grid[outcome] += n
+    assert grid["error"] > 0 and grid["ok"] + grid["error"] >= 10, grid
 
 
 def test_harness_sees_violations(tmp_path, monkeypatch):

@@ -1,20 +1,28 @@
-"""Write the golden format-1.0 files from the project's example model.
+"""Write the golden files from the project's example model, one format version at a time.
 
 Run once per format version (never to "fix" a failing golden test: the
 files are what old caffecompress versions wrote, and must be read forever):
 
-    .venv/bin/python tests/golden/make_golden.py
+    .venv/bin/python tests/golden/make_golden.py --version 1.0   # the 1.0 files (2026)
+    .venv/bin/python tests/golden/make_golden.py --version 1.1   # the grid method's files
 
-For each preset it writes ``example.<preset>.ccz.h5`` and a ``.json``
-manifest with the shape, dtype and SHA-256 of every restored blob, of the
-skeleton and of the prototxt.
+Each version writes only its own presets and refuses to overwrite a file
+that exists (``--force`` to regenerate on purpose, which is never right for
+a released version). For each preset it writes ``example.<preset>.ccz.h5``
+and a ``.json`` manifest with the shape, dtype and SHA-256 of every
+restored blob, of the skeleton and of the prototxt, the format version the
+file carries and the settings it was written with.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
+
+import h5py
 
 import caffecompress as cc
 
@@ -26,6 +34,16 @@ PRESETS = {
     "deep-compression": {"preset": "deep-compression"},
     "bits4-prune": {"preset": "default", "bits": 4, "prune": 0.5},
 }
+#: Format 1.1: the ``grid`` method: the data-free rule (large alphabets, up to
+#: +-2047), one given step (data-free, so the step is the one given: the
+#: fidelity allocation picks its own steps) and the fidelity-targeted default
+#: (needs OpenCV; its grids beside ``exact`` blobs).
+PRESETS_1_1 = {
+    "grid": {"preset": "default", "data_free": True},
+    "grid-step": {"preset": "default", "data_free": True, "step": 0.01},
+    "grid-fidelity": {"preset": "default", "step": 0.01},
+}
+VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1}
 
 
 def manifest(model) -> dict:
@@ -40,19 +58,37 @@ def manifest(model) -> dict:
     }
 
 
-def main():
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--version", choices=sorted(VERSIONS), required=True,
+                    help="the format version whose golden files to write")
+    ap.add_argument("--force", action="store_true", help="overwrite existing golden files (never for a release)")
+    args = ap.parse_args(argv)
+    presets = VERSIONS[args.version]
+    outs = {name: (HERE / f"example.{name}.ccz.h5", HERE / f"example.{name}.json") for name in presets}
+    there = [str(p.name) for pair in outs.values() for p in pair if p.exists()]
+    if there and not args.force:
+        print(f"refusing to overwrite golden files: {', '.join(there)} (--force)", file=sys.stderr)
+        return 1
     model = cc.read_caffemodel(DATA / "example.caffemodel", prototxt=DATA / "example.prototxt")
-    for name, kw in PRESETS.items():
-        out = HERE / f"example.{name}.ccz.h5"
+    for name, kw in presets.items():
+        out, man = outs[name]
         cm = cc.compress(model, **kw)
         cc.save(cm, out, force=True)
+        with h5py.File(out, "r") as f:
+            got = f.attrs["format_version"].decode()
+        if got != args.version:
+            out.unlink()
+            print(f"{out.name}: the settings {kw} wrote format {got}, not {args.version}", file=sys.stderr)
+            return 1
         restored = cc.decompress(out)
         info = manifest(restored)
-        info["format_version"] = "1.0"
+        info["format_version"] = got
         info["settings"] = kw
-        (HERE / f"example.{name}.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-        print(out.name, out.stat().st_size)
+        man.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        print(out.name, out.stat().st_size, "format", got, sorted({r.method for r in cm.records}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
