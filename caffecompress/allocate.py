@@ -342,7 +342,7 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) ->
             continue
         nbytes = _counts_bytes(np.bincount(lab.reshape(-1), minlength=cb.size), codebook=False)
         b.cands[key] = _Cand(bits, name, nbytes, dist, cbu,
-                                  _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
+                             _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
 
 
 def _gptq_ok(b: _Blob, bits: int, max_bits: int = GPTQ_MAX_BITS) -> bool:

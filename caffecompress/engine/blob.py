@@ -210,7 +210,7 @@ def _grid_dq_values(meta, parts, size: int, block: int):
     from . import trellis as TR  # noqa: PLC0415
 
     seg = _dq_seg(meta)
-    grid_codebook(meta)  # checks step, qmin, nsym
+    # step, qmin and nsym were checked by the caller's _checked_codebook
     step, qmin = float.fromhex(str(meta["step"])), int(meta["qmin"])
     nsym = int(meta["nsym"])
 
@@ -498,17 +498,8 @@ def iter_decode_blob(method: str, meta: dict, parts: dict, *, block: int = 1 << 
         return
     if method in ("exact", "shared", "grid"):
         # label pieces come in whole Huffman chunks: regroup them to ``block``
-        pend, have = [], 0
-        for lab in _label_blocks(meta, parts, book.size, block):
-            pend.append(lab)
-            have += lab.size
-            while have >= block:
-                cat = np.concatenate(pend) if len(pend) > 1 else pend[0]
-                yield book[cat[:block]]
-                rest = cat[block:]
-                pend, have = ([rest] if rest.size else []), rest.size
-        if have:
-            yield book[np.concatenate(pend) if len(pend) > 1 else pend[0]]
+        for lab in _regroup(_label_blocks(meta, parts, book.size, block), block):
+            yield book[lab]
         return
     # shared+sparse: the keep-mask whole (1 byte a weight), the labels in pieces
     mask = _kept_mask(meta, parts, size)
