@@ -44,10 +44,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json")
     ap.add_argument("--only")
+    ap.add_argument("--steps", type=float, nargs="+", metavar="LOG2",
+                    help="log2 of the absolute steps to try (default: -9.5 -10 -10.5 -11)")
+    ap.add_argument("--rules", nargs="+", choices=sorted(SIZE_RULES), default=sorted(SIZE_RULES))
+    ap.add_argument("--dq", type=float, nargs="+", metavar="SCALE", default=[],
+                    help="also try dependent quantisation at these multiples of each step")
+    ap.add_argument("--no-kmeans", action="store_true", help="skip the k-means SQNR rule")
     a = ap.parse_args(argv)
     imgs = sample_images(SAMPLE_IMAGES)
-    configs = [("kmeans-sqnr36", None, None)] + [(f"step2^{math.log2(s):g}/{r}", s, r)
-                                                  for s in STEPS for r in SIZE_RULES]
+    steps = [2.0 ** v for v in a.steps] if a.steps else STEPS
+    configs = [] if a.no_kmeans else [("kmeans-sqnr36", None, None, None)]
+    for st in steps:
+        for r in a.rules:
+            configs.append((f"step2^{math.log2(st):g}/{r}", st, r, None))
+            configs += [(f"step2^{math.log2(st):g}/{r}/dq{d:g}", st, r, d) for d in a.dq]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, mp, pp in zoo_pairs():
@@ -55,11 +65,13 @@ def main(argv=None):
                 continue
             model = cc.read_caffemodel(mp, prototxt=pp)
             src, ptxt = mp.read_bytes(), pp.read_text()
-            for cname, step, rule in configs:
+            for cname, step, rule, dq in configs:
                 if step is None:
                     cm = cc.compress(model, data_free=True, sqnr_target=36.0)
                 else:
                     config.DEFAULT_STEP, config.GRID_SIZE_FINER = step, SIZE_RULES[rule]
+                    config.DEFAULT_DQ = dq is not None
+                    config.DQ_STEP_SCALE = dq if dq is not None else config.DQ_STEP_SCALE
                     cm = cc.compress(model, data_free=True)
                 out = Path(tmp) / "m.h5"
                 cc.save(cm, out, force=True)
@@ -68,7 +80,7 @@ def main(argv=None):
                 rows.append({"model": name, "config": cname, "ratio": len(src) / out.stat().st_size, "err": err})
                 print(f"{name:42s} {cname:22s} {rows[-1]['ratio']:6.2f}x  err {err:.4f}", flush=True)
     print()
-    for cname, _, _ in configs:
+    for cname, *_ in configs:
         rs = [r for r in rows if r["config"] == cname]
         print(f"{cname:22s} gmean {gmean([r['ratio'] for r in rs]):.3f}x  worst {max(r['err'] for r in rs):.4f}"
               f"  gmean err {gmean([r['err'] for r in rs]):.4f}")

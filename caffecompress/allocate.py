@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import calibrate, runtime
+from . import calibrate, config, runtime
 from .backend import to_host
 from .engine import compensate as C
 from .engine import uniform as U
@@ -551,7 +551,11 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         has_bias = bool(node is not None and node.bias_term and len(lay.blobs) > 1
                         and lay.blobs[1].size == (w.shape[1] if node.type == "InnerProduct" and node.transpose
                                                   else w.shape[0]))
-        df_step = None if plan.step is None else U.floored_step(w, plan.step, plan.sqnr_target)
+        df_step = None
+        if plan.step is not None:
+            # the rule's plain-grid equivalent: candidates are nearest/GPTQ
+            # roundings onto fixed levels, which dependent quantisation is not
+            df_step = U.floored_step(w, plan.step / (config.DQ_STEP_SCALE if plan.dq else 1.0), plan.sqnr_target)
         blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits,
                            None if df_step is not None else plan.sqnr_target, df_step))
     widths = WIDTHS

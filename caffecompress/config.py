@@ -84,6 +84,16 @@ DEFAULT_MAX_BITS = 12
 DEFAULT_STEP = 2.0 ** -9.5
 GRID_SIZE_FINER = ((4096, 4.0), (32768, 2.0))
 DEFAULT_GRID_MIN_SQNR_DB = 24.0
+# Dependent (trellis) quantisation in the data-free rule: the union grid's
+# step is DQ_STEP_SCALE times the plain rule's (the two interleaved
+# quantisers each span twice that), so the output error stays near the plain
+# rule's while the indices carry fewer bits. Same tuning (calibration images,
+# zoo >= 100 KB, ratio at worst / geometric-mean error): plain 4.455x at
+# 0.030 / 0.0084; DQ at 0.5: 4.44x at 0.027 / 0.0065; 0.57: 4.56x at 0.028 /
+# 0.0084 (+2.4 % at equal error, every model +1.2-3.0 %); 0.65: 4.69x at
+# 0.038 / 0.0102; 0.75: 4.84x at 0.040 / 0.0108.
+DEFAULT_DQ = True
+DQ_STEP_SCALE = 0.57
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,7 @@ class BlobPlan:
     lossless: bool
     bits: int | None = None
     step: float | None = None
+    dq: bool = False
     prune: float = 0.0
     init: str = "linear"
     sqnr_target: float | None = None
@@ -282,7 +293,9 @@ def plan_blob(
     if preset == "default" and bits is None and prune is None and target is None \
             and settings.sqnr_target is None:
         finer = next((f for lim, f in GRID_SIZE_FINER if size < lim), 1.0)
-        return BlobPlan(lossless=False, step=DEFAULT_STEP / finer, sqnr_target=DEFAULT_GRID_MIN_SQNR_DB, kind=kind)
+        scale = DQ_STEP_SCALE if DEFAULT_DQ else 1.0
+        return BlobPlan(lossless=False, step=DEFAULT_STEP / finer * scale, dq=DEFAULT_DQ,
+                        sqnr_target=DEFAULT_GRID_MIN_SQNR_DB, kind=kind)
     if preset == "deep-compression":
         if bits is None:
             bits = DC_BITS[kind]

@@ -378,7 +378,14 @@ def _lossy(x, plan, xp, where):
             raise ValueError("the grid method takes no pruning")
         from .engine.uniform import floored_step  # noqa: PLC0415
 
-        enc = eng.encode_blob(xin, step=floored_step(xd, plan.step, plan.sqnr_target), xp=xp)
+        if plan.dq:
+            # the SQNR floor is the plain grid's: apply it to the plain-equivalent step
+            from .config import DQ_STEP_SCALE  # noqa: PLC0415
+
+            s = floored_step(xd, plan.step / DQ_STEP_SCALE, plan.sqnr_target) * DQ_STEP_SCALE
+        else:
+            s = floored_step(xd, plan.step, plan.sqnr_target)
+        enc = eng.encode_blob(xin, step=s, dq=plan.dq, xp=xp)
         bits = int(enc.meta.get("bits", 32))
     else:
         bits = plan.bits if plan.bits is not None else _search_bits(xin, plan, xp)

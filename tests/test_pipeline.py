@@ -50,12 +50,16 @@ def test_blob_roles(typ, idx, shape, kind):
 def test_plans_by_preset():
     s = Settings()
     # the data-free rule: one grid step, finer for small blobs, an SQNR floor
+    # (dependent quantisation: the union grid's step is the plain one's times DQ_STEP_SCALE)
     p = plan_blob(s, "conv1", "Convolution", 0, (64, 64, 3, 3))
-    assert not p.lossless and p.bits is None and p.step == config.DEFAULT_STEP
+    sc = config.DQ_STEP_SCALE if config.DEFAULT_DQ else 1.0
+    assert not p.lossless and p.bits is None and p.step == config.DEFAULT_STEP * sc and p.dq == config.DEFAULT_DQ
     assert p.sqnr_target == config.DEFAULT_GRID_MIN_SQNR_DB
-    assert plan_blob(s, "c", "Convolution", 0, (64, 3, 3, 3)).step == config.DEFAULT_STEP / 4
-    assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 1)).step == config.DEFAULT_STEP / 2
-    assert plan_blob(make_settings(step=0.01), "c", "Convolution", 0, (64, 3, 3, 3)).step == 0.01
+    assert plan_blob(s, "c", "Convolution", 0, (64, 3, 3, 3)).step == config.DEFAULT_STEP / 4 * sc
+    assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 1)).step == config.DEFAULT_STEP / 2 * sc
+    # an explicit step is a plain grid step
+    p = plan_blob(make_settings(step=0.01), "c", "Convolution", 0, (64, 3, 3, 3))
+    assert p.step == 0.01 and not p.dq
     # an SQNR target asks for the k-means rule; small blobs aim higher there
     ks = make_settings(sqnr_target=36.0)
     p = plan_blob(ks, "conv1", "Convolution", 0, (64, 64, 3, 3))

@@ -169,12 +169,15 @@ def _grid(x32: np.ndarray, shape, step: float, lam: float, dq: bool, xp) -> Enco
     from . import uniform as U  # noqa: PLC0415
 
     xd = xp.asarray(x32) if xp is not np else x32
-    s = U.grid_step_for(xd, step, xp=xp)
     if dq:
         from . import trellis as TR  # noqa: PLC0415
 
+        # a dependent-quantisation index k stands for the multiple ~2k, so the
+        # grid may hold twice the plain range before it must coarsen
+        s = TR.grid_step_for(xd, step, xp=xp)
         q = xp.asarray(TR.quantize(x32, s))
     else:
+        s = U.grid_step_for(xd, step, xp=xp)
         q = U.quantize(xd, s, lam=lam, xp=xp)
     qmin, qmax = int(q.min()), int(q.max())
     nsym = qmax - qmin + 1

@@ -30,9 +30,14 @@ Functions
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["TRANSITION", "SEGMENT", "quantize", "levels", "have_compiled"]
+from .grid import max_abs, screen_finite
+from .uniform import MAX_LEVEL
+
+__all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "grid_step_for", "quantize", "levels", "have_compiled"]
 
 #: ``TRANSITION[state, k & 1]``: the next state.
 TRANSITION = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
@@ -188,6 +193,32 @@ def _numpy_viterbi(x, step, seg, out):
             K[:, i] = np.where(live, bk[i, rows, st], 0)
             st = np.where(live, bs[i, rows, st].astype(np.int64), st)
         out[a:b] = K.reshape(-1)[: b - a]
+
+
+#: ``max|x| / step`` a dependent-quantisation grid may reach: the candidates
+#: of a weight are ``k <= (x/step + 3) / 2``, so indices stay within
+#: ``+-(MAX_LEVEL - 1)`` (the plain grid's symbol range).
+MAX_MULTIPLE = 2 * MAX_LEVEL - 4
+
+
+def grid_step_for(x, step: float, *, xp=np) -> float:
+    """``step``, made coarser where ``max|x| / step`` would exceed :data:`MAX_MULTIPLE`.
+
+    The dependent-quantisation twin of
+    :func:`caffecompress.engine.uniform.grid_step_for` (same screening, same
+    float64 host arithmetic); 1.0 for an all-zero blob.
+    """
+    step = float(step)
+    if not (step > 0.0 and math.isfinite(step)):
+        raise ValueError(f"the grid step must be a positive finite number, got {step}")
+    screen_finite(x, xp=xp)
+    m = max_abs(x, xp=xp)
+    if m == 0.0:
+        return 1.0
+    s = max(step, float(np.float64(m) / np.float64(MAX_MULTIPLE)))
+    while m / s > MAX_MULTIPLE:
+        s = math.nextafter(s, math.inf)
+    return s
 
 
 def quantize(x, step: float, *, seg: int = SEGMENT, engine: str = "auto") -> np.ndarray:
