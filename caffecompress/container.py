@@ -1,10 +1,10 @@
-"""The compressed file: versioned HDF5, format ``caffecompress`` 1.1.
+"""The compressed file: versioned HDF5, format ``caffecompress`` 1.2.
 
 Layout: one dataset, three root attributes, nothing else::
 
     /          attrs: format = "caffecompress"   (fixed-length string)
-                      format_version = "1.1"      (fixed-length string; "1.0"
-                                                   when no blob uses a 1.1 method)
+                      format_version = "1.2"      (fixed-length string: the
+                                                   lowest version its blobs need)
                       index = uint64[3]           (offset, length, CRC32 of the index)
     /payload   uint8[N], contiguous: every stored stream, concatenated, then
                the index (deflated JSON)
@@ -44,9 +44,28 @@ and, since 1.1, ``grid``: a uniform grid, meta ``step`` (a float64 in
 nsym - 1`` within +-2047), ``bits`` (informative), ``nlab`` and the label
 stream's ``l_`` meta; streams ``l_lengths``, ``l_payload``, ``l_offsets``
 (one Huffman code, as for ``shared``) and no codebook. A value restores as
-``float32((qmin + label) * step)``, the product taken in float64. A file is
-written as 1.0 when none of its blobs uses ``grid``, so older readers keep
-reading what they can.
+``float32((qmin + label) * step)``, the product taken in float64.
+
+Since 1.2 a ``grid`` blob may carry, in its meta:
+
+- ``dq_seg`` (an int in 1..2**20): the indices are dependent-quantisation
+  indices ``k`` (:mod:`caffecompress.engine.trellis`): a 4-state machine,
+  reset to state 0 every ``dq_seg`` values, starts in state 0; in states 0
+  and 1 the multiple is ``m = 2k``, in 2 and 3 ``m = 2k - sign(k)``; the next
+  state is ``[[0, 2], [2, 0], [1, 3], [3, 1]][state][k & 1]``; the value
+  restores as ``float32(m * step)``;
+- ``coder = "rans"`` and ``seg`` (an int in 1..2**20) in place of the ``l_``
+  meta and streams: the labels are coded by the context-adaptive
+  interleaved rANS coder of :mod:`caffecompress.engine.rans` (lanes of
+  ``ceil(n / ceil(n / seg))`` values, groups of 256 lanes, each with its own
+  model of 4 contexts and its own word stream; 16-bit frequency tables
+  renormalised every 16 steps; the module docstring gives every constant),
+  streams ``a_w`` (uint16 words, groups in order), ``a_n`` (uint32 words per
+  group) and ``a_x`` (uint32 final state per lane).
+
+A file is written with the lowest version its blobs need (1.0 without
+``grid``, 1.1 with plain ``grid`` blobs only), so older readers keep reading
+what they can.
 
 A reader accepts any 1.x file and refuses a newer major version.
 """
@@ -93,10 +112,17 @@ __all__ = [
 ]
 
 FORMAT = "caffecompress"
-FORMAT_VERSION = (1, 1)
+FORMAT_VERSION = (1, 2)
 #: The minor version each method first appeared in (a file is written with
 #: the lowest version its blobs need).
 _METHOD_MINOR = {"grid": 1}
+
+
+def _record_minor(r) -> int:
+    """The format minor version a record needs."""
+    if r.method == "grid" and ("dq_seg" in r.meta or r.meta.get("coder") == "rans"):
+        return 2
+    return _METHOD_MINOR.get(r.method, 0)
 LIBVER = ("v110", "v110")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_INDEX = 1 << 28  # inflated index size cap (a damaged length cannot balloon)
@@ -216,7 +242,7 @@ def save(cm: CompressedModel, path, *, force: bool = False, inputs=()) -> Path:
     """
     path = check_output_path(path, inputs=[cm.source, *inputs], force=force)
     payload, idx = _build(cm)
-    minor = max((_METHOD_MINOR.get(r.method, 0) for r in cm.records), default=0)
+    minor = max((_record_minor(r) for r in cm.records), default=0)
 
     def write(fobj):
         # meta_block_size=0: no 2 KiB metadata block reserved ahead of the data.

@@ -131,8 +131,8 @@ def test_info_on_both_kinds(capsys, model, tmp_path):
     t = rep["totals"]
     assert t["file_bytes"] == h5.stat().st_size
     assert t["overhead_bytes"] == t["file_bytes"] - t["dataset_bytes"]
-    # the default (data-free here: no prototxt) stores grid blobs, a 1.1 method
-    assert rep["format_version"] == "1.1"
+    # the default (data-free here: no prototxt) stores dependent-quantisation grid blobs (1.2)
+    assert rep["format_version"] == "1.2"
     assert "grid" in {lay["method"] for lay in rep["layers"]}
 
 

@@ -24,7 +24,10 @@ Methods:
     A uniform, zero-anchored grid (:mod:`~caffecompress.engine.uniform`):
     ``step`` (float64, as ``float.hex``), the lowest index ``qmin`` and the
     alphabet size ``nsym`` in ``meta``, no codebook stored; the indices
-    ``q - qmin`` Huffman-coded. Restores ``float32((qmin + label) * step)``.
+    ``q - qmin`` Huffman-coded, or with meta ``coder = "rans"`` coded by the
+    context-adaptive rANS coder (:mod:`~caffecompress.engine.rans`, parts
+    ``a_w``, ``a_n``, ``a_x``, meta ``seg``), whichever is smaller.
+    Restores ``float32((qmin + label) * step)``.
     With ``dq_seg`` in ``meta`` the indices are dependent-quantisation
     indices ``k`` (:mod:`~caffecompress.engine.trellis`, a state machine
     restarted every ``dq_seg`` weights): a value restores as
@@ -191,7 +194,29 @@ def _grid(x32: np.ndarray, shape, step: float, lam: float, dq: bool, xp) -> Enco
         meta["dq_seg"] = SEGMENT
     parts: dict = {}
     _labels_parts(lab, nsym, xp, meta, parts)
+    if nsym >= 2 and lab.size >= RANS_MIN:
+        _prefer_rans(_host(lab), nsym, qmin, meta, parts)
     return EncodedBlob("grid", meta, parts)
+
+
+#: Smallest grid blob whose indices the adaptive rANS coder is tried on.
+RANS_MIN = 64
+
+
+def _prefer_rans(lab: np.ndarray, nsym: int, qmin: int, meta: dict, parts: dict) -> None:
+    """Recode Huffman-coded grid indices with the context-adaptive rANS coder
+    (:mod:`~caffecompress.engine.rans`) when that is smaller (meta ``coder``)."""
+    from . import rans as R  # noqa: PLC0415
+
+    m, p = R.encode(lab, nsym, qmin)
+    if sum(v.nbytes for v in p.values()) < sum(np.asarray(v).nbytes for k, v in parts.items() if k.startswith("l_")):
+        for k in [k for k in meta if k.startswith("l_")]:
+            del meta[k]
+        for k in [k for k in parts if k.startswith("l_")]:
+            del parts[k]
+        meta["coder"] = "rans"
+        meta.update(m)
+        parts.update(p)
 
 
 _MAX_DQ_SEG = 1 << 20
@@ -379,6 +404,15 @@ def _label_stream(meta, parts, nsym: int):
     n = int(meta.get("nlab", -1))
     if n < 0:
         raise CorruptDataError("blob meta lacks the label count")
+    if "coder" in meta:
+        from . import rans as R  # noqa: PLC0415
+
+        if meta["coder"] != "rans" or "qmin" not in meta:
+            raise CorruptDataError(f"unknown label coder {meta['coder']!r} (only grid blobs take 'rans')")
+        if any(k.startswith("l_") for k in list(meta) + list(parts)):
+            raise CorruptDataError("a rANS-coded blob with a Huffman label stream")
+        R.check(meta, parts, n, nsym)
+        return n, _RANS
     if nsym <= 1:
         if "l_lengths" in parts or "l_n" in meta:
             raise CorruptDataError("a one-value codebook with a label stream")
@@ -391,9 +425,21 @@ def _label_stream(meta, parts, nsym: int):
     return n, s
 
 
+_RANS = object()  # _label_stream's stream for a rANS-coded blob (decoded by engine.rans)
+
+
 def _decode_labels(meta, parts, nsym: int, xp):
     n, s = _label_stream(meta, parts, nsym)
+    if s is _RANS:  # a host coder: the device gets the labels
+        return xp.asarray(np.concatenate(list(_rans_blocks(meta, parts, n, nsym))))
     return xp.zeros(n, np.uint8) if s is None else H.decode(s, xp=xp)
+
+
+def _rans_blocks(meta, parts, n: int, nsym: int):
+    from . import rans as R  # noqa: PLC0415
+
+    for lab in R.decode_groups(meta, parts, n, nsym, int(meta["qmin"])):
+        yield lab.astype(np.uint16)
 
 
 def _checked_codebook(method: str, meta: dict, parts: dict, size: int) -> np.ndarray:
@@ -406,6 +452,8 @@ def _checked_codebook(method: str, meta: dict, parts: dict, size: int) -> np.nda
         if int(meta.get("nlab", -1)) != size:
             raise CorruptDataError(f"blob has {meta.get('nlab')} labels for {size} weights")
         return book
+    if "coder" in meta:
+        raise CorruptDataError(f"a {method} blob takes no label coder (meta coder {meta['coder']!r})")
     book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
     if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
         raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
@@ -466,6 +514,9 @@ def decode_blob(method: str, meta: dict, parts: dict, *, xp=np) -> np.ndarray:
 def _label_blocks(meta, parts, nsym: int, block: int):
     """The label stream in consecutive pieces of ``block`` labels (checked by :func:`_label_stream`)."""
     n, st = _label_stream(meta, parts, nsym)
+    if st is _RANS:
+        yield from _regroup(_rans_blocks(meta, parts, n, nsym), block)
+        return
     if st is None:
         for s in range(0, n, block):
             yield np.zeros(min(block, n - s), np.uint8)

@@ -1,0 +1,470 @@
+"""Context-adaptive interleaved rANS for a grid blob's indices.
+
+The flat labels (``k - qmin``) are cut into lanes of ``seg`` consecutive
+values (``lanes = ceil(n / SEG)``, ``seg = ceil(n / lanes)``; the last lane
+may be shorter); lanes are gathered into groups of :data:`GROUP_LANES`.
+Each group is coded alone: its own adaptive model, its own word stream.
+
+Model. One frequency table per (group, context); the context of a value is
+the class ``min(|k_prev|, NCTX - 1)`` of the index before it in its lane (0
+at a lane's start): small indices follow small ones in a filter row.
+Counts start at 1 and grow by :data:`INC` per coded value; every
+:data:`REFRESH` steps (a step codes one value of every live lane of the
+group, lanes in order) a context whose count total exceeds :data:`LIMIT`
+is halved (``(c + 1) >> 1``) and the tables are renormalised to ``M =
+2**PREC``: ``f = 1 + (c * (M - nsym)) // total``, the remainder to the
+first most frequent symbol. Between refreshes the tables stay fixed, so
+every lane of a step codes with the same table: the lanes can run side by
+side (the NumPy twin) or one after the other (the numba twin) and give the
+same bytes. All of it is integer arithmetic.
+
+Coder. rANS with a 32-bit state (``[2**16, 2**32)``) and 16-bit words:
+before coding a value of frequency ``f`` the encoder writes the low word
+while ``x >= f << 16`` (at most once), then ``x = (x // f << 16) + x % f +
+cum``. The encoder runs backwards; a group's words are stored in the order
+the decoder reads them (steps ascending, lanes ascending within a step),
+and each lane's final state is stored. The decoder ends every lane in the
+initial state ``2**16`` having read exactly the group's words: both are
+checked (a damaged stream fails there, or earlier on a short stream).
+
+Stream parts (prefix ``a_``): ``a_w`` uint16 words of all groups in order,
+``a_n`` uint32 words per group, ``a_x`` uint32 final state per lane; meta
+``seg`` (the lane length).
+
+Everything runs on the host: an adaptive coder is sequential within a
+lane, so the GPU quantises and the host codes (the GPU path writes the same
+file by construction).
+
+Functions
+---------
+:func:`encode` - labels to (meta, parts).
+:func:`check` - validate meta/parts against the blob before decoding.
+:func:`decode_groups` - the labels back, a group at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CorruptDataError
+
+__all__ = ["SEG", "GROUP_LANES", "NCTX", "encode", "check", "decode_groups", "lane_shape", "have_compiled"]
+
+SEG = 4096  #: values per lane (at most)
+GROUP_LANES = 256  #: lanes per group (one model and one word stream a group)
+NCTX = 4  #: context classes: |previous index| 0, 1, 2, >= 3
+PREC = 16  #: table precision: frequencies sum to 2**PREC
+M = 1 << PREC
+REFRESH = 16  #: steps between table refreshes
+INC = 16  #: count added per coded value
+LIMIT = 1 << 24  #: a context's count total above which it is halved at a refresh
+LOW = 1 << 16  #: the state's lower bound (and the encoder's start state)
+MAX_SYMBOLS = 4096
+
+_compiled = {}
+
+
+def _numba():
+    try:
+        import numba  # noqa: PLC0415
+    except ImportError:
+        return None
+    return numba
+
+
+def have_compiled() -> bool:
+    """True when numba is installed (the compiled twins run)."""
+    return _numba() is not None
+
+
+def _get(name):
+    if name not in _compiled:
+        nb = _numba()
+        if nb is None:
+            _compiled[name] = None
+        else:
+            g = globals()
+            if not hasattr(g["_refresh"], "py_func"):  # the callee first: numba binds globals when it compiles
+                g["_refresh"] = nb.njit(cache=True, nogil=True)(_py_refresh)
+            _compiled[name] = nb.njit(cache=True, nogil=True)(g["_py_" + name])
+    return _compiled[name]
+
+
+def lane_shape(n: int, seg: int = SEG) -> tuple[int, int]:
+    """``(lanes, lane length)`` of ``n`` values cut into lanes of at most ``seg``."""
+    if n <= 0:
+        return 0, 0
+    lanes = -(-n // seg)
+    return lanes, -(-n // lanes)
+
+
+def _ctx_table(nsym: int, qmin: int) -> np.ndarray:
+    k = np.arange(nsym, dtype=np.int64) + qmin
+    return np.minimum(np.abs(k), NCTX - 1).astype(np.int64)
+
+
+# ------------------------------------------------------------ sequential twin
+# (plain scalar code: numba compiles it; it also runs as Python in tests)
+
+def _py_refresh(counts, freq, cum, nsym, t):
+    nrow = counts.shape[0]
+    for r in range(nrow):
+        tot = 0
+        for s in range(nsym):
+            tot += counts[r, s]
+        if t > 0 and tot > LIMIT:
+            tot = 0
+            for s in range(nsym):
+                counts[r, s] = (counts[r, s] + 1) >> 1
+                tot += counts[r, s]
+        acc = 0
+        best = 0
+        for s in range(nsym):
+            f = 1 + (counts[r, s] * (M - nsym)) // tot
+            freq[r, s] = f
+            acc += f
+            if counts[r, s] > counts[r, best]:
+                best = s
+        freq[r, best] += M - acc
+        c = 0
+        for s in range(nsym):
+            cum[r, s] = c
+            c += freq[r, s]
+
+
+def _py_encode_group(X, lens, nsym, ctxof, words, states):
+    """One group: ``X`` (lanes, seg) labels, ``lens`` live values per lane;
+    writes the group's words in decoding order into ``words`` (returns their
+    count) and each lane's final state into ``states``."""
+    nl, seg = X.shape
+    counts = np.ones((NCTX, nsym), np.int64)
+    freq = np.zeros((NCTX, nsym), np.int64)
+    cum = np.zeros((NCTX, nsym), np.int64)
+    F = np.ones((seg, nl), np.int64)
+    C = np.zeros((seg, nl), np.int64)
+    prev = np.zeros(nl, np.int64)
+    for t in range(seg):
+        if t % REFRESH == 0:
+            _refresh(counts, freq, cum, nsym, t)
+        for j in range(nl):
+            if t < lens[j]:
+                s = X[j, t]
+                r = prev[j]
+                F[t, j] = freq[r, s]
+                C[t, j] = cum[r, s]
+                counts[r, s] += INC
+                prev[j] = ctxof[s]
+    x = np.full(nl, LOW, np.int64)
+    nw = 0
+    for t in range(seg - 1, -1, -1):
+        for j in range(nl - 1, -1, -1):
+            if t < lens[j]:
+                f = F[t, j]
+                v = x[j]
+                if v >= (f << 16):
+                    words[nw] = v & 0xFFFF
+                    nw += 1
+                    v >>= 16
+                x[j] = ((v // f) << PREC) + v % f + C[t, j]
+    for i in range(nw // 2):
+        a = words[i]
+        words[i] = words[nw - 1 - i]
+        words[nw - 1 - i] = a
+    for j in range(nl):
+        states[j] = x[j]
+    return nw
+
+
+def _py_decode_group(words, states, lens, seg, nsym, ctxof, out):
+    """Decode one group into ``out`` (lanes, seg); returns 0 when the stream
+    ends in the start states having read every word, else 1 (damaged)."""
+    nl = states.size
+    counts = np.ones((NCTX, nsym), np.int64)
+    freq = np.zeros((NCTX, nsym), np.int64)
+    cum = np.zeros((NCTX, nsym), np.int64)
+    x = states.astype(np.int64)
+    prev = np.zeros(nl, np.int64)
+    p = 0
+    nw = words.size
+    for t in range(seg):
+        if t % REFRESH == 0:
+            _refresh(counts, freq, cum, nsym, t)
+        for j in range(nl):
+            if t < lens[j]:
+                r = prev[j]
+                v = x[j]
+                slot = v & (M - 1)
+                lo, hi = 0, nsym - 1  # the last symbol whose start is <= slot
+                while lo < hi:
+                    mid = (lo + hi + 1) >> 1
+                    if cum[r, mid] <= slot:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                s = lo
+                v = freq[r, s] * (v >> PREC) + slot - cum[r, s]
+                if v < LOW:
+                    if p >= nw:
+                        return 1
+                    v = (v << 16) | words[p]
+                    p += 1
+                x[j] = v
+                out[j, t] = s
+                counts[r, s] += INC
+                prev[j] = ctxof[s]
+    if p != nw:
+        return 1
+    for j in range(nl):
+        if x[j] != LOW:
+            return 1
+    return 0
+
+
+_refresh = _py_refresh  # the compiled one once numba has been asked for
+
+
+# ------------------------------------------------------------ NumPy twin
+
+def _np_refresh(counts, nsym, t):
+    """Vectorised :func:`_py_refresh` over rows: returns (freq, cum)."""
+    tot = counts.sum(1)
+    if t > 0:
+        big = tot > LIMIT
+        if big.any():
+            counts[big] = (counts[big] + 1) >> 1
+            tot = counts.sum(1)
+    freq = 1 + (counts * (M - nsym)) // tot[:, None]
+    rows = np.arange(counts.shape[0])
+    freq[rows, np.argmax(counts, 1)] += M - freq.sum(1)
+    cum = np.cumsum(freq, 1) - freq
+    return freq, cum
+
+
+def _np_encode_groups(X, lens, gl, nsym, ctxof):
+    """Groups of ``gl`` lanes of ``X`` side by side: (words per group list, states)."""
+    nl, seg = X.shape
+    ng = -(-nl // gl)
+    grp = np.arange(nl) // gl
+    counts = np.ones((ng * NCTX, nsym), np.int64)
+    F = np.ones((seg, nl), np.int64)
+    C = np.zeros((seg, nl), np.int64)
+    prev = np.zeros(nl, np.int64)
+    for t in range(seg):
+        if t % REFRESH == 0:
+            freq, cum = _np_refresh(counts, nsym, t)
+        act = t < lens
+        s = X[:, t].astype(np.int64)
+        row = grp * NCTX + prev
+        F[t] = np.where(act, freq[row, s], 1)
+        C[t] = np.where(act, cum[row, s], 0)
+        flat = (row * nsym + s)[act]
+        counts += INC * np.bincount(flat, minlength=counts.size).reshape(counts.shape)
+        prev = np.where(act, ctxof[s], prev)
+    x = np.full(nl, LOW, np.int64)
+    ws, ts, ls = [], [], []
+    lanes = np.arange(nl)
+    for t in range(seg - 1, -1, -1):
+        act = t < lens
+        f = F[t]
+        emit = act & (x >= (f << 16))
+        if emit.any():
+            ws.append((x[emit] & 0xFFFF).astype(np.uint16))
+            ts.append(np.full(int(emit.sum()), t, np.int64))
+            ls.append(lanes[emit])
+            x = np.where(emit, x >> 16, x)
+        x = np.where(act, ((x // f) << PREC) + x % f + C[t], x)
+    if ws:
+        w, tt, ll = np.concatenate(ws), np.concatenate(ts), np.concatenate(ls)
+        order = np.lexsort((ll, tt, grp[ll]))  # decoding order: group, step, lane
+        w, g = w[order], grp[ll][order]
+    else:
+        w, g = np.zeros(0, np.uint16), np.zeros(0, np.int64)
+    per = np.bincount(g, minlength=ng)
+    return w, per, x
+
+
+def _np_decode_groups(words, per, states, lens, seg, gl, nsym, ctxof):
+    """Vectorised decoder of consecutive groups; returns labels (lanes, seg) or None if damaged."""
+    nl = states.size
+    ng = per.size
+    grp = np.arange(nl) // gl
+    counts = np.ones((ng * NCTX, nsym), np.int64)
+    x = states.astype(np.int64)
+    prev = np.zeros(nl, np.int64)
+    base = np.concatenate([[0], np.cumsum(per)[:-1]]).astype(np.int64)
+    ptr = np.zeros(ng, np.int64)
+    out = np.zeros((nl, seg), np.int64)
+    rows_off = np.arange(ng * NCTX, dtype=np.int64)[:, None] << 17
+    w64 = words.astype(np.int64)
+    # rank of a lane among the needing lanes of its group, in lane order
+    gstart = np.arange(ng) * gl
+    for t in range(seg):
+        if t % REFRESH == 0:
+            freq, cum = _np_refresh(counts, nsym, t)
+            key = (rows_off + cum).reshape(-1)
+        act = t < lens
+        row = grp * NCTX + prev
+        slot = x & (M - 1)
+        idx = np.searchsorted(key, (row << 17) + slot, side="right") - 1
+        s = idx - row * nsym
+        f = freq.reshape(-1)[idx]
+        c = cum.reshape(-1)[idx]
+        v = f * (x >> PREC) + slot - c
+        need = act & (v < LOW)
+        if need.any():
+            cs = np.cumsum(need)
+            before = np.concatenate([[0], cs])[gstart]  # needing lanes before each group's first
+            rank = cs - 1 - before[grp]
+            pos = base[grp] + ptr[grp] + rank
+            nn = np.bincount(grp[need], minlength=ng)
+            if np.any(ptr + nn > per):
+                return None
+            safe = np.where(need, pos, 0)
+            v = np.where(need, (v << 16) | w64[np.minimum(safe, max(w64.size - 1, 0))], v)
+            ptr += nn
+        x = np.where(act, v, x)
+        out[:, t] = np.where(act, s, 0)
+        flat = (row * nsym + s)[act]
+        counts += INC * np.bincount(flat, minlength=counts.size).reshape(counts.shape)
+        prev = np.where(act, ctxof[np.where(act, s, 0)], prev)
+    if np.any(ptr != per) or np.any(x != LOW):
+        return None
+    return out
+
+
+# ------------------------------------------------------------ public
+
+def _lanes(labels, n, ls):
+    """``n`` labels as rows of exactly ``ls`` (the blob's lane length; the last row padded)."""
+    lanes = -(-n // ls)
+    X = np.zeros(lanes * ls, np.int64)
+    X[:n] = labels
+    lens = np.minimum(ls, n - np.arange(lanes, dtype=np.int64) * ls)
+    return X.reshape(lanes, ls), lens
+
+
+def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto",
+           prefix: str = "a_") -> tuple[dict, dict]:
+    """Code ``labels`` (host ints in ``[0, nsym)``, the indices minus ``qmin``).
+
+    Parameters
+    ----------
+    labels : ndarray
+        Flat labels.
+    nsym : int
+        Alphabet size, 2..4096.
+    qmin : int
+        The index of label 0 (the contexts use ``|label + qmin|``).
+    seg : int
+        Lane length (a format parameter, stored in the meta).
+    engine : {"auto", "numba", "numpy"}
+        Which twin runs; both give the same bytes.
+
+    Returns
+    -------
+    (dict, dict)
+        The meta entries (``seg``) and the parts (``a_w``, ``a_n``, ``a_x``).
+    """
+    lab = np.asarray(labels).reshape(-1)
+    n = int(lab.size)
+    if not 2 <= nsym <= MAX_SYMBOLS:
+        raise ValueError(f"nsym must be in 2..{MAX_SYMBOLS}, got {nsym}")
+    ctxof = _ctx_table(nsym, qmin)
+    lanes, ls = lane_shape(n, seg)
+    ng = -(-lanes // GROUP_LANES)
+    fn = _get("encode_group") if engine in ("auto", "numba") else None
+    if engine == "numba" and fn is None:
+        raise RuntimeError("numba is not installed")
+    words, per, states = [], np.zeros(ng, np.uint32), np.zeros(lanes, np.uint32)
+    block = max(1, (1 << 24) // max(ls * GROUP_LANES, 1))  # groups at a time (~16M values)
+    for g0 in range(0, ng, 1 if fn is not None else block):
+        g1 = min(ng, g0 + (1 if fn is not None else block))
+        a, b = g0 * GROUP_LANES * ls, min(n, g1 * GROUP_LANES * ls)
+        X, lens = _lanes(lab[a:b].astype(np.int64), b - a, ls)
+        l0, l1 = g0 * GROUP_LANES, g0 * GROUP_LANES + X.shape[0]
+        if fn is not None:
+            buf = np.zeros(X.size + 2, np.int64)
+            st = np.zeros(X.shape[0], np.int64)
+            nw = fn(X, lens, nsym, ctxof, buf, st)
+            words.append(buf[:nw].astype(np.uint16))
+            per[g0] = nw
+            states[l0:l1] = st
+        else:
+            w, pg, st = _np_encode_groups(X, lens, GROUP_LANES, nsym, ctxof)
+            words.append(w)
+            per[g0:g1] = pg
+            states[l0:l1] = st
+    w = np.concatenate(words) if words else np.zeros(0, np.uint16)
+    return {"seg": int(seg)}, {prefix + "w": w, prefix + "n": per, prefix + "x": states}
+
+
+def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_") -> int:
+    """Validate the stream of ``n`` labels before decoding; returns the lane length.
+
+    Raises
+    ------
+    CorruptDataError
+        Wrong dtypes or sizes, words that do not add up, states out of range.
+    """
+    seg = meta.get("seg")
+    if isinstance(seg, bool) or not isinstance(seg, (int, np.integer)) or not 1 <= int(seg) <= 1 << 20:
+        raise CorruptDataError(f"rANS lane length {seg!r} is not an integer in 1..{1 << 20}")
+    if not 2 <= nsym <= MAX_SYMBOLS:
+        raise CorruptDataError(f"rANS alphabet of {nsym} symbols is outside 2..{MAX_SYMBOLS}")
+    lanes, _ = lane_shape(n, int(seg))
+    ng = -(-lanes // GROUP_LANES)
+    w, per, st = (np.asarray(parts.get(prefix + k, np.zeros(0))) for k in "wnx")
+    if w.dtype != np.uint16 or w.ndim != 1:
+        raise CorruptDataError("rANS words must be 1-D uint16")
+    if per.dtype != np.uint32 or per.shape != (ng,):
+        raise CorruptDataError(f"rANS word counts must be {ng} uint32, got {per.size} {per.dtype}")
+    if st.dtype != np.uint32 or st.shape != (lanes,):
+        raise CorruptDataError(f"rANS states must be {lanes} uint32, got {st.size} {st.dtype}")
+    if int(per.astype(np.int64).sum()) != w.size:
+        raise CorruptDataError(f"rANS word counts add up to {int(per.astype(np.int64).sum())}, stream holds {w.size}")
+    if lanes and int(st.min()) < LOW:
+        raise CorruptDataError("rANS lane state under the coder's lower bound")
+    # every value costs at least -log2(1 - (nsym - 1) / M) bits (no frequency
+    # exceeds M - nsym + 1), and the words and final states hold 16 bits each
+    least = n * -np.log2(1.0 - (nsym - 1) / M)
+    if 16.0 * (w.size + lanes) + 64.0 < least:
+        raise CorruptDataError(f"rANS stream of {w.size} words cannot hold {n} values over {nsym} symbols")
+    return int(seg)
+
+
+def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engine: str = "auto",
+                  prefix: str = "a_"):
+    """Yield the ``n`` labels (int64) in order, a block of groups at a time.
+
+    Raises
+    ------
+    CorruptDataError
+        As :func:`check`, or a stream that does not end where the encoder started.
+    """
+    seg = check(meta, parts, n, nsym, prefix)
+    w = np.asarray(parts[prefix + "w"])
+    per = np.asarray(parts[prefix + "n"]).astype(np.int64)
+    st = np.asarray(parts[prefix + "x"])
+    lanes, ls = lane_shape(n, seg)
+    ng = per.size
+    ctxof = _ctx_table(nsym, qmin)
+    fn = _get("decode_group") if engine in ("auto", "numba") else None
+    starts = np.concatenate([[0], np.cumsum(per)])
+    step = 1 if fn is not None else max(1, (1 << 24) // max(ls * GROUP_LANES, 1))
+    for g0 in range(0, ng, step):
+        g1 = min(ng, g0 + step)
+        a, b = g0 * GROUP_LANES * ls, min(n, g1 * GROUP_LANES * ls)
+        l0 = g0 * GROUP_LANES
+        nl = -(-(b - a) // ls)
+        lens = np.minimum(ls, (b - a) - np.arange(nl, dtype=np.int64) * ls)
+        ww = w[starts[g0] : starts[g1]]
+        if fn is not None:
+            out = np.zeros((nl, ls), np.int64)
+            bad = fn(ww.astype(np.int64), st[l0 : l0 + nl].astype(np.int64), lens, ls, nsym, ctxof, out)
+            if bad:
+                out = None
+        else:
+            out = _np_decode_groups(ww, per[g0:g1], st[l0 : l0 + nl], lens, ls, GROUP_LANES, nsym, ctxof)
+        if out is None:
+            raise CorruptDataError(f"rANS stream of group {g0} does not decode to its start state")
+        yield out.reshape(-1)[: b - a]
