@@ -64,6 +64,9 @@ UNIFORM_PER_OCTAVE = 2
 #: horse, microaneurysms): over 6 zoo models at 0.02 the worst development
 #: error went from 1.64x to 1.28x the target at 0.8, for 3 % in mean ratio.
 AIM = 0.8
+#: Rungs of the data-free rule's dependent-quantisation ladder the allocation
+#: measures (steps x 2**(j/2), j < DQ_LADDER).
+DQ_LADDER = 9
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
 #: Joint forwards spent tuning the budget.
@@ -98,6 +101,7 @@ class _Cand:
     sqnr: float
     grid: np.ndarray | None = None  # levels the labels were rounded onto (default: codebook)
     step: float | None = None  # a uniform grid's step: stored as the ``grid`` method (no codebook)
+    dq: bool = False  # dependent-quantisation indices on that grid (values from the trellis)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class _Blob:
     fixed_bits: int | None
     df_target: float | None
     df_step: float | None = None  # the data-free rule's grid step (None: the k-means SQNR rule)
+    dq_step: float | None = None  # the rule's dependent-quantisation step (None: the rule has none)
     cands: dict = field(default_factory=dict)
     sens: np.ndarray | None = None
     factor: object = None
@@ -135,12 +140,16 @@ class FidelityResult:
     steps : dict of str -> float
         Layer name -> grid step, for the blobs whose choice is a uniform grid
         (stored with the ``grid`` method at that step; their values lie on it).
+    dq : set of str
+        The layers among ``steps`` whose values are dependent-quantisation
+        levels (stored with dependent quantisation at that step).
     """
 
     model: Model
     bits: dict
     record: dict
     steps: dict = field(default_factory=dict)
+    dq: set = field(default_factory=set)
 
 
 def _matrix(w: np.ndarray, node) -> np.ndarray:
@@ -359,6 +368,29 @@ def _factor(b: _Blob):
     return b.factor
 
 
+def _dq_values(w: np.ndarray, step: float):
+    """Dependent-quantisation values of ``w`` at ``step`` (as the grid method
+    stores and restores them: trellis indices, float32 of the multiple times
+    the step), the grid's step and the indices."""
+    from .engine import trellis as TR  # noqa: PLC0415
+
+    s = TR.grid_step_for(w, step)
+    k = TR.quantize(w, s)
+    m = TR.levels(k, start=0, seg=TR.SEGMENT)
+    return (m.astype(np.float64) * s).astype(np.float32), s, k
+
+
+def _dq_cand(b: _Blob, step: float) -> _Cand:
+    """The candidate of ``b`` on a dependent-quantisation grid of ``step``."""
+    q, s, k = _dq_values(b.w, step)
+    d = q.reshape(-1).astype(np.float64) - b.w.reshape(-1)
+    dist = float(np.dot(d, d))
+    nsym = int(k.max() - k.min() + 1)
+    nbytes = _counts_bytes(np.bincount(k - k.min()), codebook=False)
+    return _Cand(max(1, (nsym - 1).bit_length()), "uniform+dq", nbytes, dist, np.zeros(0, np.float32), None,
+                 None, _sqnr(_sq(b.w), dist), step=s, dq=True)
+
+
 def _kept(b: _Blob, lab: np.ndarray, k: int):
     """Labels kept with a candidate (compact), or None: recomputed when chosen (memory)."""
     if b.w.size > _KEEP_LABELS_ALL:
@@ -370,7 +402,9 @@ def _quantised(b: _Blob, c: _Cand, key=None) -> np.ndarray:
     """The candidate's weights (float32, the blob's shape); the last one is kept per blob."""
     if key is not None and b.memo is not None and b.memo[0] == key:
         return b.memo[1]
-    if c.labels is not None:
+    if c.dq:
+        q = _dq_values(b.w, c.step)[0].reshape(b.shape)
+    elif c.labels is not None:
         q = _unmatrix(c.codebook[c.labels], b.shape, b.node).astype(np.float32)
     else:
         grid = c.codebook if c.grid is None else c.grid
@@ -551,13 +585,14 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         has_bias = bool(node is not None and node.bias_term and len(lay.blobs) > 1
                         and lay.blobs[1].size == (w.shape[1] if node.type == "InnerProduct" and node.transpose
                                                   else w.shape[0]))
-        df_step = None
+        df_step = dq_step = None
         if plan.step is not None:
             # the rule's plain-grid equivalent: candidates are nearest/GPTQ
             # roundings onto fixed levels, which dependent quantisation is not
             df_step = U.floored_step(w, plan.step / (config.DQ_STEP_SCALE if plan.dq else 1.0), plan.sqnr_target)
+            dq_step = df_step * config.DQ_STEP_SCALE if plan.dq else None
         blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits,
-                           None if df_step is not None else plan.sqnr_target, df_step))
+                           None if df_step is not None else plan.sqnr_target, df_step, dq_step))
     widths = WIDTHS
     for b in blobs:
         _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths)
@@ -646,6 +681,22 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     nb_df = _nbytes(blobs, df)
     if m_df <= max_error and (best is None or nb_df < best[0]):
         best = (nb_df, idx_df, df, m_df)
+    # the rule's dependent-quantisation grids, every step scaled alike (equal
+    # noise a weight, as if the blobs were equally sensitive), coarsest first
+    # that holds: per-blob choices fitted to the calibration rows can
+    # generalise worse than this one-parameter family
+    if blobs and all(b.dq_step is not None or b.fixed_bits is not None for b in blobs):
+        for j in range(DQ_LADDER):
+            for b in blobs:
+                if b.fixed_bits is None:
+                    b.cands[("q", j)] = _dq_cand(b, b.dq_step * 2.0 ** (j / 2))
+            rung = {b.name: (("k", b.fixed_bits) if b.fixed_bits is not None else ("q", j)) for b in blobs}
+            m_q, idx_q, _ = measure(rung, "data-free rule, dependent quantisation x%.3g" % 2.0 ** (j / 2))
+            if m_q > max_error:
+                break
+            nb_q = _nbytes(blobs, rung)
+            if best is None or nb_q < best[0]:
+                best = (nb_q, idx_q, rung, m_q)
     if best is None:  # nothing met the target: the most faithful point measured
         idx = min(range(len(points)), key=lambda i: points[i]["measured"])
         key = [k for k, v in tried.items() if v[1] == idx][0]
@@ -674,7 +725,7 @@ def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, aim=No
     layers = {}
     for b in blobs:
         c = b.cands[choice[b.name]]
-        layers[b.name] = {"bits": int(c.bits), "technique": c.technique, "method": "grid" if c.step else "codebook",
+        layers[b.name] = {"bits": int(c.bits), "technique": c.technique, "method": "grid" if c.step else "codebook", "dq": bool(c.dq),
                           "stats": "hessian" if (b.stats is not None and b.stats.H is not None)
                           else ("rows" if b.stats is not None else "none")}
     record = {
@@ -690,5 +741,6 @@ def _result(qm, blobs, choice, points, idx, target, m, cal, forwards, t0, aim=No
         "layers": layers,
     }
     steps = {b.name: b.cands[choice[b.name]].step for b in blobs if b.cands[choice[b.name]].step is not None}
-    return FidelityResult(qm, {b.name: int(b.cands[choice[b.name]].bits) for b in blobs}, record, steps)
+    dq = {b.name for b in blobs if b.cands[choice[b.name]].dq}
+    return FidelityResult(qm, {b.name: int(b.cands[choice[b.name]].bits) for b in blobs}, record, steps, dq)
 

@@ -116,7 +116,8 @@ class Settings:
     min_size : int
         Blobs with fewer elements are stored losslessly.
     layers : dict
-        Per-layer overrides ``{name_or_glob: {bits, prune, init, lossless}}``;
+        Per-layer overrides ``{name_or_glob: {bits, prune, init, lossless, sqnr_target, step, dq}}``
+        (``dq``: dependent quantisation on that ``step``);
         the first matching pattern (in insertion order; exact names first) wins.
     backend : str
         ``cpu | gpu | hybrid | auto``.
@@ -175,9 +176,11 @@ class Settings:
             _check_bits(ov.get("bits"), f"layers.{pat}.bits")
             _check_prune(ov.get("prune"), f"layers.{pat}.prune")
             _check_step(ov.get("step"), f"layers.{pat}.step")
+            if "dq" in ov and (not isinstance(ov["dq"], bool) or "step" not in ov):
+                raise ValueError(f"layers.{pat}.dq must be true or false, beside a step")
 
 
-_OVERRIDE_KEYS = frozenset({"bits", "prune", "init", "lossless", "sqnr_target", "step"})
+_OVERRIDE_KEYS = frozenset({"bits", "prune", "init", "lossless", "sqnr_target", "step", "dq"})
 
 
 def _check_step(v, name):
@@ -289,7 +292,8 @@ def plan_blob(
     target = ov.get("sqnr_target")
     step = ov["step"] if "step" in ov else (settings.step if bits is None else None)
     if step is not None and preset != "deep-compression":
-        return BlobPlan(lossless=False, step=float(step), prune=float(prune or 0.0), kind=kind)
+        return BlobPlan(lossless=False, step=float(step), dq=bool(ov.get("dq", False)) and "step" in ov,
+                        prune=float(prune or 0.0), kind=kind)
     if preset == "default" and bits is None and prune is None and target is None \
             and settings.sqnr_target is None:
         finer = next((f for lim, f in GRID_SIZE_FINER if size < lim), 1.0)

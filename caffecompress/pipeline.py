@@ -378,7 +378,7 @@ def _lossy(x, plan, xp, where):
             raise ValueError("the grid method takes no pruning")
         from .engine.uniform import floored_step  # noqa: PLC0415
 
-        if plan.dq:
+        if plan.dq and plan.sqnr_target is not None:
             # the SQNR floor is the plain grid's: apply it to the plain-equivalent step
             from .config import DQ_STEP_SCALE  # noqa: PLC0415
 
@@ -624,7 +624,7 @@ def compress(
     fidelity = _fidelity(model, settings, positions, xp, calib_opts, fid_warn)
     if fidelity is not None:
         model = fidelity.model
-        chosen = {n: ({"step": fidelity.steps[n]} if n in fidelity.steps else {"bits": b})
+        chosen = {n: ({"step": fidelity.steps[n], "dq": n in fidelity.dq} if n in fidelity.steps else {"bits": b})
                   for n, b in fidelity.bits.items()}
         settings = dataclasses.replace(settings, layers={**chosen, **settings.layers})
 

@@ -145,6 +145,48 @@ def test_default_targets_the_output_error_and_holds_on_held_out_images(zoo, tmp_
     assert back.settings["fidelity"]["calib_error"] == fid["calib_error"]
 
 
+def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo, monkeypatch):
+    from caffecompress import allocate as A
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    cm = cc.compress(m)
+    pts = cm.settings["allocation"]["points"]
+    rungs = [p for p in pts if p["kind"].startswith("data-free rule, dependent quantisation")]
+    # the rungs are measured coarsest-last until one fails the aim (or the ladder ends)
+    assert rungs and rungs[0]["kind"].endswith("x1")
+    aim = cm.settings["fidelity"]["aim"]
+    assert all(p["measured"] <= aim for p in rungs[:-1])
+    assert rungs[-1]["measured"] > aim or len(rungs) == A.DQ_LADDER
+    # make a rung win: per-blob allocations that all miss the aim leave the ladder
+    monkeypatch.setattr(A, "MAX_JOINT", 0)
+    cm = cc.compress(_zoo_model(zoo, "mtcnn/det2"))
+    al = cm.settings["allocation"]
+    chosen = al["points"][al["chosen"]]
+    assert chosen["kind"].startswith("data-free rule, dependent quantisation")
+    lay = cm.settings["fidelity"]["layers"]
+    grid = [r for r in cm.records if r.method == "grid"]
+    assert grid and all(lay[n]["dq"] for n in lay) and all("dq_seg" in r.meta for r in grid)
+    # what is stored is what was measured: each restored weight blob holds the
+    # trellis values of the original weights at its stored step
+    orig = {lay.name: lay.blobs[0] for lay in _zoo_model(zoo, "mtcnn/det2").layers if lay.blobs}
+    back = {lay.name: lay.blobs[0] for lay in cc.decompress(cm).layers if lay.blobs}
+    steps = {r.meta["shape"]: float.fromhex(r.meta["step"]) for r in grid}
+    for n in lay:
+        w = np.asarray(orig[n], np.float32)
+        step = steps[",".join(map(str, w.shape))]
+        assert np.array_equal(back[n], A._dq_values(w, step)[0].reshape(w.shape)), n
+
+
+def test_a_dq_override_needs_a_step_and_a_bool():
+    from caffecompress.config import make_settings, plan_blob
+
+    p = plan_blob(make_settings(layers={"c": {"step": 0.01, "dq": True}}), "c", "Convolution", 0, (8, 8, 3, 3))
+    assert p.step == 0.01 and p.dq
+    for bad in ({"dq": True}, {"step": 0.01, "dq": 1}):
+        with pytest.raises(ValueError, match="dq"):
+            make_settings(layers={"c": bad})
+
+
 def test_fixed_bits_still_compensate_and_never_allocate(zoo):
     cm = cc.compress(_zoo_model(zoo, "mtcnn/det2"), bits=4)
     assert cm.settings["mode"] == "fixed-bits+compensation"
