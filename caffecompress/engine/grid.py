@@ -252,6 +252,14 @@ except Exception:  # pragma: no cover - numba absent or broken
     _numba = None
 
 NUMBA = _numba is not None
+
+
+def worker_threads() -> int:
+    """Threads for chunked compiled loops that release the GIL (the trellis,
+    the rANS groups): the machine's cores, at most 8."""
+    import os  # noqa: PLC0415
+
+    return max(1, min(8, os.cpu_count() or 1))
 #: Host blobs up to this size take the compiled histogram (two calls in
 #: all, where the NumPy path makes dozens of small ones).
 SMALL = 1 << 16

@@ -44,9 +44,13 @@ Functions
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..errors import CorruptDataError
+from .grid import worker_threads
 
 __all__ = ["SEG", "GROUP_LANES", "NCTX", "encode", "check", "decode_groups", "lane_shape", "have_compiled"]
 
@@ -62,6 +66,7 @@ LOW = 1 << 16  #: the state's lower bound (and the encoder's start state)
 MAX_SYMBOLS = 4096
 
 _compiled = {}
+
 
 
 def _numba():
@@ -132,11 +137,12 @@ def _py_refresh(counts, freq, cum, nsym, t):
             c += freq[r, s]
 
 
-def _py_encode_group(X, lens, nsym, ctxof, words, states):
-    """One group: ``X`` (lanes, seg) labels, ``lens`` live values per lane;
+def _py_encode_group(XT, lens, nsym, ctxof, words, states):
+    """One group: ``XT`` (seg, lanes) labels (step-major: a step's values are
+    adjacent in memory), ``lens`` live values per lane;
     writes the group's words in decoding order into ``words`` (returns their
     count) and each lane's final state into ``states``."""
-    nl, seg = X.shape
+    seg, nl = XT.shape
     counts = np.ones((NCTX, nsym), np.int64)
     freq = np.zeros((NCTX, nsym), np.int64)
     cum = np.zeros((NCTX, nsym), np.int64)
@@ -148,7 +154,7 @@ def _py_encode_group(X, lens, nsym, ctxof, words, states):
             _refresh(counts, freq, cum, nsym, t)
         for j in range(nl):
             if t < lens[j]:
-                s = X[j, t]
+                s = XT[t, j]
                 r = prev[j]
                 F[t, j] = freq[r, s]
                 C[t, j] = cum[r, s]
@@ -176,7 +182,7 @@ def _py_encode_group(X, lens, nsym, ctxof, words, states):
 
 
 def _py_decode_group(words, states, lens, seg, nsym, ctxof, out):
-    """Decode one group into ``out`` (lanes, seg); returns 0 when the stream
+    """Decode one group into ``out`` (seg, lanes: step-major); returns 0 when the stream
     ends in the start states having read every word, else 1 (damaged)."""
     nl = states.size
     counts = np.ones((NCTX, nsym), np.int64)
@@ -209,7 +215,7 @@ def _py_decode_group(words, states, lens, seg, nsym, ctxof, out):
                     v = (v << 16) | words[p]
                     p += 1
                 x[j] = v
-                out[j, t] = s
+                out[t, j] = s
                 counts[r, s] += INC
                 prev[j] = ctxof[s]
     if p != nw:
@@ -375,25 +381,33 @@ def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto"
     fn = _get("encode_group") if engine in ("auto", "numba") else None
     if engine == "numba" and fn is None:
         raise RuntimeError("numba is not installed")
-    words, per, states = [], np.zeros(ng, np.uint32), np.zeros(lanes, np.uint32)
-    block = max(1, (1 << 24) // max(ls * GROUP_LANES, 1))  # groups at a time (~16M values)
-    for g0 in range(0, ng, 1 if fn is not None else block):
-        g1 = min(ng, g0 + (1 if fn is not None else block))
+    per, states = np.zeros(ng, np.uint32), np.zeros(lanes, np.uint32)
+    # numba: one group a call (groups are independent: threads, same bytes);
+    # NumPy: ~16M values of groups side by side
+    block = 1 if fn is not None else max(1, (1 << 24) // max(ls * GROUP_LANES, 1))
+
+    def run(g0):
+        g1 = min(ng, g0 + block)
         a, b = g0 * GROUP_LANES * ls, min(n, g1 * GROUP_LANES * ls)
         X, lens = _lanes(lab[a:b].astype(np.int64), b - a, ls)
         l0, l1 = g0 * GROUP_LANES, g0 * GROUP_LANES + X.shape[0]
         if fn is not None:
             buf = np.zeros(X.size + 2, np.int64)
             st = np.zeros(X.shape[0], np.int64)
-            nw = fn(X, lens, nsym, ctxof, buf, st)
-            words.append(buf[:nw].astype(np.uint16))
-            per[g0] = nw
-            states[l0:l1] = st
+            nw = fn(np.ascontiguousarray(X.T), lens, nsym, ctxof, buf, st)
+            w, pg = buf[:nw].astype(np.uint16), [nw]
         else:
             w, pg, st = _np_encode_groups(X, lens, GROUP_LANES, nsym, ctxof)
-            words.append(w)
-            per[g0:g1] = pg
-            states[l0:l1] = st
+        per[g0:g1] = pg
+        states[l0:l1] = st
+        return w
+
+    starts = range(0, ng, block)
+    if fn is not None and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(starts), worker_threads())) as ex:
+            words = list(ex.map(run, starts))
+    else:
+        words = [run(g0) for g0 in starts]
     w = np.concatenate(words) if words else np.zeros(0, np.uint16)
     return {"seg": int(seg)}, {prefix + "w": w, prefix + "n": per, prefix + "x": states}
 
@@ -434,7 +448,7 @@ def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_") -> int
 
 def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engine: str = "auto",
                   prefix: str = "a_"):
-    """Yield the ``n`` labels (int64) in order, a block of groups at a time.
+    """Yield the ``n`` labels (uint16) in order, a block of groups at a time.
 
     Raises
     ------
@@ -451,7 +465,8 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
     fn = _get("decode_group") if engine in ("auto", "numba") else None
     starts = np.concatenate([[0], np.cumsum(per)])
     step = 1 if fn is not None else max(1, (1 << 24) // max(ls * GROUP_LANES, 1))
-    for g0 in range(0, ng, step):
+
+    def run(g0):
         g1 = min(ng, g0 + step)
         a, b = g0 * GROUP_LANES * ls, min(n, g1 * GROUP_LANES * ls)
         l0 = g0 * GROUP_LANES
@@ -459,12 +474,27 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
         lens = np.minimum(ls, (b - a) - np.arange(nl, dtype=np.int64) * ls)
         ww = w[starts[g0] : starts[g1]]
         if fn is not None:
-            out = np.zeros((nl, ls), np.int64)
+            out = np.zeros((ls, nl), np.uint16)
             bad = fn(ww.astype(np.int64), st[l0 : l0 + nl].astype(np.int64), lens, ls, nsym, ctxof, out)
-            if bad:
-                out = None
+            out = None if bad else np.ascontiguousarray(out.T)
         else:
             out = _np_decode_groups(ww, per[g0:g1], st[l0 : l0 + nl], lens, ls, GROUP_LANES, nsym, ctxof)
         if out is None:
             raise CorruptDataError(f"rANS stream of group {g0} does not decode to its start state")
-        yield out.reshape(-1)[: b - a]
+        return out.reshape(-1)[: b - a].astype(np.uint16, copy=False)
+
+    groups = range(0, ng, step)
+    if fn is None or len(groups) == 1:
+        for g0 in groups:
+            yield run(g0)
+        return
+    # a few groups decoded ahead on threads, yielded in order (memory: a few groups)
+    nt = worker_threads()
+    with ThreadPoolExecutor(max_workers=nt) as ex:
+        pending = deque()
+        for g0 in groups:
+            pending.append(ex.submit(run, g0))
+            if len(pending) > nt:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

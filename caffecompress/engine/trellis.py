@@ -26,18 +26,20 @@ Functions
 ---------
 :func:`quantize` - the Viterbi choice of indices.
 :func:`levels` - the grid multiples ``m`` the indices stand for (the decoder's scan).
+:func:`values` - the restored float32 values of a piece of labels (the scan fused).
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .grid import max_abs, screen_finite
+from .grid import max_abs, screen_finite, worker_threads
 from .uniform import MAX_LEVEL
 
-__all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "grid_step_for", "quantize", "levels", "have_compiled"]
+__all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "grid_step_for", "quantize", "levels", "values", "have_compiled"]
 
 #: ``TRANSITION[state, k & 1]``: the next state.
 TRANSITION = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
@@ -45,7 +47,10 @@ TRANSITION = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
 SEGMENT = 4096
 _LANE_BLOCK = 1 << 21  # weights per NumPy lock-step block (traceback ~20 bytes a weight)
 
+_CHUNK = 1 << 20  # weights per chunk of the encoder (float64 copy ~8 MiB)
+
 _compiled = {}
+
 
 
 def _numba():
@@ -74,7 +79,12 @@ def _get(name):
 # ---------------------------------------------------------------- encoder
 
 def _py_viterbi(x, step, seg, out):
-    """Sequential Viterbi (the numba twin's source; also runs as plain Python)."""
+    """Sequential Viterbi (the numba twin's source; also runs as plain Python).
+
+    Each weight's three candidates per quantiser (and their squared errors)
+    are computed once and shared by the two states that use the quantiser;
+    the relaxation order (source state, then candidate) is the NumPy twin's.
+    """
     n = x.size
     inf = np.inf
     tr = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
@@ -82,7 +92,8 @@ def _py_viterbi(x, step, seg, out):
     bs = np.zeros((seg, 4), np.int64)
     cost = np.zeros(4)
     new = np.zeros(4)
-    cand = np.zeros(3, np.int64)
+    ck = np.zeros((2, 3), np.int64)  # [quantiser, candidate] -> index
+    cd = np.zeros((2, 3))  # its squared error
     two = 2.0 * step
     for s0 in range(0, n, seg):
         s1 = min(s0 + seg, n)
@@ -90,30 +101,33 @@ def _py_viterbi(x, step, seg, out):
         cost[0] = 0.0
         for i in range(s0, s1):
             xi = x[i]
+            k0 = np.int64(np.floor(xi / two))
+            ck[0, 0] = k0
+            ck[0, 1] = k0 + 1
+            m0 = np.int64(np.floor(xi / step))
+            if m0 % 2 == 0:
+                m0 -= 1
+            m1 = m0 + 2
+            ck[1, 0] = (m0 + 1) // 2 if m0 > 0 else (m0 - 1) // 2
+            ck[1, 1] = (m1 + 1) // 2 if m1 > 0 else (m1 - 1) // 2
+            ck[0, 2] = 0
+            ck[1, 2] = 0
+            for c in range(3):
+                k = ck[0, c]
+                d = xi - (2 * k) * step
+                cd[0, c] = d * d
+                k = ck[1, c]
+                d = xi - (2 * k - (1 if k > 0 else (-1 if k < 0 else 0))) * step
+                cd[1, c] = d * d
             new[:] = inf
             for s in range(4):
-                if cost[s] == inf:
+                cs = cost[s]
+                if cs == inf:
                     continue
-                if s < 2:
-                    k0 = np.int64(np.floor(xi / two))
-                    cand[0] = k0
-                    cand[1] = k0 + 1
-                else:
-                    m0 = np.int64(np.floor(xi / step))
-                    if m0 % 2 == 0:
-                        m0 -= 1
-                    m1 = m0 + 2
-                    cand[0] = (m0 + 1) // 2 if m0 > 0 else (m0 - 1) // 2
-                    cand[1] = (m1 + 1) // 2 if m1 > 0 else (m1 - 1) // 2
-                cand[2] = 0
+                q = 0 if s < 2 else 1
                 for c in range(3):
-                    k = cand[c]
-                    if s < 2:
-                        m = 2 * k
-                    else:
-                        m = 2 * k - (1 if k > 0 else (-1 if k < 0 else 0))
-                    d = xi - m * step
-                    v = cost[s] + d * d
+                    k = ck[q, c]
+                    v = cs + cd[q, c]
                     t = tr[s, k & 1]
                     if v < new[t]:
                         new[t] = v
@@ -237,37 +251,107 @@ def quantize(x, step: float, *, seg: int = SEGMENT, engine: str = "auto") -> np.
 
     Returns
     -------
-    numpy.ndarray of int32
-        The indices ``k``; :func:`levels` gives the grid multiples they stand for.
+    numpy.ndarray of int16
+        The indices ``k`` (within ``+-MAX_LEVEL`` on a step from
+        :func:`grid_step_for`; a finer step overflows: ValueError); :func:`levels` gives the grid multiples they stand for.
     """
-    a = np.ascontiguousarray(np.asarray(x, np.float64).reshape(-1))
-    out = np.zeros(a.size, np.int64)
+    flat = np.asarray(x).reshape(-1)
+    out = np.zeros(flat.size, np.int16)  # |k| <= MAX_LEVEL once the step is grid_step_for's
     step, seg = float(step), int(seg)
     fn = _get("viterbi") if engine != "numpy" else None
     if engine == "compiled" and fn is None:
         raise RuntimeError("the compiled trellis needs numba (pip install 'caffecompress[fast]')")
-    if a.size:
+    # whole segments at a time (a float64 copy of a chunk, not of the blob);
+    # segments are independent, so the chunks run on threads (numba releases
+    # the GIL) and give the same indices in any order
+    width = seg * max(1, (_CHUNK if fn is not None else _LANE_BLOCK) // seg)
+
+    def run(s0):
+        a = np.ascontiguousarray(flat[s0 : s0 + width], np.float64)
+        o = np.zeros(a.size, np.int64)
         if fn is not None:
-            fn(a, step, seg, out)
+            fn(a, step, seg, o)
         else:
-            _numpy_viterbi(a, step, seg, out)
-    return out.astype(np.int32)
+            _numpy_viterbi(a, step, seg, o)
+        if o.size and max(-int(o.min()), int(o.max())) > MAX_LEVEL:
+            raise ValueError(f"step {step!r} is too fine for these weights (use grid_step_for)")
+        out[s0 : s0 + a.size] = o
+
+    starts = range(0, flat.size, width)
+    if fn is not None and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(starts), worker_threads())) as ex:
+            list(ex.map(run, starts))
+    else:
+        for s0 in starts:
+            run(s0)
+    return out
 
 
 # ---------------------------------------------------------------- decoder
 
 def _py_scan(k, start, seg, m):
-    """The grid multiples of indices ``k`` whose first one sits at flat position ``start``."""
-    st = 0
-    for i in range(k.size):
-        if (start + i) % seg == 0:
-            st = 0
-        ki = k[i]
-        if st < 2:
-            m[i] = 2 * ki
-        else:
-            m[i] = 2 * ki - (1 if ki > 0 else (-1 if ki < 0 else 0))
-        st = (0, 2, 2, 0, 1, 3, 3, 1)[2 * st + (ki & 1)]
+    """The grid multiples of indices ``k`` whose first one sits at flat position
+    ``start`` (a segment boundary: :func:`levels` checks it)."""
+    tr = np.array([0, 2, 2, 0, 1, 3, 3, 1], np.int64)
+    n = k.size
+    i = 0
+    while i < n:
+        end = min(n, i + seg)
+        st = 0
+        for j in range(i, end):
+            kj = k[j]
+            if st < 2:
+                m[j] = 2 * kj
+            else:
+                m[j] = 2 * kj - (1 if kj > 0 else (-1 if kj < 0 else 0))
+            st = tr[2 * st + (kj & 1)]
+        i = end
+
+
+def _py_values(lab, qmin, step, seg, out):
+    """Fused decoder of labels ``lab`` (indices minus ``qmin``) from a segment
+    boundary: ``out = float32(m * step)``, ``m`` the multiples (no temporaries)."""
+    tr = np.array([0, 2, 2, 0, 1, 3, 3, 1], np.int64)
+    n = lab.size
+    i = 0
+    while i < n:
+        end = min(n, i + seg)
+        st = 0
+        for j in range(i, end):
+            kj = np.int64(lab[j]) + qmin
+            if st < 2:
+                mj = 2 * kj
+            else:
+                mj = 2 * kj - (1 if kj > 0 else (-1 if kj < 0 else 0))
+            out[j] = np.float32(np.float64(mj) * step)
+            st = tr[2 * st + (kj & 1)]
+        i = end
+
+
+def values(lab, qmin: int, step: float, *, start: int = 0, seg: int = SEGMENT, engine: str = "auto") -> np.ndarray:
+    """The restored float32 values of labels ``lab`` (indices ``k - qmin``) of a
+    piece starting at flat position ``start`` (a segment boundary):
+    ``float32(m * step)``, the product in float64, as :func:`levels` gives ``m``."""
+    if int(start) % int(seg):
+        raise ValueError("a piece of dependent-quantisation indices must start at a segment boundary")
+    lab = np.ascontiguousarray(np.asarray(lab).reshape(-1))
+    fn = _get("values") if engine != "numpy" else None
+    if fn is None:
+        m = levels(lab.astype(np.int64) + int(qmin), start=start, seg=seg, engine="numpy")
+        return (m.astype(np.float64) * float(step)).astype(np.float32)
+    out = np.empty(lab.size, np.float32)
+    width = int(seg) * max(1, _CHUNK // int(seg))
+    starts = range(0, lab.size, width)
+
+    def run(s0):  # whole segments a chunk: independent, any order
+        fn(lab[s0 : s0 + width], np.int64(qmin), float(step), int(seg), out[s0 : s0 + width])
+
+    if len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(starts), worker_threads())) as ex:
+            list(ex.map(run, starts))
+    else:
+        run(0)
+    return out
 
 
 def _numpy_scan(k, start, seg, m):

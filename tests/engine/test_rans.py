@@ -142,8 +142,10 @@ def test_a_huge_claim_on_a_small_stream_is_refused_by_its_size():
 # ---------------------------------------------------------------- through the grid method
 
 def _zoo_like(rng, shape):
-    # rows of different scales, as conv filters have
-    scale = np.exp(rng.normal(-4.5, 0.8, (shape[0],) + (1,) * (len(shape) - 1)))
+    # filters of two scales (half of them nearly dead), the structure the
+    # previous-index context codes and a static table cannot
+    dead = rng.random((shape[0],) + (1,) * (len(shape) - 1)) < 0.5
+    scale = np.where(dead, np.exp(-8.0), np.exp(-4.5))
     return (rng.laplace(0.0, 1.0, shape) * scale).astype(np.float32)
 
 
@@ -153,16 +155,28 @@ def test_grid_blobs_take_the_smaller_coder_and_restore(dq):
     enc = B.encode_blob(x, step=2.0 ** -10, dq=dq)
     assert enc.meta.get("coder") == "rans"
     assert not any(k.startswith("l_") for k in list(enc.meta) + list(enc.parts))
-    # the Huffman form of the same indices is larger
+    # the Huffman form of the same indices is larger by more than RANS_MIN_GAIN asks
     huff = {}
     B._labels_parts(np.concatenate(list(B._label_blocks(enc.meta, enc.parts, enc.meta["nsym"], 1 << 30))),
                     enc.meta["nsym"], np, {}, huff)
-    assert sum(v.nbytes for v in enc.parts.values()) < sum(np.asarray(v).nbytes for v in huff.values())
+    hb = sum(np.asarray(v).nbytes for v in huff.values())
+    assert sum(v.nbytes for v in enc.parts.values()) < B.RANS_MIN_GAIN * hb
     y = B.decode_blob(enc.method, enc.meta, enc.parts)
     pieces = list(B.iter_decode_blob(enc.method, enc.meta, enc.parts, block=777))
     assert np.array_equal(np.concatenate(pieces), y.reshape(-1))
     step = float.fromhex(enc.meta["step"])
     assert np.abs(y - x).max() <= (2.0 if dq else 0.5) * step + 1e-9
+
+
+def test_huffman_stays_where_rans_is_not_clearly_smaller():
+    # i.i.d. Laplacian weights: no context to use, the static table is as good
+    x = np.random.default_rng(8).laplace(0.0, 0.02, (64, 64, 3, 3)).astype(np.float32)
+    enc = B.encode_blob(x, step=2.0 ** -10)
+    assert "coder" not in enc.meta and "l_payload" in enc.parts
+    lab = np.concatenate(list(B._label_blocks(enc.meta, enc.parts, enc.meta["nsym"], 1 << 30)))
+    m, p = R.encode(lab, enc.meta["nsym"], enc.meta["qmin"])
+    hb = sum(np.asarray(v).nbytes for k, v in enc.parts.items() if k.startswith("l_"))
+    assert sum(v.nbytes for v in p.values()) >= B.RANS_MIN_GAIN * hb
 
 
 def test_rans_meta_on_other_methods_or_beside_huffman_is_refused():
