@@ -92,8 +92,18 @@ DEFAULT_GRID_MIN_SQNR_DB = 24.0
 # 0.030 / 0.0084; DQ at 0.5: 4.44x at 0.027 / 0.0065; 0.57: 4.56x at 0.028 /
 # 0.0084 (+2.4 % at equal error, every model +1.2-3.0 %); 0.65: 4.69x at
 # 0.038 / 0.0102; 0.75: 4.84x at 0.040 / 0.0108.
+# On where the compiled trellis runs (numba): the NumPy lock-step twin costs
+# a fixed ~4096 array steps a blob, ~50x slower on a zoo model's small blobs.
 DEFAULT_DQ = True
 DQ_STEP_SCALE = 0.57
+
+
+def default_dq() -> bool:
+    """Whether the data-free rule uses dependent quantisation here
+    (:data:`DEFAULT_DQ`, and numba installed: ``pip install 'caffecompress[fast]'``)."""
+    from .engine.trellis import have_compiled  # noqa: PLC0415
+
+    return DEFAULT_DQ and have_compiled()
 
 
 @dataclass(frozen=True)
@@ -297,8 +307,9 @@ def plan_blob(
     if preset == "default" and bits is None and prune is None and target is None \
             and settings.sqnr_target is None:
         finer = next((f for lim, f in GRID_SIZE_FINER if size < lim), 1.0)
-        scale = DQ_STEP_SCALE if DEFAULT_DQ else 1.0
-        return BlobPlan(lossless=False, step=DEFAULT_STEP / finer * scale, dq=DEFAULT_DQ,
+        dq = default_dq()
+        scale = DQ_STEP_SCALE if dq else 1.0
+        return BlobPlan(lossless=False, step=DEFAULT_STEP / finer * scale, dq=dq,
                         sqnr_target=DEFAULT_GRID_MIN_SQNR_DB, kind=kind)
     if preset == "deep-compression":
         if bits is None:

@@ -52,8 +52,8 @@ def test_plans_by_preset():
     # the data-free rule: one grid step, finer for small blobs, an SQNR floor
     # (dependent quantisation: the union grid's step is the plain one's times DQ_STEP_SCALE)
     p = plan_blob(s, "conv1", "Convolution", 0, (64, 64, 3, 3))
-    sc = config.DQ_STEP_SCALE if config.DEFAULT_DQ else 1.0
-    assert not p.lossless and p.bits is None and p.step == config.DEFAULT_STEP * sc and p.dq == config.DEFAULT_DQ
+    sc = config.DQ_STEP_SCALE if config.default_dq() else 1.0
+    assert not p.lossless and p.bits is None and p.step == config.DEFAULT_STEP * sc and p.dq == config.default_dq()
     assert p.sqnr_target == config.DEFAULT_GRID_MIN_SQNR_DB
     assert plan_blob(s, "c", "Convolution", 0, (64, 3, 3, 3)).step == config.DEFAULT_STEP / 4 * sc
     assert plan_blob(s, "c", "Convolution", 0, (64, 64, 3, 1)).step == config.DEFAULT_STEP / 2 * sc

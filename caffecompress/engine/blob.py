@@ -194,7 +194,7 @@ def _grid(x32: np.ndarray, shape, step: float, lam: float, dq: bool, xp) -> Enco
 
         meta["dq_seg"] = SEGMENT
     parts: dict = {}
-    if nsym >= 2 and lab.size >= RANS_MIN and _rans_parts(_host(lab), nsym, qmin, meta, parts):
+    if nsym >= 2 and lab.size >= RANS_MIN and _rans_ready() and _rans_parts(_host(lab), nsym, qmin, meta, parts):
         meta["nlab"] = int(lab.size)
     else:
         _labels_parts(lab, nsym, xp, meta, parts)
@@ -208,6 +208,16 @@ RANS_MIN = 64
 #: it is as good (VGG-16's fc6 at the data-free rule: rANS 0.8 % smaller,
 #: 1.3 s more to restore; the zoo's blobs: 2-7 % smaller).
 RANS_MIN_GAIN = 0.99
+
+
+def _rans_ready() -> bool:
+    """The rANS coder is tried where its compiled twin runs (numba): the NumPy
+    twin's ~4096 lock-step array steps a blob make small blobs ~50x slower,
+    so without numba grid indices keep the Huffman code (either file reads
+    everywhere)."""
+    from . import rans as R  # noqa: PLC0415
+
+    return R.have_compiled()
 
 
 def _rans_parts(lab: np.ndarray, nsym: int, qmin: int, meta: dict, parts: dict) -> bool:

@@ -10,6 +10,8 @@ from caffecompress.engine import rans as R
 from caffecompress.errors import CorruptDataError
 
 ENGINES = ["numpy"] + (["numba"] if R.have_compiled() else [])
+# grid blobs try the rANS coder only where its compiled twin runs
+needs_numba = pytest.mark.skipif(not R.have_compiled(), reason="grid blobs keep Huffman without numba")
 
 
 def _labels(rng, n, nsym, scale):
@@ -149,6 +151,7 @@ def _zoo_like(rng, shape):
     return (rng.laplace(0.0, 1.0, shape) * scale).astype(np.float32)
 
 
+@needs_numba
 @pytest.mark.parametrize("dq", [False, True])
 def test_grid_blobs_take_the_smaller_coder_and_restore(dq):
     x = _zoo_like(np.random.default_rng(2), (128, 64, 3, 3))
@@ -179,6 +182,7 @@ def test_huffman_stays_where_rans_is_not_clearly_smaller():
     assert sum(v.nbytes for v in p.values()) >= B.RANS_MIN_GAIN * hb
 
 
+@needs_numba
 def test_rans_meta_on_other_methods_or_beside_huffman_is_refused():
     x = _zoo_like(np.random.default_rng(2), (128, 64, 3, 3))
     enc = B.encode_blob(x, step=2.0 ** -10)
@@ -192,3 +196,17 @@ def test_rans_meta_on_other_methods_or_beside_huffman_is_refused():
     sh = B.encode_blob(x, bits=4)
     with pytest.raises(CorruptDataError, match="no label coder"):
         B.decode_blob(sh.method, dict(sh.meta, coder="rans"), sh.parts)
+
+
+def test_without_numba_files_keep_plain_grids_and_huffman(monkeypatch):
+    from pathlib import Path
+
+    import caffecompress as cc
+    from caffecompress.engine import trellis as TR
+
+    monkeypatch.setattr(R, "have_compiled", lambda: False)
+    monkeypatch.setattr(TR, "have_compiled", lambda: False)
+    m = cc.read_caffemodel(Path(cc.__file__).parent / "data" / "example.caffemodel")
+    cm = cc.compress(m, data_free=True)
+    grid = [r for r in cm.records if r.method == "grid"]
+    assert grid and not any("dq_seg" in r.meta or "coder" in r.meta for r in grid)
