@@ -22,6 +22,12 @@ same float64 operations in the same order (``t = x / (2*step)``, ``floor``,
 way (the first source state, then the first candidate, in a fixed order),
 so they return the same indices. Everything runs on the host.
 
+A level whose float32 restoration would overflow (``|m*step| >=``
+:data:`F32_OVERFLOW`, reachable only for weights within ~0.05 % of float32's
+largest value, as a chosen level may lie up to ``2*step`` past the weight)
+is no candidate, so finite weights never restore as infinities; the
+candidate towards zero and zero itself always remain.
+
 Functions
 ---------
 :func:`quantize` - the Viterbi choice of indices.
@@ -39,12 +45,16 @@ import numpy as np
 from .grid import max_abs, screen_finite, worker_threads
 from .uniform import MAX_LEVEL
 
-__all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "grid_step_for", "quantize", "levels", "values", "have_compiled"]
+__all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "F32_OVERFLOW", "grid_step_for", "quantize", "levels", "values",
+           "have_compiled"]
 
 #: ``TRANSITION[state, k & 1]``: the next state.
 TRANSITION = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
 #: Weights per segment (each starts in state 0).
 SEGMENT = 4096
+#: The least float64 magnitude that rounds to an infinite float32
+#: (``2**128 - 2**103``: half an ulp past float32's largest finite value).
+F32_OVERFLOW = 2.0**128 - 2.0**103
 _LANE_BLOCK = 1 << 21  # weights per NumPy lock-step block (traceback ~20 bytes a weight)
 
 _CHUNK = 1 << 20  # weights per chunk of the encoder (float64 copy ~8 MiB)
@@ -95,6 +105,7 @@ def _py_viterbi(x, step, seg, out):
     ck = np.zeros((2, 3), np.int64)  # [quantiser, candidate] -> index
     cd = np.zeros((2, 3))  # its squared error
     two = 2.0 * step
+    big = 2.0**128 - 2.0**103  # F32_OVERFLOW, spelt out here as tr is
     for s0 in range(0, n, seg):
         s1 = min(s0 + seg, n)
         cost[:] = inf
@@ -114,11 +125,13 @@ def _py_viterbi(x, step, seg, out):
             ck[1, 2] = 0
             for c in range(3):
                 k = ck[0, c]
-                d = xi - (2 * k) * step
-                cd[0, c] = d * d
+                lv = (2 * k) * step
+                d = xi - lv
+                cd[0, c] = d * d if abs(lv) < big else inf
                 k = ck[1, c]
-                d = xi - (2 * k - (1 if k > 0 else (-1 if k < 0 else 0))) * step
-                cd[1, c] = d * d
+                lv = (2 * k - (1 if k > 0 else (-1 if k < 0 else 0))) * step
+                d = xi - lv
+                cd[1, c] = d * d if abs(lv) < big else inf
             new[:] = inf
             for s in range(4):
                 cs = cost[s]
@@ -168,9 +181,10 @@ def _lockstep(X, step):
         cq1 = np.stack([c10, c11, z], 1)
         K = np.concatenate([cq0, cq0, cq1, cq1], 1)  # (L, 12)
         M = np.concatenate([2 * cq0, 2 * cq0, 2 * cq1 - np.sign(cq1), 2 * cq1 - np.sign(cq1)], 1)
-        d = xi[:, None] - M * step
+        lv = M * step
+        d = xi[:, None] - lv
         v = cost[:, src] + d * d
-        v = np.where(np.isinf(cost[:, src]), inf, v)
+        v = np.where(np.isinf(cost[:, src]) | (np.abs(lv) >= F32_OVERFLOW), inf, v)
         dst = TRANSITION[src[None, :], K & 1]
         for t in range(4):
             vt = np.where(dst == t, v, inf)
