@@ -15,8 +15,10 @@ dependent-quantisation indices (what ``--data-free`` stores) are coded by:
 
 Prints total bytes (and their ratio to Huffman's) and coding speed in M
 values/s (encode / decode, one process, the machine's threads for ours).
+``--big N``: per-core throughput on one blob of N weights instead.
 
     .venv/bin/python benchmarks/bench_rans.py
+    .venv/bin/python benchmarks/bench_rans.py --big 16777216
     PYTHONPATH=/path/to/constriction .venv/bin/python benchmarks/bench_rans.py
 """
 
@@ -59,10 +61,51 @@ def _timed(fn, *a, **k):
     return r, time.perf_counter() - t
 
 
+def big_blob(n: int, repeat: int) -> None:
+    """Per-core throughput on one big blob (filters of log-normal scales): the
+    trellis, the rANS coder both ways, the fused DQ decode and the Huffman
+    decoder, with 1 thread and with the machine's threads (medians)."""
+    from caffecompress.engine import grid as G
+    from caffecompress.engine import trellis as T
+
+    rng = np.random.default_rng(0)
+    rows = n // 4096
+    x = (rng.laplace(0, 1, rows * 4096) * np.repeat(np.exp(rng.normal(-4.5, 0.8, rows)), 4096)).astype(np.float32)
+    s = T.grid_step_for(x, 2.0 ** -10.3)
+    T.values(np.zeros(8192, np.uint16), 0, s)
+    for nt in sorted({1, G.worker_threads()}):
+        R.worker_threads = T.worker_threads = (lambda nt=nt: nt)
+        ts = {}
+        for _ in range(repeat):
+            k, t = _timed(T.quantize, x, s)
+            ts.setdefault("trellis", []).append(t)
+            q = int(k.min())
+            lab = (k - q).astype(np.uint16)
+            ns = int(lab.max()) + 1
+            list(R.decode_groups(*R.encode(lab[:8192], ns, q), 8192, ns, q))
+            (m, p), t = _timed(R.encode, lab, ns, q)
+            ts.setdefault("rANS encode", []).append(t)
+            _, t = _timed(lambda: sum(g.size for g in R.decode_groups(m, p, lab.size, ns, q)))
+            ts.setdefault("rANS decode", []).append(t)
+            _, t = _timed(T.values, lab, q, s)
+            ts.setdefault("DQ labels -> float32", []).append(t)
+            hs = H.encode(lab, nsym=ns)
+            H.decode(H.encode(lab[:8192], nsym=ns))
+            _, t = _timed(H.decode, hs)
+            ts.setdefault("Huffman decode", []).append(t)
+        print(f"{x.size} weights, {ns} symbols, {nt} thread(s): " + ", ".join(
+            f"{k} {x.size / sorted(v)[len(v) // 2] / 1e6:.1f} M/s" for k, v in ts.items()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ctx-symbols", type=int, default=20_000)
+    ap.add_argument("--big", type=int, metavar="N", help="only the per-core throughput on one blob of N weights")
+    ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args(argv)
+    if a.big:
+        big_blob(a.big, a.repeat)
+        return
     blobs = _labels()
     n = sum(lab.size for lab, _, _ in blobs)
     print(f"{len(blobs)} grid blobs, {n} indices (zoo models >= 100 KB, data-free rule)")

@@ -79,12 +79,30 @@ def baselines(only=None) -> dict:
     return out
 
 
-def table(rows: list, base: dict) -> str:
+#: The presets the NNCodec columns pair with (its best ratio at an error no larger than ours).
+PEER_PRESETS = ["default", "data-free"]
+
+
+def table(rows: list, base: dict, peer: dict | None = None) -> str:
+    """The Markdown table; ``peer``: NNCodec's sweep points by model
+    (``benchmarks/peer_nncodec.py --json``), for its columns."""
+    from peer_nncodec import best
+
     by = {}
     for r in rows:
         by.setdefault(r["model"], {})[r["preset"]] = r
     names = [n for n in base if n in by] + [n for n in by if n not in base]
+    peer = peer or {}
     head = ["model", "size"] + [LABELS[p] for p in PRESETS] + ["fp16 shrinkCaffeModel", "zstd-19"]
+    if peer:
+        head += [f"NNCodec at {LABELS[p]}'s error (ours / it)" for p in PEER_PRESETS]
+
+    def peer_best(n, p):
+        r = by[n].get(p)
+        if n not in peer or r is None or r.get("max_rel_l2") is None:
+            return None, None
+        b = best(peer[n], r["max_rel_l2"])
+        return (b, r["ratio"] / b["ratio"]) if b else (None, None)
     L = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
 
     def cell(r):
@@ -100,6 +118,10 @@ def table(rows: list, base: dict) -> str:
         cells = [n, f"{size / 1e3:.0f} KB"] + [cell(by[n].get(p)) for p in PRESETS]
         cells.append(f"{b['fp16_ratio']:.2f}x ({b['fp16_err']:.1e})" if b else "n/a")
         cells.append(f"{b['zstd19_ratio']:.3f}x" if b else "n/a")
+        if peer:
+            for p in PEER_PRESETS:
+                pb, v = peer_best(n, p)
+                cells.append(f"{pb['ratio']:.2f}x (QP {pb['qp']}; {v:.2f})" if pb else "n/a")
         L.append("| " + " | ".join(cells) + " |")
     for label, keep in (("geometric mean, all", lambda s: True), ("geometric mean, >= 100 KB", lambda s: s >= 100_000)):
         sel = [n for n in names if keep((base.get(n) or next(iter(by[n].values())))["input_bytes"])]
@@ -111,6 +133,13 @@ def table(rows: list, base: dict) -> str:
         bs = [base[n] for n in sel if n in base]
         cells.append(f"{gmean(b['fp16_ratio'] for b in bs):.2f}x (max {max((b['fp16_err'] for b in bs), default=0):.1e})")
         cells.append(f"{gmean(b['zstd19_ratio'] for b in bs):.3f}x")
+        if peer:
+            for p in PEER_PRESETS:
+                got = [peer_best(n, p) for n in sel]
+                got = [(pb, v) for pb, v in got if pb]
+                cells.append(f"{gmean(pb['ratio'] for pb, _ in got):.2f}x (paired {gmean(v for _, v in got):.3f}, "
+                             f"min {min((v for _, v in got), default=float('nan')):.3f}; {len(got)} models)"
+                             if got else "n/a")
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
     L.append("Cells: file ratio (source bytes / output file bytes) and, in brackets, the largest relative L2 "
@@ -123,13 +152,24 @@ def main(argv=None) -> int:
     ap.add_argument("--only")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path, help="also write the Markdown table here")
+    ap.add_argument("--nncodec", type=Path, default=Path(__file__).parent / "results" / "nncodec_peer.json",
+                    help="NNCodec's sweep (benchmarks/peer_nncodec.py --json) for its columns")
+    ap.add_argument("--from-json", type=Path, help="rebuild the table from an earlier --json (no runs)")
     a = ap.parse_args(argv)
     import zoo_ratios
 
-    base = baselines(a.only)
-    rows = zoo_ratios.run(PRESETS, a.only, True)
+    peer = {}
+    if a.nncodec and a.nncodec.exists():
+        for p in json.loads(a.nncodec.read_text())["points"]:
+            peer.setdefault(p["model"], []).append(p)
+    if a.from_json:
+        old = json.loads(a.from_json.read_text())
+        rows, base = old["rows"], old["baselines"]
+    else:
+        base = baselines(a.only)
+        rows = zoo_ratios.run(PRESETS, a.only, True)
     print()
-    md = table(rows, base)
+    md = table(rows, base, peer)
     print(md)
     if a.md:
         a.md.write_text(md + "\n")
