@@ -61,7 +61,10 @@ Since 1.2 a ``grid`` blob may carry, in its meta:
   model of 4 contexts and its own word stream; 16-bit frequency tables
   renormalised every 16 steps; the module docstring gives every constant),
   streams ``a_w`` (uint16 words, groups in order), ``a_n`` (uint32 words per
-  group) and ``a_x`` (uint32 final state per lane).
+  group) and ``a_x`` (uint32 final state per lane); for alphabets over 256
+  labels meta ``tok = 1``: the coded symbols are magnitude-class tokens of
+  the indices, their raw bits in ``a_e`` (uint8, each group's bits
+  byte-aligned) with ``a_m`` (uint32 bytes per group).
 
 A file is written with the lowest version its blobs need (1.0 without
 ``grid``, 1.1 with plain ``grid`` blobs only), so older readers keep reading

@@ -429,7 +429,7 @@ def _label_stream(meta, parts, nsym: int):
             raise CorruptDataError(f"unknown label coder {meta['coder']!r} (only grid blobs take 'rans')")
         if any(k.startswith("l_") for k in list(meta) + list(parts)):
             raise CorruptDataError("a rANS-coded blob with a Huffman label stream")
-        R.check(meta, parts, n, nsym)
+        R.check(meta, parts, n, nsym, qmin=int(meta["qmin"]))
         return n, _RANS
     if nsym <= 1:
         if "l_lengths" in parts or "l_n" in meta:

@@ -349,9 +349,75 @@ def _lanes(labels, n, ls):
     return X.reshape(lanes, ls), lens
 
 
+#: Alphabets larger than this are coded as tokens (see :func:`_tokens`).
+TOKEN_NSYM = 256
+
+
+def _token_geometry(nsym: int, qmin: int) -> tuple[int, np.ndarray]:
+    """``(ntok, ctxof)`` of the token alphabet of indices ``qmin .. qmin+nsym-1``."""
+    cmax = max(abs(int(qmin)), abs(int(qmin) + nsym - 1)).bit_length()
+    ntok = 2 * cmax + 1
+    ctxof = np.minimum((np.arange(ntok, dtype=np.int64) + 1) // 2, NCTX - 1)
+    return ntok, ctxof
+
+
+def _tokens(lab, qmin: int, group: int):
+    """Labels as (tokens, [extra bytes per group of ``group`` values]).
+
+    An index ``k`` becomes the token of its magnitude class ``c`` (the bit
+    length of ``|k|``) and sign: ``0`` for ``k = 0``, ``2c - 1 + (k < 0)``
+    otherwise, and ``c - 1`` raw bits of ``|k| - 2**(c-1)``, most significant
+    first, packed per group (byte-aligned: a group's bits start a byte).
+    """
+    k = np.asarray(lab).astype(np.int64) + int(qmin)
+    a = np.abs(k)
+    c = np.frexp(a.astype(np.float64))[1].astype(np.int64)  # bit length (0 for 0)
+    tok = np.where(a == 0, 0, 2 * c - 1 + (k < 0))
+    nb = np.maximum(c - 1, 0)
+    extra = a - np.where(c > 0, np.left_shift(1, np.maximum(c - 1, 0)), 0)
+    out = []
+    for g0 in range(0, k.size, group):
+        b, e = nb[g0 : g0 + group], extra[g0 : g0 + group]
+        o = np.cumsum(b) - b
+        bits = np.zeros(int(b.sum()), np.uint8)
+        for j in range(int(b.max(initial=0))):
+            sel = b > j
+            bits[o[sel] + j] = (e[sel] >> (b[sel] - 1 - j)) & 1
+        out.append(np.packbits(bits))
+    return tok, out
+
+
+def _untokens(tok, raw: np.ndarray, qmin: int, nsym: int) -> np.ndarray | None:
+    """Inverse of :func:`_tokens` for one group: labels (uint16), or None when
+    ``raw`` does not hold exactly the group's bits or an index falls outside
+    the blob's ``nsym`` labels."""
+    tok = np.asarray(tok).astype(np.int64)
+    c = (tok + 1) // 2
+    nb = np.maximum(c - 1, 0)
+    total = int(nb.sum())
+    if (total + 7) // 8 != raw.size:
+        return None
+    bits = np.unpackbits(raw)[:total].astype(np.int64)
+    o = np.cumsum(nb) - nb
+    e = np.zeros(tok.size, np.int64)
+    for j in range(int(nb.max(initial=0))):
+        sel = nb > j
+        e[sel] = (e[sel] << 1) | bits[o[sel] + j]
+    a = np.where(c > 0, np.left_shift(1, nb) + e, 0)
+    lab = np.where(tok % 2 == 0, -a, a) - int(qmin)
+    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= nsym):
+        return None
+    return lab.astype(np.uint16)
+
+
 def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto",
            prefix: str = "a_") -> tuple[dict, dict]:
     """Code ``labels`` (host ints in ``[0, nsym)``, the indices minus ``qmin``).
+
+    Alphabets up to :data:`TOKEN_NSYM` are coded as they are; larger ones
+    (fine grids) as magnitude-class tokens plus raw bits (meta ``tok``,
+    parts ``a_e`` bytes and ``a_m`` bytes per group), so the adaptive model
+    learns ~25 frequencies a context instead of thousands.
 
     Parameters
     ----------
@@ -369,19 +435,25 @@ def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto"
     Returns
     -------
     (dict, dict)
-        The meta entries (``seg``) and the parts (``a_w``, ``a_n``, ``a_x``).
+        The meta entries (``seg``, ``tok``) and the parts (``a_w``, ``a_n``,
+        ``a_x``; ``a_e``, ``a_m`` with tokens).
     """
     lab = np.asarray(labels).reshape(-1)
     n = int(lab.size)
     if not 2 <= nsym <= MAX_SYMBOLS:
         raise ValueError(f"nsym must be in 2..{MAX_SYMBOLS}, got {nsym}")
-    ctxof = _ctx_table(nsym, qmin)
+    tok = nsym > TOKEN_NSYM
+    if tok:
+        nsym_c, ctxof = _token_geometry(nsym, qmin)
+    else:
+        nsym_c, ctxof = nsym, _ctx_table(nsym, qmin)
     lanes, ls = lane_shape(n, seg)
     ng = -(-lanes // GROUP_LANES)
     fn = _get("encode_group") if engine in ("auto", "numba") else None
     if engine == "numba" and fn is None:
         raise RuntimeError("numba is not installed")
     per, states = np.zeros(ng, np.uint32), np.zeros(lanes, np.uint32)
+    extras = [None] * ng
     # numba: one group a call (groups are independent: threads, same bytes);
     # NumPy: ~16M values of groups side by side
     block = 1 if fn is not None else max(1, (1 << 24) // max(ls * GROUP_LANES, 1))
@@ -389,15 +461,19 @@ def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto"
     def run(g0):
         g1 = min(ng, g0 + block)
         a, b = g0 * GROUP_LANES * ls, min(n, g1 * GROUP_LANES * ls)
-        X, lens = _lanes(lab[a:b].astype(np.int64), b - a, ls)
+        sym = lab[a:b]
+        if tok:
+            sym, ex = _tokens(sym, qmin, GROUP_LANES * ls)
+            extras[g0:g1] = ex
+        X, lens = _lanes(np.asarray(sym).astype(np.int64), b - a, ls)
         l0, l1 = g0 * GROUP_LANES, g0 * GROUP_LANES + X.shape[0]
         if fn is not None:
             buf = np.zeros(X.size + 2, np.int64)
             st = np.zeros(X.shape[0], np.int64)
-            nw = fn(np.ascontiguousarray(X.T), lens, nsym, ctxof, buf, st)
+            nw = fn(np.ascontiguousarray(X.T), lens, nsym_c, ctxof, buf, st)
             w, pg = buf[:nw].astype(np.uint16), [nw]
         else:
-            w, pg, st = _np_encode_groups(X, lens, GROUP_LANES, nsym, ctxof)
+            w, pg, st = _np_encode_groups(X, lens, GROUP_LANES, nsym_c, ctxof)
         per[g0:g1] = pg
         states[l0:l1] = st
         return w
@@ -409,10 +485,16 @@ def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto"
     else:
         words = [run(g0) for g0 in starts]
     w = np.concatenate(words) if words else np.zeros(0, np.uint16)
-    return {"seg": int(seg)}, {prefix + "w": w, prefix + "n": per, prefix + "x": states}
+    meta = {"seg": int(seg)}
+    parts = {prefix + "w": w, prefix + "n": per, prefix + "x": states}
+    if tok:
+        meta["tok"] = 1
+        parts[prefix + "e"] = np.concatenate(extras) if extras else np.zeros(0, np.uint8)
+        parts[prefix + "m"] = np.array([e.size for e in extras], np.uint32)
+    return meta, parts
 
 
-def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_") -> int:
+def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_", *, qmin: int = 0) -> int:
     """Validate the stream of ``n`` labels before decoding; returns the lane length.
 
     Raises
@@ -427,6 +509,11 @@ def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_") -> int
         raise CorruptDataError(f"rANS alphabet of {nsym} symbols is outside 2..{MAX_SYMBOLS}")
     lanes, _ = lane_shape(n, int(seg))
     ng = -(-lanes // GROUP_LANES)
+    tok = meta.get("tok", 0)
+    if tok not in (0, 1) or isinstance(tok, bool):
+        raise CorruptDataError(f"rANS token flag {tok!r} is not 0 or 1")
+    if bool(tok) != (nsym > TOKEN_NSYM):
+        raise CorruptDataError(f"rANS token flag {tok} does not fit an alphabet of {nsym}")
     w, per, st = (np.asarray(parts.get(prefix + k, np.zeros(0))) for k in "wnx")
     if w.dtype != np.uint16 or w.ndim != 1:
         raise CorruptDataError("rANS words must be 1-D uint16")
@@ -438,11 +525,22 @@ def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_") -> int
         raise CorruptDataError(f"rANS word counts add up to {int(per.astype(np.int64).sum())}, stream holds {w.size}")
     if lanes and int(st.min()) < LOW:
         raise CorruptDataError("rANS lane state under the coder's lower bound")
-    # every value costs at least -log2(1 - (nsym - 1) / M) bits (no frequency
-    # exceeds M - nsym + 1), and the words and final states hold 16 bits each
-    least = n * -np.log2(1.0 - (nsym - 1) / M)
+    if tok:
+        e, m = (np.asarray(parts.get(prefix + k, np.zeros(0))) for k in "em")
+        if e.dtype != np.uint8 or e.ndim != 1 or m.dtype != np.uint32 or m.shape != (ng,):
+            raise CorruptDataError(f"rANS raw bits must be uint8 bytes with {ng} uint32 byte counts")
+        if int(m.astype(np.int64).sum()) != e.size:
+            raise CorruptDataError("rANS raw byte counts do not add up to the raw stream")
+        coded = _token_geometry(nsym, qmin)[0]
+    else:
+        if prefix + "e" in parts or prefix + "m" in parts:
+            raise CorruptDataError("rANS raw bits without the token flag")
+        coded = nsym
+    # every value costs at least -log2(1 - (coded - 1) / M) bits (no frequency
+    # exceeds M - coded + 1), and the words and final states hold 16 bits each
+    least = n * -np.log2(1.0 - (coded - 1) / M)
     if 16.0 * (w.size + lanes) + 64.0 < least:
-        raise CorruptDataError(f"rANS stream of {w.size} words cannot hold {n} values over {nsym} symbols")
+        raise CorruptDataError(f"rANS stream of {w.size} words cannot hold {n} values over {coded} symbols")
     return int(seg)
 
 
@@ -455,13 +553,19 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
     CorruptDataError
         As :func:`check`, or a stream that does not end where the encoder started.
     """
-    seg = check(meta, parts, n, nsym, prefix)
+    seg = check(meta, parts, n, nsym, prefix, qmin=qmin)
     w = np.asarray(parts[prefix + "w"])
     per = np.asarray(parts[prefix + "n"]).astype(np.int64)
     st = np.asarray(parts[prefix + "x"])
     lanes, ls = lane_shape(n, seg)
     ng = per.size
-    ctxof = _ctx_table(nsym, qmin)
+    tok = bool(meta.get("tok", 0))
+    if tok:
+        nsym_c, ctxof = _token_geometry(nsym, qmin)
+        raw = np.asarray(parts[prefix + "e"])
+        rstart = np.concatenate([[0], np.cumsum(np.asarray(parts[prefix + "m"]).astype(np.int64))])
+    else:
+        nsym_c, ctxof = nsym, _ctx_table(nsym, qmin)
     fn = _get("decode_group") if engine in ("auto", "numba") else None
     starts = np.concatenate([[0], np.cumsum(per)])
     step = 1 if fn is not None else max(1, (1 << 24) // max(ls * GROUP_LANES, 1))
@@ -475,13 +579,23 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
         ww = w[starts[g0] : starts[g1]]
         if fn is not None:
             out = np.zeros((ls, nl), np.uint16)
-            bad = fn(ww.astype(np.int64), st[l0 : l0 + nl].astype(np.int64), lens, ls, nsym, ctxof, out)
+            bad = fn(ww.astype(np.int64), st[l0 : l0 + nl].astype(np.int64), lens, ls, nsym_c, ctxof, out)
             out = None if bad else np.ascontiguousarray(out.T)
         else:
-            out = _np_decode_groups(ww, per[g0:g1], st[l0 : l0 + nl], lens, ls, GROUP_LANES, nsym, ctxof)
+            out = _np_decode_groups(ww, per[g0:g1], st[l0 : l0 + nl], lens, ls, GROUP_LANES, nsym_c, ctxof)
         if out is None:
             raise CorruptDataError(f"rANS stream of group {g0} does not decode to its start state")
-        return out.reshape(-1)[: b - a].astype(np.uint16, copy=False)
+        out = out.reshape(-1)[: b - a]
+        if not tok:
+            return out.astype(np.uint16, copy=False)
+        gs = GROUP_LANES * ls
+        labs = []
+        for g in range(g0, g1):
+            lab = _untokens(out[(g - g0) * gs : (g - g0 + 1) * gs], raw[rstart[g] : rstart[g + 1]], qmin, nsym)
+            if lab is None:
+                raise CorruptDataError(f"rANS raw bits of group {g} do not fit its tokens")
+            labs.append(lab)
+        return np.concatenate(labs)
 
     groups = range(0, ng, step)
     if fn is None or len(groups) == 1:

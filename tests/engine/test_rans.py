@@ -132,6 +132,53 @@ def test_forged_meta_and_parts_are_refused_before_decoding(forge, why):
         R.check(m, p, lab.size, ns)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_large_alphabets_go_as_tokens_and_raw_bits(engine):
+    # a fine grid: 1500 labels, i.i.d. over a wide range; tokens + raw bits round trip
+    rng = np.random.default_rng(13)
+    lab, ns, qmin = _labels(rng, 3 * 256 * 64 + 5, 1500, 200.0)
+    assert ns > R.TOKEN_NSYM
+    m, p = _roundtrip(lab, ns, qmin, 64, engine)
+    assert m["tok"] == 1 and p["a_m"].size == p["a_n"].size == 4
+    assert int(p["a_m"].astype(np.int64).sum()) == p["a_e"].size
+    # a small alphabet codes its labels directly
+    small, ns2, q2 = _labels(rng, 5000, 40, 3.0)
+    m2, p2 = R.encode(small, ns2, q2, engine=engine)
+    assert "tok" not in m2 and "a_e" not in p2
+
+
+@pytest.mark.parametrize("forge", ["short_raw", "long_raw", "raw_counts", "flag_off", "flag_on_small", "raw_bit"])
+def test_forged_token_streams_are_refused(forge):
+    rng = np.random.default_rng(17)
+    lab, ns, qmin = _labels(rng, 256 * 64 + 9, 1500, 200.0)
+    m, p = R.encode(lab, ns, qmin, seg=64)
+    m, p = dict(m), {k: v.copy() for k, v in p.items()}
+    n = lab.size
+    if forge == "short_raw":
+        p["a_e"] = p["a_e"][:-1]
+        p["a_m"][-1] -= 1
+    elif forge == "long_raw":
+        p["a_e"] = np.append(p["a_e"], np.uint8(0))
+        p["a_m"][-1] += 1
+    elif forge == "raw_counts":
+        p["a_m"][0] += 1
+    elif forge == "flag_off":
+        del m["tok"]
+    elif forge == "flag_on_small":
+        small, ns, qmin = _labels(rng, 5000, 40, 3.0)
+        m, p = R.encode(small, ns, qmin)
+        m = dict(m, tok=1)
+        n, lab = small.size, small
+    elif forge == "raw_bit":
+        p["a_e"][3] ^= np.uint8(0x80)
+    try:
+        out = np.concatenate(list(R.decode_groups(m, p, n, ns, qmin)))
+    except CorruptDataError:
+        return
+    # a flipped raw bit moves one index within the alphabet: decodes, but not to the labels (the blob CRC catches it)
+    assert forge == "raw_bit" and not np.array_equal(out, lab) and out.max() < ns
+
+
 def test_a_huge_claim_on_a_small_stream_is_refused_by_its_size():
     lab, ns, qmin, m, p = _coded()
     lanes, _ = R.lane_shape(1 << 31, 4096)
