@@ -52,7 +52,7 @@ import numpy as np
 from ..errors import CorruptDataError
 from .grid import worker_threads
 
-__all__ = ["SEG", "GROUP_LANES", "NCTX", "encode", "check", "decode_groups", "lane_shape", "have_compiled"]
+__all__ = ["SEG", "GROUP_LANES", "NCTX", "encode", "estimate_nbytes", "check", "decode_groups", "lane_shape", "have_compiled"]
 
 SEG = 4096  #: values per lane (at most)
 GROUP_LANES = 256  #: lanes per group (one model and one word stream a group)
@@ -376,14 +376,12 @@ def _tokens(lab, qmin: int, group: int):
     nb = np.maximum(c - 1, 0)
     extra = a - np.where(c > 0, np.left_shift(1, np.maximum(c - 1, 0)), 0)
     out = []
+    cols = np.arange(16)
     for g0 in range(0, k.size, group):
         b, e = nb[g0 : g0 + group], extra[g0 : g0 + group]
-        o = np.cumsum(b) - b
-        bits = np.zeros(int(b.sum()), np.uint8)
-        for j in range(int(b.max(initial=0))):
-            sel = b > j
-            bits[o[sel] + j] = (e[sel] >> (b[sel] - 1 - j)) & 1
-        out.append(np.packbits(bits))
+        # each value's 16 bits, big-endian; its last nb of them, row by row, are the stream
+        bits16 = np.unpackbits(e.astype(">u2").view(np.uint8)).reshape(-1, 16)
+        out.append(np.packbits(bits16[cols >= 16 - b[:, None]]))
     return tok, out
 
 
@@ -397,17 +395,48 @@ def _untokens(tok, raw: np.ndarray, qmin: int, nsym: int) -> np.ndarray | None:
     total = int(nb.sum())
     if (total + 7) // 8 != raw.size:
         return None
-    bits = np.unpackbits(raw)[:total].astype(np.int64)
+    # each value's bits from the 24-bit big-endian window at its byte (nb <= 12, shift <= 7)
     o = np.cumsum(nb) - nb
-    e = np.zeros(tok.size, np.int64)
-    for j in range(int(nb.max(initial=0))):
-        sel = nb > j
-        e[sel] = (e[sel] << 1) | bits[o[sel] + j]
+    r = np.concatenate([raw, np.zeros(3, np.uint8)]).astype(np.int64)
+    i = o >> 3
+    win = (r[i] << 16) | (r[i + 1] << 8) | r[i + 2]
+    e = (win >> (24 - (o & 7) - nb)) & ((np.int64(1) << nb) - 1)
     a = np.where(c > 0, np.left_shift(1, nb) + e, 0)
     lab = np.where(tok % 2 == 0, -a, a) - int(qmin)
     if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= nsym):
         return None
     return lab.astype(np.uint16)
+
+
+def estimate_nbytes(labels, nsym: int, qmin: int, *, block: int = 1 << 20) -> float:
+    """A quick bound-like estimate of :func:`encode`'s bytes: the static
+    entropy of the coded symbols given the previous one's context (flat
+    order, lanes ignored), plus the raw bits of tokens. The adaptive coder
+    lands near it (a little over: it learns its tables), so a blob whose
+    estimate does not beat another code need not be coded to know."""
+    lab = np.asarray(labels).reshape(-1)
+    tok = nsym > TOKEN_NSYM
+    if tok:
+        nc, ctxof = _token_geometry(nsym, qmin)
+    else:
+        nc, ctxof = nsym, _ctx_table(nsym, qmin)
+    counts = np.zeros(NCTX * nc, np.int64)
+    raw = 0
+    prev = 0
+    for s0 in range(0, lab.size, block):
+        if tok:
+            sym, ex = _tokens(lab[s0 : s0 + block], qmin, block)
+            raw += sum(e.size for e in ex)
+        else:
+            sym = lab[s0 : s0 + block].astype(np.int64)
+        ctx = ctxof[np.concatenate([[prev], sym[:-1]])]
+        counts += np.bincount(ctx * nc + sym, minlength=counts.size)
+        prev = int(sym[-1]) if sym.size else prev
+    c = counts.reshape(NCTX, nc).astype(np.float64)
+    tot = c.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = -np.where(c > 0, c * np.log2(c / np.maximum(tot, 1)), 0.0).sum()
+    return bits / 8.0 + raw
 
 
 def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto",
