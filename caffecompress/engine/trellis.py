@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .grid import max_abs, screen_finite, worker_threads
-from .uniform import MAX_LEVEL
+from .uniform import F32_OVERFLOW, MAX_LEVEL
 
 __all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "F32_OVERFLOW", "grid_step_for", "quantize", "levels", "values",
            "have_compiled"]
@@ -52,9 +52,6 @@ __all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "F32_OVERFLOW", "grid_step_f
 TRANSITION = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], np.int64)
 #: Weights per segment (each starts in state 0).
 SEGMENT = 4096
-#: The least float64 magnitude that rounds to an infinite float32
-#: (``2**128 - 2**103``: half an ulp past float32's largest finite value).
-F32_OVERFLOW = 2.0**128 - 2.0**103
 _LANE_BLOCK = 1 << 21  # weights per NumPy lock-step block (traceback ~20 bytes a weight)
 
 _CHUNK = 1 << 20  # weights per chunk of the encoder (float64 copy ~8 MiB)

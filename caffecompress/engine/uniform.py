@@ -97,10 +97,20 @@ def floored_step(x, step: float, min_sqnr_db: float | None) -> float:
     return min(step, math.sqrt(12.0 * ms / 10.0 ** (float(min_sqnr_db) / 10.0)))
 
 
+#: The least float64 magnitude that rounds to an infinite float32
+#: (``2**128 - 2**103``: half an ulp past float32's largest finite value).
+F32_OVERFLOW = 2.0**128 - 2.0**103
+
+
 def _nearest(a, step, xp):
     t = a.astype(xp.float64)
     t /= xp.float64(step)
     xp.rint(t, out=t)
+    if float(step) * (MAX_LEVEL + 1) >= F32_OVERFLOW:
+        # a huge step: a level rounded up past float32's range would restore
+        # as inf; take the one next to it toward zero (finite, within a step)
+        over = xp.abs(t) * xp.float64(step) >= F32_OVERFLOW
+        t = xp.where(over, t - xp.sign(t), t)
     return t.astype(xp.int32)
 
 

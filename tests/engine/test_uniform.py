@@ -116,3 +116,19 @@ def test_roundtrip_property(n, scale, logstep, seed):
     assert np.abs(x.astype(np.float64) - y).max() <= s / 2 * (1 + 1e-6) + 1e-38
     np.testing.assert_array_equal(y, B.grid_codebook(enc.meta)[
         (np.rint(y.astype(np.float64) / s) - enc.meta["qmin"]).astype(np.int64)])
+
+
+def test_huge_steps_never_round_past_float32():
+    """A level rounded up beyond float32's range would restore as inf: the
+    grid takes the level next to it toward zero (finite, within a step)."""
+    from caffecompress.engine import blob as B
+
+    f = np.finfo(np.float32).max
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.full(50, f), np.full(50, -f), rng.uniform(-f, f, 2000)]).astype(np.float32)
+    for step in (float(f) / 2.6, float(f) / 1000.5, float(f) / 2047.0):
+        enc = B.encode_blob(x, step=step)
+        y = B.decode_blob(enc.method, enc.meta, enc.parts)
+        assert np.isfinite(y).all()
+        s = float.fromhex(enc.meta["step"])
+        assert np.max(np.abs(y.astype(np.float64) - x)) <= s
