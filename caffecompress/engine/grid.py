@@ -254,6 +254,50 @@ except Exception:  # pragma: no cover - numba absent or broken
 NUMBA = _numba is not None
 
 
+def numba_or_none():
+    """The numba module, or None where it is not installed."""
+    return _numba
+
+
+def compile_twin(namespace: dict, name: str, cache: dict, nb, first=()):
+    """The numba-compiled ``_py_<name>`` of a module (its ``globals()``),
+    compiled once into ``cache``; None when ``nb`` (numba) is None.
+
+    ``first``: ``(global name, source name)`` of compiled callees, compiled
+    and rebound first (numba binds a module's globals when it compiles).
+    """
+    if name not in cache:
+        if nb is None:
+            cache[name] = None
+        else:
+            for glob, src in first:
+                if not hasattr(namespace[glob], "py_func"):
+                    namespace[glob] = nb.njit(cache=True, nogil=True)(namespace[src])
+            cache[name] = nb.njit(cache=True, nogil=True)(namespace["_py_" + name])
+    return cache[name]
+
+
+class Twins:
+    """The lazily compiled numba twins of one module's ``_py_*`` functions.
+
+    ``namespace`` is the module's ``globals()``; ``first`` as for
+    :func:`compile_twin`. ``numba`` is a callable giving the numba module or
+    None (tests replace it to run the NumPy twins).
+    """
+
+    def __init__(self, namespace: dict, first=()):
+        self.namespace, self.first, self.cache = namespace, tuple(first), {}
+        self.numba = numba_or_none
+
+    def have(self) -> bool:
+        """True when numba is installed (the compiled twins run)."""
+        return self.numba() is not None
+
+    def get(self, name: str):
+        """The compiled ``_py_<name>``, or None without numba."""
+        return compile_twin(self.namespace, name, self.cache, self.numba(), self.first)
+
+
 def worker_threads() -> int:
     """Threads for chunked compiled loops that release the GIL (the trellis,
     the rANS groups): the machine's cores, at most 8."""

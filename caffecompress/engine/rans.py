@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import CorruptDataError
-from .grid import worker_threads
+from .grid import Twins, worker_threads
 
 __all__ = ["SEG", "GROUP_LANES", "NCTX", "encode", "estimate_nbytes", "check", "decode_groups", "lane_shape", "have_compiled"]
 
@@ -65,34 +65,12 @@ LIMIT = 1 << 24  #: a context's count total above which it is halved at a refres
 LOW = 1 << 16  #: the state's lower bound (and the encoder's start state)
 MAX_SYMBOLS = 4096
 
-_compiled = {}
 
-
-
-def _numba():
-    try:
-        import numba  # noqa: PLC0415
-    except ImportError:
-        return None
-    return numba
 
 
 def have_compiled() -> bool:
     """True when numba is installed (the compiled twins run)."""
-    return _numba() is not None
-
-
-def _get(name):
-    if name not in _compiled:
-        nb = _numba()
-        if nb is None:
-            _compiled[name] = None
-        else:
-            g = globals()
-            if not hasattr(g["_refresh"], "py_func"):  # the callee first: numba binds globals when it compiles
-                g["_refresh"] = nb.njit(cache=True, nogil=True)(_py_refresh)
-            _compiled[name] = nb.njit(cache=True, nogil=True)(g["_py_" + name])
-    return _compiled[name]
+    return _twins.have()
 
 
 def lane_shape(n: int, seg: int = SEG) -> tuple[int, int]:
@@ -478,7 +456,7 @@ def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto"
         nsym_c, ctxof = nsym, _ctx_table(nsym, qmin)
     lanes, ls = lane_shape(n, seg)
     ng = -(-lanes // GROUP_LANES)
-    fn = _get("encode_group") if engine in ("auto", "numba") else None
+    fn = _twins.get("encode_group") if engine in ("auto", "numba") else None
     if engine == "numba" and fn is None:
         raise RuntimeError("numba is not installed")
     per, states = np.zeros(ng, np.uint32), np.zeros(lanes, np.uint32)
@@ -595,7 +573,7 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
         rstart = np.concatenate([[0], np.cumsum(np.asarray(parts[prefix + "m"]).astype(np.int64))])
     else:
         nsym_c, ctxof = nsym, _ctx_table(nsym, qmin)
-    fn = _get("decode_group") if engine in ("auto", "numba") else None
+    fn = _twins.get("decode_group") if engine in ("auto", "numba") else None
     starts = np.concatenate([[0], np.cumsum(per)])
     step = 1 if fn is not None else max(1, (1 << 24) // max(ls * GROUP_LANES, 1))
 
@@ -641,3 +619,6 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+_twins = Twins(globals(), first=(("_refresh", "_py_refresh"),))  # the numba twins, compiled on first use

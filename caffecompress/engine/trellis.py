@@ -42,8 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .grid import max_abs, screen_finite, worker_threads
-from .uniform import F32_OVERFLOW, MAX_LEVEL
+from .grid import Twins, worker_threads
+from .uniform import F32_OVERFLOW, MAX_LEVEL, checked_step_and_max
 
 __all__ = ["TRANSITION", "SEGMENT", "MAX_MULTIPLE", "F32_OVERFLOW", "grid_step_for", "quantize", "levels", "values",
            "have_compiled"]
@@ -56,31 +56,12 @@ _LANE_BLOCK = 1 << 21  # weights per NumPy lock-step block (traceback ~20 bytes 
 
 _CHUNK = 1 << 20  # weights per chunk of the encoder (float64 copy ~8 MiB)
 
-_compiled = {}
 
-
-
-def _numba():
-    try:
-        import numba  # noqa: PLC0415
-    except ImportError:
-        return None
-    return numba
 
 
 def have_compiled() -> bool:
     """True when numba is installed (the compiled twins run)."""
-    return _numba() is not None
-
-
-def _get(name):
-    if name not in _compiled:
-        nb = _numba()
-        if nb is None:
-            _compiled[name] = None
-        else:
-            _compiled[name] = nb.njit(cache=True, nogil=True)(globals()["_py_" + name])
-    return _compiled[name]
+    return _twins.have()
 
 
 # ---------------------------------------------------------------- encoder
@@ -233,11 +214,7 @@ def grid_step_for(x, step: float, *, xp=np) -> float:
     :func:`caffecompress.engine.uniform.grid_step_for` (same screening, same
     float64 host arithmetic); 1.0 for an all-zero blob.
     """
-    step = float(step)
-    if not (step > 0.0 and math.isfinite(step)):
-        raise ValueError(f"the grid step must be a positive finite number, got {step}")
-    screen_finite(x, xp=xp)
-    m = max_abs(x, xp=xp)
+    step, m = checked_step_and_max(x, step, xp=xp)
     if m == 0.0:
         return 1.0
     s = max(step, float(np.float64(m) / np.float64(MAX_MULTIPLE)))
@@ -269,7 +246,7 @@ def quantize(x, step: float, *, seg: int = SEGMENT, engine: str = "auto") -> np.
     flat = np.asarray(x).reshape(-1)
     out = np.zeros(flat.size, np.int16)  # |k| <= MAX_LEVEL once the step is grid_step_for's
     step, seg = float(step), int(seg)
-    fn = _get("viterbi") if engine != "numpy" else None
+    fn = _twins.get("viterbi") if engine != "numpy" else None
     if engine == "compiled" and fn is None:
         raise RuntimeError("the compiled trellis needs numba (pip install 'caffecompress[fast]')")
     # whole segments at a time (a float64 copy of a chunk, not of the blob);
@@ -300,28 +277,10 @@ def quantize(x, step: float, *, seg: int = SEGMENT, engine: str = "auto") -> np.
 
 # ---------------------------------------------------------------- decoder
 
-def _py_scan(k, start, seg, m):
-    """The grid multiples of indices ``k`` whose first one sits at flat position
-    ``start`` (a segment boundary: :func:`levels` checks it)."""
-    tr = np.array([0, 2, 2, 0, 1, 3, 3, 1], np.int64)
-    n = k.size
-    i = 0
-    while i < n:
-        end = min(n, i + seg)
-        st = 0
-        for j in range(i, end):
-            kj = k[j]
-            if st < 2:
-                m[j] = 2 * kj
-            else:
-                m[j] = 2 * kj - (1 if kj > 0 else (-1 if kj < 0 else 0))
-            st = tr[2 * st + (kj & 1)]
-        i = end
-
-
-def _py_values(lab, qmin, step, seg, out):
-    """Fused decoder of labels ``lab`` (indices minus ``qmin``) from a segment
-    boundary: ``out = float32(m * step)``, ``m`` the multiples (no temporaries)."""
+def _py_scan(lab, qmin, step, seg, m, out, to_float):
+    """The decoder's state walk over labels ``lab`` (indices minus ``qmin``)
+    from a segment boundary: the grid multiples into ``m``, or with
+    ``to_float`` straight to ``out = float32(m * step)`` (no temporaries)."""
     tr = np.array([0, 2, 2, 0, 1, 3, 3, 1], np.int64)
     n = lab.size
     i = 0
@@ -334,7 +293,10 @@ def _py_values(lab, qmin, step, seg, out):
                 mj = 2 * kj
             else:
                 mj = 2 * kj - (1 if kj > 0 else (-1 if kj < 0 else 0))
-            out[j] = np.float32(np.float64(mj) * step)
+            if to_float:
+                out[j] = np.float32(np.float64(mj) * step)
+            else:
+                m[j] = mj
             st = tr[2 * st + (kj & 1)]
         i = end
 
@@ -346,16 +308,17 @@ def values(lab, qmin: int, step: float, *, start: int = 0, seg: int = SEGMENT, e
     if int(start) % int(seg):
         raise ValueError("a piece of dependent-quantisation indices must start at a segment boundary")
     lab = np.ascontiguousarray(np.asarray(lab).reshape(-1))
-    fn = _get("values") if engine != "numpy" else None
+    fn = _twins.get("scan") if engine != "numpy" else None
     if fn is None:
         m = levels(lab.astype(np.int64) + int(qmin), start=start, seg=seg, engine="numpy")
         return (m.astype(np.float64) * float(step)).astype(np.float32)
     out = np.empty(lab.size, np.float32)
     width = int(seg) * max(1, _CHUNK // int(seg))
     starts = range(0, lab.size, width)
+    nom = np.zeros(0, np.int64)
 
     def run(s0):  # whole segments a chunk: independent, any order
-        fn(lab[s0 : s0 + width], np.int64(qmin), float(step), int(seg), out[s0 : s0 + width])
+        fn(lab[s0 : s0 + width], np.int64(qmin), float(step), int(seg), nom, out[s0 : s0 + width], True)
 
     if len(starts) > 1:
         with ThreadPoolExecutor(max_workers=min(len(starts), worker_threads())) as ex:
@@ -394,9 +357,12 @@ def levels(k, *, start: int = 0, seg: int = SEGMENT, engine: str = "auto") -> np
     if int(start) % int(seg):
         raise ValueError("a piece of dependent-quantisation indices must start at a segment boundary")
     m = np.empty(k.size, np.int64)
-    fn = _get("scan") if engine != "numpy" else None
+    fn = _twins.get("scan") if engine != "numpy" else None
     if fn is not None:
-        fn(k, int(start), int(seg), m)
+        fn(k, np.int64(0), 1.0, int(seg), m, np.zeros(0, np.float32), False)
     else:
         _numpy_scan(k, int(start), int(seg), m)
     return m
+
+
+_twins = Twins(globals())  # the numba twins, compiled on first use

@@ -39,6 +39,16 @@ MAX_LEVEL = 2047
 _STEP = 1 << 18  # host elements per element-wise step (float64 temporaries of 2 MiB)
 
 
+def checked_step_and_max(x, step: float, *, xp=np) -> tuple[float, float]:
+    """``(step, max|x|)`` as float64 host numbers, after refusing a step that
+    is not positive and finite (ValueError) and NaN/Inf weights."""
+    step = float(step)
+    if not (step > 0.0 and math.isfinite(step)):
+        raise ValueError(f"the grid step must be a positive finite number, got {step}")
+    screen_finite(x, xp=xp)
+    return step, max_abs(x, xp=xp)
+
+
 def grid_step_for(x, step: float, *, xp=np) -> float:
     """``step``, made coarser where ``max|x| / step`` would exceed :data:`MAX_LEVEL`.
 
@@ -59,11 +69,7 @@ def grid_step_for(x, step: float, *, xp=np) -> float:
     NonFiniteWeightsError
         NaN/Inf weights.
     """
-    step = float(step)
-    if not (step > 0.0 and math.isfinite(step)):
-        raise ValueError(f"the grid step must be a positive finite number, got {step}")
-    screen_finite(x, xp=xp)
-    m = max_abs(x, xp=xp)
+    step, m = checked_step_and_max(x, step, xp=xp)
     if m == 0.0:
         return 1.0
     # float64 on the host: the same number on both backends

@@ -216,8 +216,8 @@ def test_without_numba_auto_is_the_numpy_twin(monkeypatch):
     rng = np.random.default_rng(2)
     x = rng.normal(size=500) * 3
     want = TR.quantize(x, 1.0, seg=64, engine="numpy")
-    monkeypatch.setattr(TR, "_numba", lambda: None)
-    monkeypatch.setattr(TR, "_compiled", {})
+    monkeypatch.setattr(TR._twins, "numba", lambda: None)
+    monkeypatch.setattr(TR._twins, "cache", {})
     assert not TR.have_compiled()
     np.testing.assert_array_equal(TR.quantize(x, 1.0, seg=64), want)
     with pytest.raises(RuntimeError, match="numba"):
