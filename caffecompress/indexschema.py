@@ -111,6 +111,37 @@ def _meta_shape(meta, shape, what) -> None:
         raise _Bad(f"{what}: meta shape {s!r} is not the record's shape {shape}")
 
 
+#: The ``grid`` method's dependent-quantisation segment bound (as ``engine.blob``'s decoder).
+_MAX_DQ_SEG = 1 << 20
+
+
+def _grid_meta(meta, what) -> None:
+    """Types of a ``grid`` record's meta: ``step`` a positive finite ``float.hex``
+    string, ``qmin`` and ``nsym`` (>= 1) and ``nlab`` integers, ``bits`` and
+    ``dq_seg`` integers where present. The ranges the levels must keep (the
+    +-2047 indices, a finite float32 level) are the decoder's, checked again there."""
+    for key in ("step", "qmin", "nsym", "nlab"):
+        if key not in meta:
+            raise _Bad(f"{what}: grid blob meta is incomplete: it lacks {key!r}")
+    v = meta["step"]
+    try:
+        if not isinstance(v, str):
+            raise TypeError
+        step = float.fromhex(v)
+    except (TypeError, ValueError, OverflowError):
+        raise _Bad(f"{what}: grid blob meta is incomplete: step {v!r} is not a float.hex string") from None
+    if not (step > 0.0 and math.isfinite(step)):
+        raise _Bad(f"{what}: grid step {v!r} is not a positive finite number")
+    for key, lo, hi in (("qmin", None, None), ("nsym", 1, None), ("bits", 0, 64), ("dq_seg", 1, _MAX_DQ_SEG)):
+        if key not in meta:
+            continue
+        v = meta[key]
+        if type(v) is not int:  # noqa: E721  (bool is an int subclass; JSON floats are not ints)
+            raise _Bad(f"{what}: grid blob meta is incomplete: {key} {v!r} is not an integer")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise _Bad(f"{what}: grid blob meta {key} = {v} is out of range")
+
+
 def _blob(b, i, blobs, nlayers, size) -> tuple:
     what = f"blob record {i}"
     b = _dict(b, what)
@@ -157,6 +188,8 @@ def _blob(b, i, blobs, nlayers, size) -> tuple:
         _meta_shape(meta, shape, what)
         if "nlab" in meta:
             _int(meta["nlab"], f"{what} label count", 0, math.prod(shape))
+        if method == "grid":
+            _grid_meta(meta, what)
     return layer, b["blob"], shape
 
 

@@ -309,8 +309,68 @@ def _engine():
     return engine_blob
 
 
+_ONE_LEVEL_CRC_BYTES = 1 << 20  # bytes of a one-level blob's values checksummed at a time
+
+
+def _one_level(rec: BlobRecord, size: int):
+    """The values of a record that stores no labels, as one period (float32,
+    1-D), else None.
+
+    A one-entry ``exact``/``shared`` codebook, or ``shared+sparse`` with
+    nothing pruned (``p_method`` ``all``), restores its entry everywhere; a
+    ``grid`` blob with ``nsym`` 1 its one level, or with dependent
+    quantisation (``dq_seg``) the one segment every segment repeats. Such a
+    record is a few bytes whatever size it claims, so its CRC32 is checked
+    (:func:`_periodic_crc`) before the output is allocated. Checked as the
+    decoder checks it (codebook, level, label count, no label stream).
+    """
+    meta, parts = rec.meta, rec.parts
+    if rec.method not in ("exact", "shared", "shared+sparse", "grid") or "coder" in meta:
+        return None  # (a rANS stream spends bits on every value, bounded by its check)
+    eng = _engine()
+    if rec.method == "shared+sparse":
+        if meta.get("p_method") != "all" or np.asarray(parts.get("codebook", ())).size != 1:
+            return None
+        try:
+            if int(meta["p_count"]) != size or int(meta.get("nlab", -1)) != size:
+                return None  # (the decoder refuses these)
+        except (KeyError, TypeError, ValueError):
+            return None
+        book = eng._checked_codebook("shared", meta, parts, size)
+    else:
+        book = eng._checked_codebook(rec.method, meta, parts, size)
+    if book.size != 1:
+        return None
+    eng._label_stream(meta, parts, 1)  # refuses a label stream beside one level
+    if rec.method == "grid" and "dq_seg" in meta:
+        from .engine import trellis  # noqa: PLC0415
+
+        seg = eng._dq_seg(meta)
+        step, qmin = float.fromhex(str(meta["step"])), int(meta["qmin"])
+        return trellis.values(np.zeros(min(seg, size), np.uint8), qmin, step, start=0, seg=seg)
+    return book[:1]
+
+
+def _periodic_crc(period: np.ndarray, n: int) -> int:
+    """:func:`crc32_of` of the ``n`` values that repeat ``period`` (1-D), a
+    tile of whole periods at a time: nothing of size ``n`` is built."""
+    reps = max(1, _ONE_LEVEL_CRC_BYTES // max(period.nbytes, 1))
+    tile = np.ascontiguousarray(np.tile(period, reps))
+    whole, rest = divmod(n, tile.size)
+    crc = 0
+    buf = memoryview(tile).cast("B")
+    for _ in range(whole):
+        crc = zlib.crc32(buf, crc)
+    return zlib.crc32(memoryview(tile[:rest]).cast("B"), crc) & 0xFFFFFFFF
+
+
 def decode_record(rec: BlobRecord, *, xp=np, where: dict | None = None) -> np.ndarray:
     """Decode one record to its restored host array and check its CRC32.
+
+    What can be checked without the output is checked before it is
+    allocated: the codec's shape against the record's, and the CRC32 of a
+    record that stores no labels (:func:`_one_level`), which a forged index
+    could otherwise make claim 2**31 values in a few bytes.
 
     Raises
     ------
@@ -325,7 +385,14 @@ def decode_record(rec: BlobRecord, *, xp=np, where: dict | None = None) -> np.nd
         out = _decode_lossless(rec.meta, rec.parts, rec.shape, dtype, where)
     else:
         try:
-            y = _engine().decode_blob(rec.method, rec.meta, rec.parts, xp=xp)
+            eng = _engine()
+            n = math.prod(eng._parse_shape(rec.meta))
+            if n != rec.size:
+                raise CorruptDataError(f"the codec's shape holds {n} values, the record {rec.size}")
+            period = _one_level(rec, n)
+            if period is not None and _periodic_crc(period.astype(dtype), n) != rec.crc32:
+                raise CorruptDataError("CRC32 of the restored blob does not match")
+            y = eng.decode_blob(rec.method, rec.meta, rec.parts, xp=xp)
         except CorruptDataError as exc:
             raise CorruptDataError(exc.reason, **where) from None
         except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:

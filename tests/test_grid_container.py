@@ -117,8 +117,8 @@ FORGERIES = {
     "nsym_huge": (_meta("nsym", 10**12), r"grid indices .* exceed"),
     "nsym_2_31": (_meta("nsym", 2**31), r"grid indices .* exceed"),
     "nsym_4096": (_meta("nsym", 4096), r"grid indices .* exceed"),
-    "nsym_zero": (_meta("nsym", 0), r"grid indices .* exceed"),
-    "nsym_negative": (_meta("nsym", -5), r"grid indices .* exceed"),
+    "nsym_zero": (_meta("nsym", 0), r"index damaged: .* nsym = 0 is out of range"),
+    "nsym_negative": (_meta("nsym", -5), r"index damaged: .* nsym = -5 is out of range"),
     "nsym_plus_one": (_meta_delta("nsym", 1), r"label stream has .* symbols, expected"),
     "nsym_one": (_meta("nsym", 1), r"one-value codebook with a label stream"),
     "nsym_text": (_meta("nsym", "lots"), r"grid blob meta is incomplete"),
@@ -146,7 +146,27 @@ FORGERIES = {
     "nlab_huge": (_meta("nlab", 10**12), r"label count = .* out of range"),
     "nlab_short": (_meta_delta("nlab", -1), r"labels for .* weights"),
     "nlab_zero": (_meta("nlab", 0), r"labels for .* weights"),
-    "nlab_missing": (_meta_del("nlab"), r"labels for .* weights"),
+    "nlab_missing": (_meta_del("nlab"), r"index damaged: .*grid blob meta is incomplete: it lacks 'nlab'"),
+    # the meta's types, refused by the index schema before any decoding (a JSON
+    # number, bool or string where the decoder's int()/float.fromhex would take it)
+    "step_number": (_meta("step", 0.01), r"index damaged: .*step 0\.01 is not a float\.hex string"),
+    "step_int": (_meta("step", 1), r"index damaged: .*step 1 is not a float\.hex string"),
+    "qmin_float": (_meta("qmin", 1.0), r"index damaged: .*qmin 1\.0 is not an integer"),
+    "qmin_bool": (_meta("qmin", True), r"index damaged: .*qmin True is not an integer"),
+    "qmin_numeric_text": (_meta("qmin", "3"), r"index damaged: .*qmin '3' is not an integer"),
+    "nsym_float": (_meta("nsym", 2.0), r"index damaged: .*nsym 2\.0 is not an integer"),
+    "nsym_bool": (_meta("nsym", True), r"index damaged: .*nsym True is not an integer"),
+    "bits_text": (_meta("bits", "4"), r"index damaged: .*bits '4' is not an integer"),
+    "bits_float": (_meta("bits", 4.0), r"index damaged: .*bits 4\.0 is not an integer"),
+    "bits_huge": (_meta("bits", 10**6), r"index damaged: .*bits = 1000000 is out of range"),
+    "bits_negative": (_meta("bits", -1), r"index damaged: .*bits = -1 is out of range"),
+    "nlab_text": (_meta("nlab", "12"), r"index damaged: .*label count is '12', not an integer"),
+    "nlab_float": (_meta("nlab", 12.0), r"index damaged: .*label count is 12\.0, not an integer"),
+    "dq_seg_text": (_meta("dq_seg", "4096"), r"index damaged: .*dq_seg '4096' is not an integer"),
+    "dq_seg_float": (_meta("dq_seg", 4096.0), r"index damaged: .*dq_seg 4096\.0 is not an integer"),
+    "dq_seg_bool": (_meta("dq_seg", True), r"index damaged: .*dq_seg True is not an integer"),
+    "dq_seg_zero": (_meta("dq_seg", 0), r"index damaged: .*dq_seg = 0 is out of range"),
+    "dq_seg_huge": (_meta("dq_seg", 1 << 21), r"index damaged: .*dq_seg = 2097152 is out of range"),
     # the label stream: its header against the blob, its parts against each other
     "l_n_huge": (_meta("l_n", 10**12), r"label stream has .* labels"),
     "l_n_plus_one": (_meta_delta("l_n", 1), r"label stream has .* labels"),
@@ -203,47 +223,162 @@ def test_untouched_forgery_harness_reads(grid_file, tmp_path):
     assert [x.tobytes() for lay in a.layers for x in lay.blobs] == [x.tobytes() for lay in b.layers for x in lay.blobs]
 
 
+# A one-level blob (grid nsym=1, a one-entry exact/shared codebook, shared+sparse
+# with nothing pruned) stores no labels: its record is a few bytes whatever size
+# it claims. Each probe saves a small genuine one, rewrites its index to claim
+# ``n`` values (layout CRC recomputed, as a crafted file would carry it) and
+# restores it under a 3 GiB address-space limit, tracing the peak allocation.
 _CONST_PROBE = textwrap.dedent("""
-    import json, resource, sys, zlib
+    import json, resource, sys, tracemalloc, zlib
     import h5py, numpy as np
     import caffecompress as cc
     from caffecompress.indexschema import layout_crc
     from caffecompress.model import Layer, Model
-    src, out = sys.argv[1], sys.argv[2]
+    from caffecompress.pipeline import crc32_of
+    mode, n, src, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     m = Model(layers=[Layer("fc", "InnerProduct", [np.full((64, 64), 0.5, np.float32)], [""])], name="c")
-    cc.save(cc.compress(m, preset="default", data_free=True), src)
+    grid = mode in ("grid", "grid_dq", "genuine")
+    if grid:  # an explicit step: a plain grid blob, one level (0.5 = 256 steps)
+        cm = cc.compress(m, preset="default", step=2.0 ** -9)
+    else:  # a one-entry codebook, format 1.0
+        cm = cc.compress(m, preset="default", bits=4)
+    cc.save(cm, src)
     with h5py.File(src, "r") as f:
         attrs = {k: f.attrs[k] for k in f.attrs}
         payload = f["payload"][()].tobytes()
     off, ln, _ = (int(v) for v in attrs["index"])
     ix = json.loads(zlib.decompress(payload[off:off + ln]))
     b = ix["blobs"][0]
-    assert b["method"] == "grid" and b["meta"]["nsym"] == 1 and not b["parts"], b
-    n = (1 << 31) - 1
+    assert b["method"] == ("grid" if grid else "exact") and not b["parts"].keys() - {"codebook"} and "coder" not in b["meta"], b
+    assert b["meta"].get("nsym", 1) == 1, b
     b["shape"], b["meta"]["shape"], b["meta"]["nlab"] = [n], str(n), n
+    if mode == "grid_dq":
+        b["meta"]["dq_seg"] = 4096
+    elif mode == "shared_all":
+        b["method"], b["meta"]["p_method"], b["meta"]["p_count"] = "shared+sparse", "all", n
+    elif mode == "genuine":  # the CRC32 the whole blob has: it must restore
+        b["crc32"] = crc32_of(np.full(n, 0.5, np.float32))
     ix["layout"] = layout_crc(ix)
     z = zlib.compress(json.dumps(ix).encode())
     with h5py.File(out, "w", libver=("v110", "v110")) as f:
         f.attrs["format"], f.attrs["format_version"] = attrs["format"], attrs["format_version"]
         f.attrs["index"] = np.array([off, len(z), zlib.crc32(z)], np.uint64)
         f["payload"] = np.frombuffer(payload[:off] + z, np.uint8)
+    from caffecompress.engine import trellis  # its compiled twin loaded first: not traced below
+    trellis.values(np.zeros(8, np.uint8), 1, 0.5, seg=4)
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    res = {"version": attrs["format_version"].decode()}
+    tracemalloc.start()
     try:
-        cc.decompress(out)
+        r = cc.decompress(out)
     except cc.CaffeCompressError as exc:
-        print("typed", type(exc).__name__)
+        res.update(result="typed", type=type(exc).__name__, msg=str(exc), peak=tracemalloc.get_traced_memory()[1])
     except MemoryError:
-        print("MemoryError")
+        res.update(result="MemoryError")
     else:
-        print("restored")
+        w = r.layers[0].blobs[0]
+        res.update(result="restored", ok=bool(w.shape == (n,) and w.dtype == np.float32 and (w == 0.5).all()))
+    print(json.dumps(res))
 """)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS probe")
-@pytest.mark.xfail(strict=True, reason="reported: a one-level blob (grid nsym=1, no label stream) claiming "
-                   "2**31-1 values makes the reader allocate 8 GiB before the CRC check (MemoryError, untyped)")
-def test_one_level_grid_claiming_a_huge_blob(tmp_path):
-    r = subprocess.run([sys.executable, "-c", _CONST_PROBE, str(tmp_path / "c.ccz.h5"), str(tmp_path / "f.ccz.h5")],
+def _probe(tmp_path, mode, n):
+    r = subprocess.run([sys.executable, "-c", _CONST_PROBE, mode, str(n), str(tmp_path / "c.ccz.h5"),
+                        str(tmp_path / "f.ccz.h5")],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().startswith("typed"), r.stdout
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS probe")
+@pytest.mark.parametrize("mode, version", [("grid", "1.1"), ("grid_dq", "1.1"), ("exact", "1.0"),
+                                           ("shared_all", "1.0")])
+def test_one_level_blob_claiming_a_huge_size(tmp_path, mode, version):
+    """2**31-1 values (8 GiB) claimed by a record of no bytes: refused on the CRC32
+    of its one level, typed, naming the file and layer, with nothing large allocated."""
+    res = _probe(tmp_path, mode, (1 << 31) - 1)
+    assert res["version"] == version
+    assert res["result"] == "typed" and res["type"] == "CorruptDataError", res
+    assert "CRC32 of the restored blob does not match" in res["msg"], res
+    assert str(tmp_path / "f.ccz.h5") in res["msg"] and "'fc'" in res["msg"], res
+    assert res["peak"] < 16 << 20, f"{res['peak'] / 2**20:.1f} MiB allocated"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS probe")
+def test_genuine_one_level_blob_of_vgg_fc6_size_restores(tmp_path):
+    """The check costs no legitimate size: a one-level blob as large as VGG-16's
+    fc6 (102,760,448 values) with its true CRC32 restores."""
+    res = _probe(tmp_path, "genuine", 102_760_448)
+    assert res == {"version": "1.1", "result": "restored", "ok": True}, res
+
+
+@pytest.mark.parametrize("period", [1, 3, 4096, 5000])
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 262_145, 3 * 262_144 + 7])
+def test_periodic_crc_is_the_crc_of_the_tiled_values(period, n):
+    from caffecompress.pipeline import _periodic_crc, crc32_of
+
+    pat = np.random.default_rng(period).standard_normal(period).astype(np.float32)
+    full = np.tile(pat, -(-n // period) if n else 0)[:n]
+    assert _periodic_crc(pat, n) == crc32_of(full)
+    assert _periodic_crc(pat.astype(">f8"), n) == crc32_of(full.astype(">f8"))
+
+
+def _one_level_record(tmp_path, edit):
+    """The example's first grid blob turned into a one-level one, with the CRC32 its decode really has (a genuine record), then ``edit``."""
+    from caffecompress.engine.blob import decode_blob
+    from caffecompress.indexschema import layout_crc
+    from caffecompress.pipeline import crc32_of
+
+    attrs, payload, ix = read_ccz(GOLDEN_GRID)
+    b = next(b for b in ix["blobs"] if b["method"] == "grid")
+    b["parts"] = {}
+    for k in [k for k in b["meta"] if k.startswith("l_")]:
+        del b["meta"][k]
+    b["meta"].update(nsym=1, qmin=-3)
+    edit(b)
+    b["crc32"] = crc32_of(decode_blob("grid", b["meta"], {}))
+    ix["layout"] = layout_crc(ix)
+    p = tmp_path / "one.ccz.h5"
+    write_ccz(p, attrs, payload, ix)
+    return p, ix["layers"][b["layer"]][0], b
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_one_level_grid_blob_restores_and_a_wrong_crc_is_refused(tmp_path, dq):
+    """The CRC32 checked before allocation is the decoder's: a genuine one-level
+    blob restores (with dependent quantisation its values vary within a segment),
+    the same record with another CRC32 is refused."""
+    p, layer, b = _one_level_record(tmp_path, lambda b: b["meta"].update(dq_seg=64) if dq else None)
+    w = container.read_layer(p, layer)[b["blob"]]
+    n = b["meta"]["nlab"]
+    assert w.size == n and n % 64 and (np.unique(w).size > 1) == dq
+    if dq:  # every segment (restarted state machine) repeats the first
+        flat = w.reshape(-1)
+        assert all((flat[s : s + 64] == flat[: min(64, n - s)]).all() for s in range(0, n, 64))
+    ix = read_ccz(p)[2]
+    for r in ix["blobs"]:
+        if r["layer"] == b["layer"]:
+            r["crc32"] ^= 1
+    from caffecompress.indexschema import layout_crc
+
+    ix["layout"] = layout_crc(ix)
+    write_ccz(p, *read_ccz(p)[:2], ix)
+    with pytest.raises(CorruptDataError, match="CRC32 of the restored blob") as ei:
+        container.read_layer(p, layer)
+    assert str(p) in str(ei.value) and repr(layer) in str(ei.value)
+
+
+def test_grid_codebook_refuses_levels_past_float32_cleanly():
+    """A huge step (finite in float64) makes levels past float32's range: a typed
+    error, no NumPy overflow warning."""
+    import warnings
+
+    from caffecompress.engine.blob import grid_codebook
+
+    for step, qmin in ((float.fromhex("0x1.fffffffffffffp+1023"), 1), (2.0**127, 2), (2.0**127, -3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CorruptDataError, match="past float32's range"):
+                grid_codebook({"step": step.hex(), "qmin": qmin, "nsym": 1})
+    # the largest level that rounds to a finite float32 is kept
+    assert grid_codebook({"step": (2.0**127).hex(), "qmin": 1, "nsym": 1})[0] == 2.0**127

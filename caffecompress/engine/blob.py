@@ -314,7 +314,12 @@ def grid_codebook(meta: dict) -> np.ndarray:
     if not (1 <= nsym <= 2 * MAX_LEVEL + 1 and -MAX_LEVEL <= qmin and qmin + nsym - 1 <= MAX_LEVEL):
         raise CorruptDataError(f"grid indices {qmin}..{qmin + nsym - 1} exceed +-{MAX_LEVEL}")
     # float64 products rounded once to float32: what the encoder's levels are
-    return ((np.arange(nsym, dtype=np.float64) + qmin) * step).astype(np.float32)
+    with np.errstate(over="ignore"):
+        levels = ((np.arange(nsym, dtype=np.float64) + qmin) * step).astype(np.float32)
+    if not np.isfinite(levels).all():  # the encoder keeps every level finite (uniform.F32_OVERFLOW)
+        raise CorruptDataError(f"grid step {meta['step']!r} puts levels {qmin}..{qmin + nsym - 1} "
+                               "past float32's range")
+    return levels
 
 
 def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_zero=None,
