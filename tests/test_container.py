@@ -301,6 +301,24 @@ GOLDEN_1_0_SHA256 = {
 }
 
 
+#: The 1.1 and 1.2 golden files, byte for byte, likewise.
+GOLDEN_LATER_SHA256 = {
+    "example.grid.ccz.h5": ("1.1", "9ffaac42c160796698b11db03ff44d93e82555484cf262ff014fcadf74413253"),
+    "example.grid-step.ccz.h5": ("1.1", "8936f22bee44bc11daa95dcfa7ce72d5be5694c347e5ead92db8d98686732de7"),
+    "example.grid-fidelity.ccz.h5": ("1.1", "fa3f44f22878cb413be7554dcbd9f80f832cfd6a5a8684dc2d4c944e943744b7"),
+    "example.dq-rans.ccz.h5": ("1.2", "7e8672aa8dc7a44e25b5028ba1225feebb8c1703027caf500184ae8fb4803fba"),
+    "example.rans-step.ccz.h5": ("1.2", "4ccdfaba0e21e434a667063b35865b1c9d3dc9b9524dbfce9775fc2da463ec24"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_LATER_SHA256))
+def test_golden_1_1_and_1_2_files_untouched(name):
+    version, sha = GOLDEN_LATER_SHA256[name]
+    p = GOLDEN / name
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == sha, f"{name} was rewritten"
+    assert container.file_info(p)["format_version"] == version
+
+
 def test_golden_1_0_files_untouched():
     for name, sha in GOLDEN_1_0_SHA256.items():
         p = GOLDEN / name
@@ -322,6 +340,50 @@ def test_golden_1_1_files_hold_grid_blobs():
             assert container.file_info(p)["format_version"] == "1.1"
     assert {"example.grid.ccz.h5", "example.grid-step.ccz.h5"} <= set(got)
     assert all("grid" in methods for methods in got.values()), got
+
+
+def _grid_streams(path):
+    """What the grid records of a golden file use: DQ, rANS, rANS token mode, Huffman."""
+    seen = set()
+    for r in cc.open_compressed(path).records:
+        if r.method == "grid":
+            seen.add("dq" if "dq_seg" in r.meta else "plain")
+            if r.meta.get("coder") == "rans":
+                seen.add("rans-tok" if r.meta.get("tok") else "rans")
+            else:
+                seen.add("huffman")
+    return seen
+
+
+def test_golden_1_2_files_hold_every_new_stream():
+    # between them: DQ with both coders, plain grids with both coders, the
+    # rANS coder over a small alphabet and in magnitude-token mode
+    dq = _grid_streams(GOLDEN / "example.dq-rans.ccz.h5")
+    step = _grid_streams(GOLDEN / "example.rans-step.ccz.h5")
+    assert {"dq", "rans-tok", "huffman"} <= dq and "plain" not in dq
+    assert {"plain", "rans", "rans-tok", "huffman"} <= step and "dq" not in step
+
+
+@pytest.mark.parametrize("name", ["example.dq-rans.ccz.h5", "example.rans-step.ccz.h5"])
+def test_golden_1_2_files_read_without_numba(name, monkeypatch):
+    """The NumPy twins of the trellis and rANS decoders restore what the numba ones did."""
+    import json
+
+    from caffecompress.engine import rans, trellis
+
+    for mod in (rans, trellis):  # a fresh cache: the compiled twins stay cached for the other tests
+        monkeypatch.setattr(mod._twins, "numba", lambda: None)
+        monkeypatch.setattr(mod._twins, "cache", {})
+    assert rans._twins.get("decode_group") is None and trellis._twins.get("scan") is None
+    calls = []
+    np_decode = rans._np_decode_groups
+    monkeypatch.setattr(rans, "_np_decode_groups", lambda *a: calls.append(1) or np_decode(*a))
+    path = GOLDEN / name
+    expected = json.loads(path.with_suffix("").with_suffix(".json").read_text())["blobs"]
+    m = cc.decompress(path)
+    got = {f"{lay.name}/{i}": [list(b.shape), b.dtype.str, hashlib.sha256(b.tobytes()).hexdigest()]
+           for lay in m.layers for i, b in enumerate(lay.blobs)}
+    assert got == expected and calls  # the NumPy rANS decoder ran
 
 
 def test_opencv_net_straight_from_compressed_file(tmp_path):

@@ -2,8 +2,8 @@
 
 Seeds are small files built here (and the zoo's MTCNN det1 when present):
 binary caffemodels V0/V1/V2, prototxt, binaryproto, Caffe's
-``.caffemodel.h5`` and the project's own ``.ccz.h5`` (formats 1.0 and
-1.1, the latter with ``grid`` blobs). Each case is
+``.caffemodel.h5`` and the project's own ``.ccz.h5`` (formats 1.0, 1.1
+with ``grid`` blobs, and 1.2 with dependent quantisation and rANS streams). Each case is
 ``(kind, seed, case_seed)``: the worker rebuilds the mutated file from those
 numbers alone (so any case can be replayed with :func:`replay`), calls the
 library entry point for the kind and classifies what happened.
@@ -20,7 +20,9 @@ Mutation families:
 ``index``   ``.ccz.h5`` only: the JSON index rewritten (CRC recomputed) with
             hostile values, deleted/duplicated/swapped records, deep nesting,
             and the ``grid`` method's own meta (``step``, ``qmin``, ``nsym``,
-            label counts) and label streams forged (op ``grid_*``);
+            label counts; 1.2's ``dq_seg``, ``coder``, ``seg`` and ``tok``
+            switched on, off or hostile) and its label and rANS streams
+            forged (op ``grid_*``);
 ``stream``  ``.ccz.h5`` only: a stream's bytes rewritten with a valid CRC.
 
 Outcomes: ``ok`` (a result), ``error`` (a CaffeCompressError naming the
@@ -238,12 +240,14 @@ def build_seeds(folder) -> dict:
         p = folder / f"seed.{name}.ccz.h5"
         cc.save(cc.compress(src, **kw), p)
         seeds["ccz"].append({"path": str(p), "prototxt": None})
-    # the golden 1.1 file of the example model: five grid blobs (alphabets up to 3116)
-    golden = GOLDEN / "example.grid.ccz.h5"
-    if golden.exists():
-        p = folder / "golden.grid.ccz.h5"
-        shutil.copyfile(golden, p)
-        seeds["ccz"].append({"path": str(p), "prototxt": None})
+    # the golden files of the example model: 1.1's five grid blobs (alphabets
+    # up to 3116), 1.2's DQ and rANS blobs (token mode and a 241-symbol alphabet)
+    for name in ("example.grid.ccz.h5", "example.dq-rans.ccz.h5", "example.rans-step.ccz.h5"):
+        golden = GOLDEN / name
+        if golden.exists():
+            p = folder / f"golden.{name.removeprefix('example.')}"
+            shutil.copyfile(golden, p)
+            seeds["ccz"].append({"path": str(p), "prototxt": None})
     return seeds
 
 
@@ -577,7 +581,10 @@ _HOSTILE = ["", None, 0, -1, 1, 3, 2**31, 2**63, 2**64 + 5, -(2**63) - 1, 1e308,
             "lossless", "raw", "ref", "-1", "4294967296", _DEEP, "\ud800"]
 
 
-_GRID_KEYS = ("step", "qmin", "nsym", "nlab", "bits", "l_n", "l_nsym", "l_chunk")
+_GRID_KEYS = ("step", "qmin", "nsym", "nlab", "bits", "l_n", "l_nsym", "l_chunk", "dq_seg", "seg", "tok")
+#: Format 1.2's switches of a grid record: dependent quantisation (dq_seg),
+#: the rANS coder (coder, seg) and its magnitude-token mode (tok).
+_SWITCHES = ("dq_seg", "coder", "tok", "seg")
 
 
 def _grid_value(key, v, rng):
@@ -612,7 +619,20 @@ def _mutate_grid(ix, rng) -> str:
     pool = grid
     b = _pick(rng, pool)
     meta, parts = b["meta"], b["parts"]
-    t = int(rng.integers(0, 6))
+    t = int(rng.integers(0, 10))
+    if t >= 6:  # a 1.2 switch turned on, off or hostile: the streams no longer match the decoder
+        key = str(_pick(rng, _SWITCHES))
+        u = int(rng.integers(0, 3))
+        if u == 0:
+            meta.pop(key, None)
+            return f"grid_no_{key}"
+        if key == "coder":
+            meta[key] = _pick(rng, ["rans", "huffman", "RANS", "", 0, None, ["rans"]])
+        elif u == 1:
+            meta[key] = _pick(rng, [4096, 1, 0, True])  # on, with a plausible value
+        else:
+            meta[key] = _grid_value(key, meta.get(key), rng)
+        return f"grid_set_{key}"
     if t <= 2:  # one meta field
         key = str(_pick(rng, [k for k in _GRID_KEYS if k in meta] or ["step"]))
         meta[key] = _grid_value(key, meta.get(key), rng)
@@ -624,7 +644,7 @@ def _mutate_grid(ix, rng) -> str:
             meta["qmin"], meta["nsym"] = q + d, n + int(_pick(rng, [0, -d, 1, -1]))
         return "grid_range"
     if t == 4:  # a label stream part dropped, or taken from another record
-        names = [k for k in parts if k.startswith("l_")] or list(parts) or ["l_lengths"]
+        names = [k for k in parts if k.startswith(("l_", "a_"))] or list(parts) or ["l_lengths"]
         k = str(_pick(rng, names))
         others = [o for o in pool if o is not b and k in o["parts"]]
         if others and rng.random() < 0.6:
@@ -645,7 +665,7 @@ def mutate_index(path: str, rng) -> str:
     attrs, payload, ix = read_ccz(path)
     payload = payload[: int(attrs["index"][0])]
     op = str(_pick(rng, ["set", "set", "set", "delete", "dup", "swap", "drop_blob", "dup_blob", "targeted",
-                         "targeted", "deep", "grid"]))
+                         "targeted", "deep", "grid", "grid"]))
     nodes = [p for p, _ in _nodes(ix) if p]
     if op == "set":
         _set(ix, nodes[int(rng.integers(0, len(nodes)))], _HOSTILE[int(rng.integers(0, len(_HOSTILE)))])

@@ -29,6 +29,12 @@ def test_fuzz_every_reader():
         if label.startswith("index:grid_"):
             grid[outcome] += n
     assert grid["error"] > 0 and grid["ok"] + grid["error"] >= 10, grid
+    # format 1.2: dependent quantisation, the rANS coder and its token mode switched on, off or hostile
+    switched = Counter()
+    for (kind, label, outcome), n in rep.ops.items():
+        if label.startswith(("index:grid_set_", "index:grid_no_")):
+            switched[outcome] += n
+    assert switched["error"] > 0, switched
 
 
 def test_harness_sees_violations(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ files are what old caffecompress versions wrote, and must be read forever):
 
     .venv/bin/python tests/golden/make_golden.py --version 1.0   # the 1.0 files (2026)
     .venv/bin/python tests/golden/make_golden.py --version 1.1   # the grid method's files
+    .venv/bin/python tests/golden/make_golden.py --version 1.2   # dependent quantisation and rANS (needs numba)
 
 Each version writes only its own presets and refuses to overwrite a file
 that exists (``--force`` to regenerate on purpose, which is never right for
@@ -43,7 +44,15 @@ PRESETS_1_1 = {
     "grid-step": {"preset": "default", "data_free": True, "step": 0.01},
     "grid-fidelity": {"preset": "default", "step": 0.01},
 }
-VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1}
+#: Format 1.2: grid blobs with dependent quantisation (``dq_seg``) and the
+#: context-adaptive rANS coder (``coder=rans``), both in magnitude-token mode
+#: (``tok``: alphabets over 256) and plain (``rans-step``'s 241-symbol fc
+#: blob). Written where numba runs (without it the engine writes 1.1 grids).
+PRESETS_1_2 = {
+    "dq-rans": {"preset": "default", "data_free": True},
+    "rans-step": {"preset": "default", "data_free": True, "step": 0.003},
+}
+VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2}
 
 
 def manifest(model) -> dict:
