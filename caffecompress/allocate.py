@@ -67,6 +67,10 @@ AIM = 0.8
 #: Rungs of the data-free rule's dependent-quantisation ladder the allocation
 #: measures (steps x 2**(j/2), j < DQ_LADDER).
 DQ_LADDER = 9
+#: Dependent-quantisation grids per blob beside the plain ones (the plain
+#: grids' steps x config.DQ_STEP_SCALE), for blobs up to this size (a trellis
+#: pass per step) where numba runs the trellis (config.default_dq).
+DQ_CAND_MAX = 1 << 21
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
 #: Joint forwards spent tuning the budget.
@@ -293,8 +297,12 @@ def _candidates(b: _Blob, xp, widths) -> None:
 
 def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str):
     """The better of ``tech`` with and without bias correction: (name, dist, shift, delta)."""
+    return _score_delta(b, M, cb64[lab] - M, tech)
+
+
+def _score_delta(b: _Blob, M: np.ndarray, delta: np.ndarray, tech: str):
+    """:func:`_score` of a rounding error ``delta`` (the weight matrix's shape)."""
     st = b.stats
-    delta = cb64[lab] - M
     if st is None:
         return tech, _sq(delta), None, delta
     n = st.Xval.shape[1]
@@ -352,6 +360,24 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) ->
         nbytes = _counts_bytes(np.bincount(lab.reshape(-1), minlength=cb.size), codebook=False)
         b.cands[key] = _Cand(bits, name, nbytes, dist, cbu,
                              _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
+    if config.default_dq() and b.w.size <= DQ_CAND_MAX:
+        for key, _, step in grids:
+            if key[0] == "u":
+                _dq_scored(b, M, sig, ("z", key[1]), step * config.DQ_STEP_SCALE)
+
+
+def _dq_scored(b: _Blob, M: np.ndarray, sig: float, key, step: float) -> None:
+    """A dependent-quantisation candidate of ``b`` at ``step``, scored on the
+    validation rows like the plain grids (with and without bias correction)."""
+    q, s, k = _dq_values(b.w, step)
+    nsym = int(k.max() - k.min() + 1) if k.size else 1
+    if nsym > 2 * U.MAX_LEVEL + 1:
+        return
+    delta = _matrix(q.reshape(b.shape), b.node).astype(np.float64) - M
+    name, dist, shift, delta = _score_delta(b, M, delta, "uniform+dq")
+    nbytes = _counts_bytes(np.bincount(k - k.min()), codebook=False)
+    b.cands[key] = _Cand(max(1, (nsym - 1).bit_length()), name, nbytes, dist, np.zeros(0, np.float32), None,
+                         shift, _sqnr(sig, _sq(delta)), step=s, dq=True)
 
 
 def _gptq_ok(b: _Blob, bits: int, max_bits: int = GPTQ_MAX_BITS) -> bool:

@@ -181,6 +181,43 @@ def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo,
         assert np.array_equal(back[n], A._dq_values(w, step)[0].reshape(w.shape)), n
 
 
+def test_per_blob_dependent_quantisation_candidates_are_scored_and_stored_as_measured(zoo):
+    from caffecompress import allocate as A
+    from caffecompress import config
+
+    if not config.default_dq():
+        pytest.skip("dependent-quantisation candidates need numba's trellis")
+    m = _zoo_model(zoo, "mtcnn/det3")
+    cm = cc.compress(m)
+    lay = cm.settings["fidelity"]["layers"]
+    dq = [n for n, v in lay.items() if v["dq"]]
+    # det3's allocation takes some blobs on DQ grids beside other methods
+    # (the ladder would have put every blob on one)
+    assert dq and len(dq) < len(lay), lay
+    assert all(lay[n]["technique"].startswith("uniform+dq") for n in dq)
+    by_name = {r_lay.name: i for i, r_lay in enumerate(m.layers)}
+    recs = {(r.layer, r.index): r for r in cm.records}
+    back = {x.name: x.blobs for x in cc.decompress(cm).layers}
+    for n in dq:
+        r = recs[(by_name[n], 0)]
+        assert r.method == "grid" and "dq_seg" in r.meta
+        w = np.asarray(m.layers[by_name[n]].blobs[0], np.float32)
+        # the trellis values of the original weights at the stored step: what the allocation measured
+        q = A._dq_values(w, float.fromhex(r.meta["step"]))[0].reshape(w.shape)
+        assert np.array_equal(back[n][0], q), n
+        if lay[n]["technique"].endswith("+bc"):  # bias correction moved the bias
+            assert not np.array_equal(back[n][1], m.layers[by_name[n]].blobs[1]), n
+    # without them (DQ_CAND_MAX 0) no blob but the ladder's is on a DQ grid
+    mp = pytest.MonkeyPatch()
+    mp.setattr(A, "DQ_CAND_MAX", 0)
+    try:
+        lay0 = cc.compress(_zoo_model(zoo, "mtcnn/det3")).settings["fidelity"]["layers"]
+    finally:
+        mp.undo()
+    n0 = [n for n, v in lay0.items() if v["dq"]]
+    assert not n0 or len(n0) == len(lay0)
+
+
 def test_a_dq_override_needs_a_step_and_a_bool():
     from caffecompress.config import make_settings, plan_blob
 
