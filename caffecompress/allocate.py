@@ -69,7 +69,9 @@ AIM = 0.8
 DQ_LADDER = 9
 #: Dependent-quantisation grids per blob beside the plain ones (the plain
 #: grids' steps x config.DQ_STEP_SCALE), for blobs up to this size (a trellis
-#: pass per step) where numba runs the trellis (config.default_dq).
+#: pass per step) where numba runs the trellis (config.default_dq), in nets
+#: under SENS_HEAVY (ResNet-50's 16 steps x 23M weights took ~24 s of its
+#: 150 s; its DQ ladder stays).
 DQ_CAND_MAX = 1 << 21
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
@@ -263,8 +265,9 @@ def _candidates_big(b: _Blob, xp, widths) -> None:
             break
 
 
-def _candidates(b: _Blob, xp, widths) -> None:
-    """Fill ``b.cands`` (width -> best candidate on the validation rows)."""
+def _candidates(b: _Blob, xp, widths, dq: bool = True) -> None:
+    """Fill ``b.cands`` (width -> best candidate on the validation rows);
+    ``dq``: dependent-quantisation grids beside the plain ones."""
     from .engine import kmeans  # noqa: PLC0415
 
     if b.w.size > _KEEP_LABELS:
@@ -292,7 +295,7 @@ def _candidates(b: _Blob, xp, widths) -> None:
         if sw.exact:
             return
     if b.fixed_bits is None:
-        _uniform_candidates(b, M, W64, sig)
+        _uniform_candidates(b, M, W64, sig, dq)
 
 
 def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str):
@@ -317,7 +320,7 @@ def _score_delta(b: _Blob, M: np.ndarray, delta: np.ndarray, tech: str):
     return best
 
 
-def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) -> None:
+def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq: bool = True) -> None:
     """Uniform, zero-anchored grids (entropy-coded scalar quantisation) beside k-means.
 
     Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS` (``2**u + 1``
@@ -360,7 +363,7 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float) ->
         nbytes = _counts_bytes(np.bincount(lab.reshape(-1), minlength=cb.size), codebook=False)
         b.cands[key] = _Cand(bits, name, nbytes, dist, cbu,
                              _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
-    if config.default_dq() and b.w.size <= DQ_CAND_MAX:
+    if dq and config.default_dq() and b.w.size <= DQ_CAND_MAX:
         for key, _, step in grids:
             if key[0] == "u":
                 _dq_scored(b, M, sig, ("z", key[1]), step * config.DQ_STEP_SCALE)
@@ -620,8 +623,11 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits,
                            None if df_step is not None else plan.sqnr_target, df_step, dq_step))
     widths = WIDTHS
+    pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
+    heavy = model.num_params * pixels > SENS_HEAVY
     for b in blobs:
-        _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths)
+        _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths,
+                    dq=not heavy)
     t_cands = time.perf_counter() - t0 - t_stats
     say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s")
 
@@ -634,8 +640,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": "fixed"})
         return _result(qm, blobs, choice, points, 0, None, m, cal, meter.count, t0)
 
-    pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
-    nrows = SENS_ROWS_HEAVY if model.num_params * pixels > SENS_HEAVY else SENS_ROWS
+    nrows = SENS_ROWS_HEAVY if heavy else SENS_ROWS
     sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
     probe = meter.rows(sens_rows)
     for b in blobs:
