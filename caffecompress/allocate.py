@@ -366,21 +366,8 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
     if dq and config.default_dq() and b.w.size <= DQ_CAND_MAX:
         for key, _, step in grids:
             if key[0] == "u":
-                _dq_scored(b, M, sig, ("z", key[1]), step * config.DQ_STEP_SCALE)
+                b.cands[("z", key[1])] = _dq_cand(b, step * config.DQ_STEP_SCALE, M)
 
-
-def _dq_scored(b: _Blob, M: np.ndarray, sig: float, key, step: float) -> None:
-    """A dependent-quantisation candidate of ``b`` at ``step``, scored on the
-    validation rows like the plain grids (with and without bias correction)."""
-    q, s, k = _dq_values(b.w, step)
-    nsym = int(k.max() - k.min() + 1) if k.size else 1
-    if nsym > 2 * U.MAX_LEVEL + 1:
-        return
-    delta = _matrix(q.reshape(b.shape), b.node).astype(np.float64) - M
-    name, dist, shift, delta = _score_delta(b, M, delta, "uniform+dq")
-    nbytes = _counts_bytes(np.bincount(k - k.min()), codebook=False)
-    b.cands[key] = _Cand(max(1, (nsym - 1).bit_length()), name, nbytes, dist, np.zeros(0, np.float32), None,
-                         shift, _sqnr(sig, _sq(delta)), step=s, dq=True)
 
 
 def _gptq_ok(b: _Blob, bits: int, max_bits: int = GPTQ_MAX_BITS) -> bool:
@@ -409,15 +396,27 @@ def _dq_values(w: np.ndarray, step: float):
     return (m.astype(np.float64) * s).astype(np.float32), s, k
 
 
-def _dq_cand(b: _Blob, step: float) -> _Cand:
-    """The candidate of ``b`` on a dependent-quantisation grid of ``step``."""
+def _dq_cand(b: _Blob, step: float, M: np.ndarray | None = None) -> _Cand:
+    """The candidate of ``b`` on a dependent-quantisation grid of ``step``.
+
+    With the weight matrix ``M`` it is scored on the validation rows like the
+    plain grids (with and without bias correction); without, by its weight
+    SSE (the ladder's rungs, which are measured jointly).
+    """
     q, s, k = _dq_values(b.w, step)
-    d = q.reshape(-1).astype(np.float64) - b.w.reshape(-1)
-    dist = float(np.dot(d, d))
+    if M is None:
+        d = q.reshape(-1).astype(np.float64) - b.w.reshape(-1)
+        name, dist, shift = "uniform+dq", float(np.dot(d, d)), None
+        sse = dist
+    else:
+        delta = _matrix(q.reshape(b.shape), b.node).astype(np.float64) - M
+        name, dist, shift, delta = _score_delta(b, M, delta, "uniform+dq")
+        sse = _sq(delta)
+    # indices stay within +-(MAX_LEVEL - 1): trellis.grid_step_for coarsens the step
     nsym = int(k.max() - k.min() + 1)
     nbytes = _counts_bytes(np.bincount(k - k.min()), codebook=False)
-    return _Cand(max(1, (nsym - 1).bit_length()), "uniform+dq", nbytes, dist, np.zeros(0, np.float32), None,
-                 None, _sqnr(_sq(b.w), dist), step=s, dq=True)
+    return _Cand(max(1, (nsym - 1).bit_length()), name, nbytes, dist, np.zeros(0, np.float32), None,
+                 shift, _sqnr(_sq(b.w), sse), step=s, dq=True)
 
 
 def _kept(b: _Blob, lab: np.ndarray, k: int):

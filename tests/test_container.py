@@ -268,6 +268,12 @@ def _golden_cases():
     return sorted(GOLDEN.glob("*.ccz.h5"))
 
 
+def _blob_hashes(m) -> dict:
+    """``layer/index -> [shape, dtype, sha256]`` of a model's blobs, as the golden manifests hold them."""
+    return {f"{lay.name}/{i}": [list(b.shape), b.dtype.str, hashlib.sha256(b.tobytes()).hexdigest()]
+            for lay in m.layers for i, b in enumerate(lay.blobs)}
+
+
 @pytest.mark.parametrize("path", _golden_cases(), ids=lambda p: p.name)
 def test_golden_v1_files_read_forever(path):
     """Files written by format 1.0 and 1.1 restore to the recorded arrays, forever."""
@@ -277,11 +283,7 @@ def test_golden_v1_files_read_forever(path):
     with h5py.File(path, "r") as f:
         assert f.attrs["format_version"].decode() == expected["format_version"]
     m = cc.decompress(path)
-    got = {}
-    for lay in m.layers:
-        for i, b in enumerate(lay.blobs):
-            got[f"{lay.name}/{i}"] = [list(b.shape), b.dtype.str, hashlib.sha256(b.tobytes()).hexdigest()]
-    assert got == expected["blobs"]
+    assert _blob_hashes(m) == expected["blobs"]
     assert hashlib.sha256(m.skeleton).hexdigest() == expected["skeleton_sha256"]
     assert (m.prototxt is None) == (expected["prototxt_sha256"] is None)
     if m.prototxt is not None:
@@ -380,10 +382,7 @@ def test_golden_1_2_files_read_without_numba(name, monkeypatch):
     monkeypatch.setattr(rans, "_np_decode_groups", lambda *a: calls.append(1) or np_decode(*a))
     path = GOLDEN / name
     expected = json.loads(path.with_suffix("").with_suffix(".json").read_text())["blobs"]
-    m = cc.decompress(path)
-    got = {f"{lay.name}/{i}": [list(b.shape), b.dtype.str, hashlib.sha256(b.tobytes()).hexdigest()]
-           for lay in m.layers for i, b in enumerate(lay.blobs)}
-    assert got == expected and calls  # the NumPy rANS decoder ran
+    assert _blob_hashes(cc.decompress(path)) == expected and calls  # the NumPy rANS decoder ran
 
 
 def test_opencv_net_straight_from_compressed_file(tmp_path):

@@ -181,7 +181,7 @@ def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo,
         assert np.array_equal(back[n], A._dq_values(w, step)[0].reshape(w.shape)), n
 
 
-def test_per_blob_dependent_quantisation_candidates_are_scored_and_stored_as_measured(zoo):
+def test_per_blob_dependent_quantisation_candidates_are_scored_and_stored_as_measured(zoo, monkeypatch):
     from caffecompress import allocate as A
     from caffecompress import config
 
@@ -208,12 +208,8 @@ def test_per_blob_dependent_quantisation_candidates_are_scored_and_stored_as_mea
         if lay[n]["technique"].endswith("+bc"):  # bias correction moved the bias
             assert not np.array_equal(back[n][1], m.layers[by_name[n]].blobs[1]), n
     # without them (DQ_CAND_MAX 0) no blob but the ladder's is on a DQ grid
-    mp = pytest.MonkeyPatch()
-    mp.setattr(A, "DQ_CAND_MAX", 0)
-    try:
-        lay0 = cc.compress(_zoo_model(zoo, "mtcnn/det3")).settings["fidelity"]["layers"]
-    finally:
-        mp.undo()
+    monkeypatch.setattr(A, "DQ_CAND_MAX", 0)
+    lay0 = cc.compress(_zoo_model(zoo, "mtcnn/det3")).settings["fidelity"]["layers"]
     n0 = [n for n, v in lay0.items() if v["dq"]]
     assert not n0 or len(n0) == len(lay0)
 

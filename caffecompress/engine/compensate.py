@@ -119,8 +119,6 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
     W = np.take_along_axis(W, f.perm[:, None, :], axis=2)
     U = f.U
     cb = np.asarray(codebook, np.float64)
-    # nearest_labels' midpoints, made once (the loop below rounds one column at a time)
-    mid = (cb[1:] + cb[:-1]) * 0.5 if cb.size > 1 else np.zeros(0)
     labels = np.empty((G, rows, cols), np.int32)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -129,7 +127,7 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
         U1 = U[:, i1:i2, i1:i2]
         for j in range(i2 - i1):
             col = W1[:, :, j]
-            lab = np.searchsorted(mid, col, side="left")
+            lab = nearest_labels(col, cb)
             labels[:, :, i1 + j] = lab
             err = (col - cb[lab]) / U1[:, j, j][:, None]
             W1[:, :, j:] -= err[:, :, None] * U1[:, j, j:][:, None, :]
