@@ -351,7 +351,8 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
             lab = C.gptq_round(M, _factor(b), cb64)
             options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
         name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
-        used = np.unique(lab)
+        counts = np.bincount(lab.reshape(-1), minlength=cb.size)
+        used = np.flatnonzero(counts)  # the sorted used levels (np.unique's, without its sort)
         # store only the used levels: relabel onto them (same values)
         remap = np.zeros(cb.size, np.int32)
         remap[used] = np.arange(used.size, dtype=np.int32)
@@ -360,7 +361,7 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
         bits = max(1, int(math.ceil(math.log2(max(cbu.size, 2)))))
         if bits > 12:
             continue
-        nbytes = _counts_bytes(np.bincount(lab.reshape(-1), minlength=cb.size), codebook=False)
+        nbytes = _counts_bytes(counts, codebook=False)
         b.cands[key] = _Cand(bits, name, nbytes, dist, cbu,
                              _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
     if dq and config.default_dq() and b.w.size <= DQ_CAND_MAX:

@@ -20,21 +20,83 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .grid import Twins
+
 __all__ = ["nearest_labels", "HessianFactor", "hessian_factor", "gptq_round", "output_sse", "bias_shift"]
 
 _BLOCK = 128
 
 
+#: Values a call needs before the bucket table pays for itself (building it
+#: costs one searchsorted over its edges).
+_LUT_MIN = 1 << 15
+#: Table buckets per codebook level.
+_LUT_PER_LEVEL = 8
+
+
 def nearest_labels(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     """Index of the nearest codebook entry for each value (ties to the lower entry).
 
-    ``codebook`` must be sorted ascending.
+    ``codebook`` must be sorted ascending. The result is
+    ``searchsorted(midpoints, w, side="left")``; large calls on codebooks of
+    many levels start from a table of uniform buckets over the midpoints and
+    correct the guess exactly (compiled when numba is installed), which is
+    2-10x faster than the binary search and gives the same labels.
     """
     cb = np.asarray(codebook, np.float64)
     if cb.size == 1:
         return np.zeros(np.shape(w), np.int32)
     mid = (cb[1:] + cb[:-1]) * 0.5
-    return np.searchsorted(mid, np.asarray(w, np.float64), side="left").astype(np.int32)
+    x = np.asarray(w, np.float64)
+    if x.size < _LUT_MIN or mid.size < 16 or not mid[-1] > mid[0]:
+        return np.searchsorted(mid, x, side="left").astype(np.int32)
+    lo = float(mid[0])
+    nb = _LUT_PER_LEVEL * (mid.size + 1)
+    scale = nb / (float(mid[-1]) - lo)
+    # lut[b + 1]: the count of midpoints below bucket b's lower edge (a guess
+    # only: the float bucket of a value may be off by one; both ways correct it)
+    lut = np.concatenate(([0], np.searchsorted(mid, lo + np.arange(nb + 1) / scale, side="left"),
+                          [mid.size])).astype(np.int32)
+    shape = x.shape
+    x = np.ascontiguousarray(x).reshape(-1)
+    fn = _twins.get("nearest")
+    if fn is not None:
+        out = np.empty(x.size, np.int32)
+        fn(x, mid, lut, lo, scale, nb, out)
+        return out.reshape(shape)
+    t = (x - lo) * scale
+    np.floor(t, out=t)
+    t += 1.0
+    np.fmin(np.fmax(t, 0.0, out=t), nb + 1, out=t)  # fmax: NaN goes to bucket 0 (then searched)
+    g = lut[t.astype(np.intp)]
+    midx = np.concatenate(([-np.inf], mid, [np.inf]))
+    bad = ~((midx[g] < x) & (x <= midx[g + 1]))
+    if bad.any():
+        g[bad] = np.searchsorted(mid, x[bad], side="left")
+    return g.reshape(shape)
+
+
+def _py_nearest(x, mid, lut, lo, scale, nb, out):
+    """:func:`nearest_labels`' table walk (the numba twin's source)."""
+    n = mid.size
+    for i in range(x.size):
+        v = x[i]
+        if v != v:  # NaN sorts last, as in searchsorted
+            out[i] = n
+            continue
+        t = (v - lo) * scale
+        if t < 0.0:
+            b = 0
+        elif t >= nb:
+            b = nb + 1
+        else:
+            b = int(t) + 1
+        g = lut[b]
+        while g < n and mid[g] < v:
+            g += 1
+        while g > 0 and mid[g - 1] >= v:
+            g -= 1
+        out[i] = g
 
 
 @dataclass(frozen=True)
@@ -120,22 +182,59 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
     U = f.U
     cb = np.asarray(codebook, np.float64)
     labels = np.empty((G, rows, cols), np.int32)
+    fn = _twins.get("gptq_block")
+    mid = (cb[1:] + cb[:-1]) * 0.5
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1 = W[:, :, i1:i2].copy()
         E1 = np.empty_like(W1)
-        U1 = U[:, i1:i2, i1:i2]
-        for j in range(i2 - i1):
-            col = W1[:, :, j]
-            lab = nearest_labels(col, cb)
-            labels[:, :, i1 + j] = lab
-            err = (col - cb[lab]) / U1[:, j, j][:, None]
-            W1[:, :, j:] -= err[:, :, None] * U1[:, j, j:][:, None, :]
-            E1[:, :, j] = err
+        U1 = np.ascontiguousarray(U[:, i1:i2, i1:i2])
+        if fn is not None and cb.size > 1:
+            L1 = np.empty(W1.shape, np.int32)
+            fn(W1, E1, U1, cb, mid, L1)
+            labels[:, :, i1:i2] = L1
+        else:
+            for j in range(i2 - i1):
+                col = W1[:, :, j]
+                lab = nearest_labels(col, cb)
+                labels[:, :, i1 + j] = lab
+                err = (col - cb[lab]) / U1[:, j, j][:, None]
+                W1[:, :, j:] -= err[:, :, None] * U1[:, j, j:][:, None, :]
+                E1[:, :, j] = err
         if i2 < cols:
             W[:, :, i2:] -= np.matmul(E1, U[:, i1:i2, i2:])
     labels = np.take_along_axis(labels, f.inv[:, None, :], axis=2)
     return labels[0] if single else labels
+
+
+def _py_gptq_block(W1, E1, U1, cb, mid, L1):
+    """One lazy block of :func:`gptq_round`, column by column (the numba
+    twin's source): the same products and differences, in the same order,
+    as the NumPy loop, so both give the same labels and updates."""
+    G, rows, B = W1.shape
+    n = mid.size
+    for j in range(B):
+        for g in range(G):
+            d = U1[g, j, j]
+            for r in range(rows):
+                v = W1[g, r, j]
+                # searchsorted(mid, v, "left"): the midpoints below v (NaN: all)
+                if v != v:
+                    lab = n
+                else:
+                    a, b = 0, n
+                    while a < b:
+                        h = (a + b) >> 1
+                        if mid[h] < v:
+                            a = h + 1
+                        else:
+                            b = h
+                    lab = a
+                L1[g, r, j] = lab
+                e = (v - cb[lab]) / d
+                for c in range(j, B):
+                    W1[g, r, c] -= e * U1[g, j, c]
+                E1[g, r, j] = e
 
 
 def output_sse(delta: np.ndarray, X: np.ndarray, shift: np.ndarray | None = None) -> float:
@@ -153,3 +252,6 @@ def output_sse(delta: np.ndarray, X: np.ndarray, shift: np.ndarray | None = None
 def bias_shift(delta: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """The mean output change ``delta @ E[x]`` a bias correction subtracts."""
     return np.asarray(delta, np.float64) @ np.asarray(mean, np.float64)
+
+
+_twins = Twins(globals())  # the numba twins of _py_nearest and _py_gptq_block, compiled on first use
