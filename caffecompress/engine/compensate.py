@@ -16,6 +16,7 @@ from the engine's k-means (:mod:`.kmeans`), on ``xp``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,11 +49,13 @@ def nearest_labels(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
         return np.zeros(np.shape(w), np.int32)
     mid = (cb[1:] + cb[:-1]) * 0.5
     x = np.asarray(w, np.float64)
-    if x.size < _LUT_MIN or mid.size < 16 or not mid[-1] > mid[0]:
-        return np.searchsorted(mid, x, side="left").astype(np.int32)
-    lo = float(mid[0])
+    lo, span = float(mid[0]), float(mid[-1]) - float(mid[0])
     nb = _LUT_PER_LEVEL * (mid.size + 1)
-    scale = nb / (float(mid[-1]) - lo)
+    # the table needs a finite bucket width: no infinite level, no span that
+    # overflows or is too narrow for its buckets
+    if x.size < _LUT_MIN or mid.size < 16 or not (0.0 < span < math.inf) or not nb / span < math.inf:
+        return np.searchsorted(mid, x, side="left").astype(np.int32)
+    scale = nb / span
     # lut[b + 1]: the count of midpoints below bucket b's lower edge (a guess
     # only: the float bucket of a value may be off by one; both ways correct it)
     lut = np.concatenate(([0], np.searchsorted(mid, lo + np.arange(nb + 1) / scale, side="left"),
@@ -189,7 +192,7 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
         W1 = W[:, :, i1:i2].copy()
         E1 = np.empty_like(W1)
         U1 = np.ascontiguousarray(U[:, i1:i2, i1:i2])
-        if fn is not None and cb.size > 1:
+        if fn is not None:
             L1 = np.empty(W1.shape, np.int32)
             fn(W1, E1, U1, cb, mid, L1)
             labels[:, :, i1:i2] = L1

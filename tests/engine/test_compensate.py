@@ -47,6 +47,29 @@ def test_nearest_labels_is_the_midpoint_search_on_both_twins(k, kind, scale, see
         np.testing.assert_array_equal(C.nearest_labels(x, cb), want)
 
 
+@pytest.mark.parametrize("cb", [
+    np.concatenate([[-np.inf], np.linspace(-1, 1, 40), [np.inf]]),  # infinite levels
+    np.concatenate([[-1e308], np.linspace(-1, 1, 40), [1e308]]),  # a span that overflows
+    np.arange(40) * 5e-324,  # subnormal levels: buckets too narrow for a finite scale
+])
+def test_nearest_labels_without_a_finite_table_is_the_search(cb, recwarn):
+    """Codebooks no finite bucket table fits take the plain search, without warnings."""
+    mid = (cb[1:] + cb[:-1]) * 0.5
+    x = np.concatenate([_queries(np.random.default_rng(4), np.linspace(-1, 1, 40), 40_000)[0], mid, cb])
+    np.testing.assert_array_equal(C.nearest_labels(x, cb), np.searchsorted(mid, x, side="left"))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_gptq_block_twin_with_one_level(monkeypatch):
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((60, 12))
+    w = rng.standard_normal((5, 12))
+    w[0, 3] = np.nan
+    lab = C.gptq_round(w, X.T @ X, np.array([0.25]))
+    assert lab.shape == w.shape and not lab.any()
+
+
 def test_nearest_labels_table_walk_runs_as_python():
     """The twin's source (what numba compiles) walks the table as the search does."""
     rng = np.random.default_rng(5)
