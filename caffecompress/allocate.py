@@ -481,6 +481,7 @@ class _Meter:
         self.ref = ref
         self.ref_sq = [_sq(r) for r in self.ref]
         self.count = 0
+        self.cuts: dict = {}
 
     def rows(self, idx) -> "_Meter":
         """A meter on a subset of the rows, sharing the reference outputs (one image per forward)."""
@@ -490,15 +491,88 @@ class _Meter:
                  [np.ascontiguousarray(r[idx]) for r in self.ref])
         return sub
 
-    def sq_errors(self, model: Model) -> np.ndarray:
-        """Squared relative L2 error of each compared output (batch-wise, as verify)."""
+    def cut_at(self, model: Model, graph, names) -> None:
+        """Let :meth:`sq_errors` run a named layer and what follows it only.
+
+        A probe that changes one layer's weights leaves everything before that
+        layer as it was: one forward of the float net fetches, on these rows,
+        each blob the layers from there on read before writing it
+        (:func:`caffecompress.caffe.graph.crossing`), and the probe then loads
+        and runs just those layers, fed these blobs (for a layer halfway down
+        a chain, half the loading and half the forward). Compared outputs
+        made before the layer are unchanged (error 0). Layers that cannot be
+        cut (a name used twice, a blob that is a second top, a net whose text
+        needed a lenient parse) keep the whole net.
+        """
+        from .caffe.graph import crossing, suffix_prototxts  # noqa: PLC0415
+
+        uses: dict = {}
+        for lay in graph.layers:
+            uses[lay.name] = uses.get(lay.name, 0) + 1
+        plan = {}
+        for name in names:
+            i = graph.index(name)
+            if i <= 0 or uses.get(name) != 1:
+                continue
+            src = {}
+            for blob in crossing(graph, i):
+                s = _writer(graph, blob, i, self.feeds)
+                if s is None:
+                    break
+                src[blob] = s
+            else:
+                plan[name] = (i, src)
+        fetch = sorted({s[1] for _, src in plan.values() for s in src.values() if s[0] == "layer"})
+        got = {}
+        if fetch:
+            # unfused: each fetched blob as its layer left it (see runtime.load_net)
+            net = runtime.model_net(model, fuse=False)
+            got = dict(zip(fetch, runtime.run_net(net, self.feeds, fetch)))
+            del net
+        cuts = {}
+        for name, (i, src) in plan.items():
+            feeds = {}
+            for blob, (kind, what) in src.items():
+                v = self.feeds[what] if kind == "input" else got[what]
+                if kind == "layer":
+                    if v.ndim < 2 or v.shape[1] != 1:
+                        break  # not one image per forward: run_net could not feed it
+                    v = v[:, 0]
+                feeds[blob] = v
+            else:
+                cuts[i] = (name, feeds)
+        texts = suffix_prototxts(self.proto, {i: {b: (1,) + v.shape[1:] for b, v in f.items()}
+                                              for i, (_, f) in cuts.items()})
+        for i, text in texts.items():
+            name, feeds = cuts[i]
+            self.cuts[name] = (text.encode("utf-8"), feeds, {lay.name for lay in graph.layers[i:]})
+
+    def sq_errors(self, model: Model, at: str | None = None) -> np.ndarray:
+        """Squared relative L2 error of each compared output (batch-wise, as verify).
+
+        ``at``: the one layer whose weights differ from the float net's, to
+        run from there on where :meth:`cut_at` prepared it.
+        """
         from .caffe import caffemodel_bytes  # noqa: PLC0415
 
-        net = runtime.load_net(self.proto, caffemodel_bytes(model))
-        outs = runtime.run_net(net, self.feeds, self.layers)
+        cut = self.cuts.get(at) if at is not None else None
+        if cut is None:
+            net = runtime.load_net(self.proto, caffemodel_bytes(model))
+            outs = runtime.run_net(net, self.feeds, self.layers)
+        else:
+            text, feeds, names = cut
+            sub = dataclasses.replace(model, layers=[lay for lay in model.layers if lay.name in names],
+                                      skeleton=b"")
+            net = runtime.load_net(text, caffemodel_bytes(sub))
+            run = [t for t in self.layers if t in names]
+            got = dict(zip(run, runtime.run_net(net, feeds, run)))
+            outs = [got[t] if t in got else r for t, r in zip(self.layers, self.ref)]
         self.count += 1
         e = []
         for o, r, rs in zip(outs, self.ref, self.ref_sq):
+            if o is r:  # made before the changed layer: as the float net's
+                e.append(0.0)
+                continue
             if o.shape != r.shape:
                 e.append(math.inf)
                 continue
@@ -506,6 +580,21 @@ class _Meter:
             num = _sq(d)
             e.append(num / rs if rs > 0 else (0.0 if num == 0 else math.inf))
         return np.asarray(e)
+
+
+def _writer(graph, blob: str, before: int, feeds: dict):
+    """Where ``blob``'s value just before layer ``before`` can be fetched, or None.
+
+    ``("input", name)`` for a net input, ``("layer", name)`` for the last
+    layer before that writes it as its first top (OpenCV hands out a layer's
+    first output by layer name).
+    """
+    for lay in reversed(graph.layers[:before]):
+        if blob in lay.tops:
+            if lay.type == "Input":
+                return ("input", blob) if blob in feeds else None
+            return ("layer", lay.name) if lay.tops.index(blob) == 0 else None
+    return ("input", blob) if blob in feeds else None
 
 
 def _greedy(blobs, T2: float) -> dict:
@@ -643,13 +732,14 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     nrows = SENS_ROWS_HEAVY if heavy else SENS_ROWS
     sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
     probe = meter.rows(sens_rows)
+    probe.cut_at(model, graph, [b.name for b in blobs])
     for b in blobs:
         pb = ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands else max(k for k in b.cands if k[0] == "k")
         c = b.cands[pb]
         if c.dist <= 0:
             b.sens = np.zeros(len(probe.layers))
             continue
-        e = probe.sq_errors(_apply(model, [b], {b.name: pb}))
+        e = probe.sq_errors(_apply(model, [b], {b.name: pb}), at=b.name)
         b.sens = np.where(np.isfinite(e), e, 1e6) / c.dist
     t_sens = time.perf_counter() - t0 - t_stats - t_cands
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s")

@@ -268,7 +268,7 @@ def _opencv(what: str):
         log.setLogLevel(level)
 
 
-def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
+def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike, *, fuse: bool = True):
     """Load a ``cv2.dnn.Net`` from prototxt text and caffemodel bytes, in memory.
 
     Parameters
@@ -278,6 +278,11 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
         one-line ``str`` naming an existing file).
     model : bytes, str or os.PathLike
         ``.caffemodel`` contents (bytes) or a path (``str``/``Path``).
+    fuse : bool
+        Let OpenCV fuse layers (its default). Without fusion every layer's
+        own output can be fetched: OpenCV 4.14 hands out a stale blob for an
+        in-place PReLU fused into its convolution when a Concat takes that
+        blob (mtcnn det4's ``prelu3_1``).
 
     Returns
     -------
@@ -296,6 +301,8 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike):
         net = cv2.dnn.readNetFromCaffe(proto, weights)
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    if not fuse:
+        net.enableFusion(False)
     return net
 
 
@@ -404,7 +411,7 @@ def compared_outputs(layers, inputs, net) -> list[_Target]:
     return targets
 
 
-def model_net(model, prototxt: str | bytes | None = None):
+def model_net(model, prototxt: str | bytes | None = None, *, fuse: bool = True):
     """A ``cv2.dnn.Net`` of a :class:`~caffecompress.model.Model`, through memory only.
 
     Parameters
@@ -413,10 +420,12 @@ def model_net(model, prototxt: str | bytes | None = None):
         Weights (serialised to a dense ``.caffemodel`` in memory).
     prototxt : str or bytes, optional
         Deploy net text; default ``model.prototxt``.
+    fuse : bool
+        See :func:`load_net`.
     """
     from .caffe import caffemodel_bytes  # noqa: PLC0415
 
     text = model.prototxt if prototxt is None else prototxt
     if not text:
         raise ValueError("running a net needs its deploy prototxt; this model carries none")
-    return load_net(text if isinstance(text, bytes) else text.encode("utf-8"), caffemodel_bytes(model))
+    return load_net(text if isinstance(text, bytes) else text.encode("utf-8"), caffemodel_bytes(model), fuse=fuse)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import FormatError
 
-__all__ = ["ConvGeometry", "LayerNode", "NetGraph", "net_graph"]
+__all__ = ["ConvGeometry", "LayerNode", "NetGraph", "net_graph", "crossing", "suffix_prototxts"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +148,62 @@ def net_graph(prototxt: str | bytes, *, path=None) -> NetGraph:
     if not g.layers:
         raise FormatError("the prototxt defines no layers", path=path)
     return g
+
+
+def crossing(graph: NetGraph, start: int) -> list[str]:
+    """Blobs that the layers from ``start`` on read before any of them writes them.
+
+    These are what a net made of ``graph.layers[start:]`` must be fed: their
+    values as the layers before ``start`` left them (in file order, the order
+    Caffe and OpenCV run a net in). In-place layers count as readers.
+    """
+    written: set[str] = set()
+    out: list[str] = []
+    for lay in graph.layers[start:]:
+        for b in lay.bottoms:
+            if b not in written and b not in out:
+                out.append(b)
+        written.update(lay.tops)
+    return out
+
+
+def suffix_prototxts(prototxt: str | bytes, cuts: dict, *, path=None) -> dict:
+    """Prototxts of a deploy net's layers from a start on, each fed by one Input layer.
+
+    Parameters
+    ----------
+    prototxt : str or bytes
+        The whole net's text (any generation; the suffixes are written as V2).
+    cuts : dict of int -> dict of str -> tuple of int
+        Start (an index into the V2 layers, as :func:`net_graph` numbers
+        them) -> blob name -> shape of each Input top (see :func:`crossing`).
+
+    Returns
+    -------
+    dict of int -> str
+        Empty when the text needed a lenient parse: the fields it skipped
+        would be lost, so a suffix would not be the same net.
+    """
+    from .proto import pb  # noqa: PLC0415
+    from .prototxt import net_text, parse_prototxt  # noqa: PLC0415
+
+    if isinstance(prototxt, bytes):
+        prototxt = prototxt.decode("utf-8", errors="replace")
+    nd = parse_prototxt(prototxt, path=path)
+    if nd.skipped:
+        return {}
+    out = {}
+    for start, feeds in cuts.items():
+        net = pb.NetParameter()
+        if nd.net.name:
+            net.name = nd.net.name
+        if feeds:
+            inp = net.layer.add()
+            inp.name, inp.type = "caffecompress_suffix_input", "Input"
+            for blob, shape in feeds.items():
+                inp.top.append(blob)
+                inp.input_param.shape.add().dim.extend(int(d) for d in shape)
+        for lp in nd.net.layer[start:]:
+            net.layer.add().CopyFrom(lp)
+        out[start] = net_text(net)
+    return out

@@ -410,6 +410,11 @@ def _input_shapes(net) -> dict:
     return shapes
 
 
+def net_text(net) -> str:
+    """A ``NetParameter`` as prototxt text (what OpenCV's Caffe importer reads)."""
+    return text_format.MessageToString(net)
+
+
 def read_prototxt(path) -> NetDef:
     """Read a Caffe net definition of any generation.
 

@@ -1,0 +1,86 @@
+"""Sensitivity probes on the net from the changed layer on (``allocate._Meter.cut_at``).
+
+A probe changes one layer's weights; the suffix net, fed the float net's
+blobs where it starts, must measure what the whole net measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import caffecompress as cc
+from caffecompress import allocate as A
+from caffecompress import calibrate
+from caffecompress.caffe.graph import LayerNode, NetGraph, crossing, net_graph, suffix_prototxts
+
+_BRANCHY = NetGraph(layers=[
+    LayerNode("input", "Input", [], ["data"]),
+    LayerNode("a", "Convolution", ["data"], ["a"]),
+    LayerNode("relu_a", "ReLU", ["a"], ["a"]),
+    LayerNode("b1", "Convolution", ["a"], ["b1"]),
+    LayerNode("b2", "Convolution", ["a"], ["b2"]),
+    LayerNode("relu_b2", "ReLU", ["b2"], ["b2"]),
+    LayerNode("cat", "Concat", ["b1", "b2"], ["cat"]),
+    LayerNode("prior", "PriorBox", ["cat", "data"], ["prior"]),
+], inputs={"data": (1, 3, 8, 8)})
+
+
+@pytest.mark.parametrize(("start", "want"), [
+    (1, ["data"]),
+    (2, ["a", "data"]),  # the in-place ReLU reads its own top: fed as conv a left it
+    (4, ["a", "b1", "data"]),  # b1 was made before the cut; PriorBox reads the image
+    (5, ["b2", "b1", "data"]),
+    (7, ["cat", "data"]),
+])
+def test_crossing_blobs_are_read_before_written(start, want):
+    assert crossing(_BRANCHY, start) == want
+
+
+def test_writer_is_the_last_first_top_before_the_cut():
+    feeds = {"data": np.zeros((2, 3, 8, 8), np.float32)}
+    assert A._writer(_BRANCHY, "a", 3, feeds) == ("layer", "relu_a")
+    assert A._writer(_BRANCHY, "a", 2, feeds) == ("layer", "a")
+    assert A._writer(_BRANCHY, "data", 5, feeds) == ("input", "data")
+    g = NetGraph(layers=[LayerNode("s", "Slice", ["data"], ["x", "y"])], inputs={"data": (1, 2)})
+    assert A._writer(g, "y", 1, feeds) is None  # a second top cannot be fetched by layer name
+
+
+def test_a_leniently_parsed_net_has_no_suffixes():
+    text = ('input: "data" input_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+            '  convolution_param { num_output: 1 kernel_size: 1 } made_up_param { x: 1 } }\n')
+    assert suffix_prototxts(text, {1: {"data": (1, 1, 4, 4)}}) == {}
+    ok = text.replace(" made_up_param { x: 1 }", "")
+    out = suffix_prototxts(ok, {1: {"data": (1, 1, 4, 4)}})
+    assert list(out) == [1] and 'type: "Input"' in out[1] and 'name: "c"' in out[1]
+
+
+@pytest.mark.parametrize(("rel", "min_cuts"), [
+    ("mtcnn/det4", 13),  # Slice's second tops: those branches keep the whole net
+    ("ultraface/RFB-320", 52),  # Concat, depthwise, priors fed from the image
+])
+def test_suffix_probes_measure_what_the_whole_net_measures(zoo, rel, min_cuts):
+    pytest.importorskip("cv2")
+    m = cc.read_caffemodel(zoo / (rel + ".caffemodel"), prototxt=zoo / (rel + ".prototxt"))
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, rows=6)
+    probe = A._Meter(m, g, cal.feeds).rows(np.array([0, 3]))
+    names = [lay.name for lay in m.layers if lay.type in ("Convolution", "InnerProduct")]
+    probe.cut_at(m, g, names)
+    assert len(probe.cuts) >= min_cuts
+    rng = np.random.default_rng(0)
+    for name in list(probe.cuts)[::3]:
+        li = next(i for i, lay in enumerate(m.layers) if lay.name == name)
+        lay = m.layers[li]
+        w = lay.blobs[0]
+        noisy = (w + 0.05 * np.abs(w).max() * rng.standard_normal(w.shape)).astype(np.float32)
+        layers = list(m.layers)
+        layers[li] = dataclasses.replace(lay, blobs=[noisy, *lay.blobs[1:]])
+        qm = dataclasses.replace(m, layers=layers)
+        whole, cut = probe.sq_errors(qm), probe.sq_errors(qm, at=name)
+        assert whole.max() > 0, name
+        np.testing.assert_allclose(cut, whole, rtol=1e-3, atol=1e-9 * whole.max(), err_msg=name)
+        assert probe.sq_errors(m, at=name).max() <= 1e-9  # float weights: the reference
