@@ -553,17 +553,15 @@ class _Meter:
         ``at``: the one layer whose weights differ from the float net's, to
         run from there on where :meth:`cut_at` prepared it.
         """
-        from .caffe import caffemodel_bytes  # noqa: PLC0415
-
         cut = self.cuts.get(at) if at is not None else None
         if cut is None:
-            net = runtime.load_net(self.proto, caffemodel_bytes(model))
+            net = runtime.model_net(model, self.proto)
             outs = runtime.run_net(net, self.feeds, self.layers)
         else:
             text, feeds, names = cut
             sub = dataclasses.replace(model, layers=[lay for lay in model.layers if lay.name in names],
                                       skeleton=b"")
-            net = runtime.load_net(text, caffemodel_bytes(sub))
+            net = runtime.model_net(sub, text)
             run = [t for t in self.layers if t in names]
             got = dict(zip(run, runtime.run_net(net, feeds, run)))
             outs = [got[t] if t in got else r for t, r in zip(self.layers, self.ref)]

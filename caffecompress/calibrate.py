@@ -428,9 +428,10 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
             g, _, cols = rows.shape
             if "H" not in a:
                 a["H"] = np.zeros((g, cols, cols), np.float64) if _h_ok(g, cols, acc, budget) else None
-            if a["H"] is not None:
-                a["H"] += np.matmul(rows.transpose(0, 2, 1), rows).astype(np.float64)
-            a["s"] = a.get("s", 0.0) + rows.astype(np.float64).sum(axis=1)
+            if a["H"] is not None:  # float32 products, summed over images in float64
+                np.add(a["H"], np.matmul(rows.transpose(0, 2, 1), rows), out=a["H"])
+            s = rows.sum(axis=1, dtype=np.float64)  # the same additions as a float64 copy's sum
+            a["s"] = a.get("s", 0.0) + s
             a["n"] = a.get("n", 0) + rows.shape[1]
     out = {}
     for name in names:

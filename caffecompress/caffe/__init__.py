@@ -22,13 +22,14 @@ from __future__ import annotations
 import os
 
 from ..model import Model
-from .writer import caffemodel_bytes, write_caffemodel
+from .writer import caffemodel_bytes, caffemodel_chunks, write_caffemodel
 
 __all__ = [
     "read_caffemodel",
     "read_prototxt",
     "write_caffemodel",
     "caffemodel_bytes",
+    "caffemodel_chunks",
     "write_caffemodel_h5",
     "read_caffemodel_h5",
     "read_binaryproto",

@@ -34,7 +34,7 @@ from ..model import Layer, Model
 from . import wire
 from .wire import LEN
 
-__all__ = ["write_caffemodel", "caffemodel_bytes", "encode_blob", "MAX_CAFFEMODEL_BYTES"]
+__all__ = ["write_caffemodel", "caffemodel_bytes", "caffemodel_chunks", "encode_blob", "MAX_CAFFEMODEL_BYTES"]
 
 # Caffe and OpenCV read at most INT_MAX bytes (kProtoReadBytesLimit).
 MAX_CAFFEMODEL_BYTES = (1 << 31) - 1
@@ -247,13 +247,18 @@ def net_chunks(model: Model, keep_fp16: bool = False, path=None) -> list:
     return out
 
 
-def caffemodel_bytes(model: Model, *, keep_fp16: bool = False) -> bytes:
-    """The dense V2 ``.caffemodel`` of ``model`` in memory (e.g. for ``cv2.dnn.readNetFromCaffe``)."""
+def caffemodel_chunks(model: Model, *, keep_fp16: bool = False) -> list:
+    """The dense V2 ``.caffemodel`` of ``model`` as a list of byte chunks (to write out without a joined copy)."""
     chunks = net_chunks(model, keep_fp16, path=model.source)  # errors name where the model came from
     total = _size(chunks)
     if total > MAX_CAFFEMODEL_BYTES:
         raise FormatError(_too_big(total))
-    return b"".join(chunks)
+    return chunks
+
+
+def caffemodel_bytes(model: Model, *, keep_fp16: bool = False) -> bytes:
+    """The dense V2 ``.caffemodel`` of ``model`` in memory (e.g. for ``cv2.dnn.readNetFromCaffe``)."""
+    return b"".join(caffemodel_chunks(model, keep_fp16=keep_fp16))
 
 
 def _too_big(total: int) -> str:
