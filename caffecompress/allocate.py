@@ -759,6 +759,12 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         tried[key] = (m, len(points) - 1, choice)
         return tried[key]
 
+    def skip(choice, kind):
+        # a point no smaller than one that held is not run (a joint forward
+        # each); it is recorded with its size and prediction only
+        points.append({"bytes": _nbytes(blobs, choice), "predicted": _predicted(blobs, choice),
+                       "measured": None, "kind": kind})
+
     best = None  # (bytes, point index, choice, measured)
     lo, hi = None, None  # budgets known to pass / fail
     T2 = E2
@@ -796,28 +802,57 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             db = 10.0 * math.log10(12.0 * ms / b.df_step ** 2) if ms > 0 else None
         ok = [w for w in ks if db is None or b.cands[w].sqnr >= db]
         df[b.name] = ok[0] if ok else ks[-1]
-    m_df, idx_df, _ = measure(df, "data-free rule")
     nb_df = _nbytes(blobs, df)
-    if m_df <= max_error and (best is None or nb_df < best[0]):
-        best = (nb_df, idx_df, df, m_df)
+    if best is None or nb_df < best[0]:
+        m_df, idx_df, _ = measure(df, "data-free rule")
+        if m_df <= max_error:
+            best = (nb_df, idx_df, df, m_df)
+    else:
+        skip(df, "data-free rule")
     # the rule's dependent-quantisation grids, every step scaled alike (equal
     # noise a weight, as if the blobs were equally sensitive), coarsest first
     # that holds: per-blob choices fitted to the calibration rows can
     # generalise worse than this one-parameter family
     if blobs and all(b.dq_step is not None or b.fixed_bits is not None for b in blobs):
+        def rung(j):
+            if ("q", j) not in built:  # a trellis pass over every blob
+                built.add(("q", j))
+                for b in blobs:
+                    if b.fixed_bits is None:
+                        b.cands[("q", j)] = _dq_cand(b, b.dq_step * 2.0 ** (j / 2))
+            return {b.name: (("k", b.fixed_bits) if b.fixed_bits is not None else ("q", j)) for b in blobs}
+
+        built: set = set()
+        first = 0
+        if best is not None:
+            # the rungs shrink as the steps grow: those no smaller than a
+            # point that held cannot win, and the first smaller one is found
+            # by bisection (a trellis pass each, not one a rung)
+            last = DQ_LADDER
+            while first < last:
+                mid = (first + last) // 2
+                if _nbytes(blobs, rung(mid)) < best[0]:
+                    last = mid
+                else:
+                    first = mid + 1
         for j in range(DQ_LADDER):
-            for b in blobs:
-                if b.fixed_bits is None:
-                    b.cands[("q", j)] = _dq_cand(b, b.dq_step * 2.0 ** (j / 2))
-            rung = {b.name: (("k", b.fixed_bits) if b.fixed_bits is not None else ("q", j)) for b in blobs}
-            m_q, idx_q, _ = measure(rung, "data-free rule, dependent quantisation x%.3g" % 2.0 ** (j / 2))
+            kind = "data-free rule, dependent quantisation x%.3g" % 2.0 ** (j / 2)
+            if j < first:
+                if ("q", j) in built:
+                    skip(rung(j), kind)
+                continue
+            choice_q = rung(j)
+            nb_q = _nbytes(blobs, choice_q)
+            if best is not None and nb_q >= best[0]:
+                skip(choice_q, kind)
+                continue
+            m_q, idx_q, _ = measure(choice_q, kind)
             if m_q > max_error:
                 break
-            nb_q = _nbytes(blobs, rung)
-            if best is None or nb_q < best[0]:
-                best = (nb_q, idx_q, rung, m_q)
+            best = (nb_q, idx_q, choice_q, m_q)
     if best is None:  # nothing met the target: the most faithful point measured
-        idx = min(range(len(points)), key=lambda i: points[i]["measured"])
+        idx = min((i for i in range(len(points)) if points[i]["measured"] is not None),
+                  key=lambda i: points[i]["measured"])
         key = [k for k, v in tried.items() if v[1] == idx][0]
         best = (points[idx]["bytes"], idx, dict(key), points[idx]["measured"])
     _, idx, choice, m = best

@@ -500,10 +500,11 @@ def _fidelity_lines(st: dict) -> list:
     if pts:
         out.append("allocation points explored (bytes, predicted error, measured error):")
         for i, pt in enumerate(pts):
-            pred = pt.get("predicted")
+            pred, meas = pt.get("predicted"), pt.get("measured")
             mark = "  <- chosen" if i == alloc.get("chosen") else ""
+            meas = "- (not run: larger than a point that held)" if meas is None else format(meas, ".4f")
             out.append(f"  {pt.get('kind', ''):<15} {pt['bytes']:>12,.0f} B  "
-                       f"{'-' if pred is None else format(pred, '.4f'):>8}  {pt['measured']:.4f}{mark}")
+                       f"{'-' if pred is None else format(pred, '.4f'):>8}  {meas}{mark}")
     return out
 
 

@@ -156,11 +156,17 @@ def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo,
     cm = cc.compress(m)
     pts = cm.settings["allocation"]["points"]
     rungs = [p for p in pts if p["kind"].startswith("data-free rule, dependent quantisation")]
-    # the rungs are measured coarsest-last until one fails the aim (or the ladder ends)
-    assert rungs and rungs[0]["kind"].endswith("x1")
     aim = cm.settings["fidelity"]["aim"]
-    assert all(p["measured"] <= aim for p in rungs[:-1])
-    assert rungs[-1]["measured"] > aim or len(rungs) == A.DQ_LADDER
+    held = min(p["bytes"] for p in pts if p["measured"] is not None and p["measured"] <= aim
+               and not p["kind"].startswith("data-free rule, dependent"))
+    # rungs no smaller than a point that held are not run (they cannot win);
+    # from the first smaller one, coarser rungs run until one fails the aim
+    ran = [p for p in rungs if p["measured"] is not None]
+    assert rungs and ran, rungs
+    assert all(p["bytes"] >= held for p in rungs if p["measured"] is None and p["bytes"] > ran[0]["bytes"])
+    assert ran[0]["bytes"] < held
+    assert all(p["measured"] <= aim for p in ran[:-1])
+    assert ran[-1]["measured"] > aim or ran[-1]["kind"].endswith("x%.3g" % 2.0 ** ((A.DQ_LADDER - 1) / 2))
     # make a rung win: per-blob allocations that all miss the aim leave the ladder
     monkeypatch.setattr(A, "MAX_JOINT", 0)
     cm = cc.compress(_zoo_model(zoo, "mtcnn/det2"))
