@@ -199,7 +199,12 @@ def test_signal_during_a_real_compress_leaves_no_output(tmp_path, sig):
             cc.decompress(out)
             out.unlink()
             continue
-        assert p.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), p.stderr.read()[-2000:]
+        # SIGINT: 130 from our handler, or death by SIGINT (the shell's
+        # convention too): seen once under load with the "interrupted" line
+        # printed, where CPython had recorded a KeyboardInterrupt that landed
+        # inside an import as unhandled and re-raised the signal at exit
+        codes = (-signal.SIGKILL,) if sig == signal.SIGKILL else (130, -signal.SIGINT)
+        assert p.returncode in codes, p.stderr.read()[-2000:]
         assert not out.exists()
         if sig == signal.SIGINT:
             assert _leftovers(tmp_path) == []
