@@ -305,7 +305,8 @@ class LayerStats:
     Xval: np.ndarray
 
 
-def im2col(x: np.ndarray, geom, *, positions: int | None = None, seed: int = 0) -> np.ndarray:
+def im2col(x: np.ndarray, geom, *, positions: int | None = None, seed: int = 0,
+           limit: int | None = None) -> np.ndarray:
     """Rows of a convolution's input windows: ``(groups, positions, C/g * kh * kw)``.
 
     Column order is the weight blob's ``(c, i, j)``, so a group's output is
@@ -318,6 +319,9 @@ def im2col(x: np.ndarray, geom, *, positions: int | None = None, seed: int = 0) 
     geom : ConvGeometry
     positions : int, optional
         Keep at most this many output positions (fixed-seed sample).
+    limit : int, optional
+        Return only the first this many of those rows (the same rows as
+        slicing the full result, without gathering the rest).
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 4:
@@ -334,6 +338,8 @@ def im2col(x: np.ndarray, geom, *, positions: int | None = None, seed: int = 0) 
     pos = np.arange(ho * wo)
     if positions is not None and pos.size > positions:
         pos = np.sort(np.random.default_rng(seed).choice(pos.size, positions, replace=False))
+    if limit is not None:
+        pos = pos[:limit]
     yi, xi = np.divmod(pos, wo)
     cg = c // g
     sel = v[:, yi, xi]  # (C, P, kh, kw)
@@ -373,13 +379,14 @@ def producers(graph, names) -> dict:
     return out
 
 
-def _rows_of(node, x: np.ndarray, seed: int, positions: int = _POSITIONS) -> np.ndarray:
-    """Input rows of one weight layer for one image: ``(groups, rows, cols)``."""
+def _rows_of(node, x: np.ndarray, seed: int, positions: int = _POSITIONS, limit: int | None = None) -> np.ndarray:
+    """Input rows of one weight layer for one image: ``(groups, rows, cols)``
+    (the first ``limit`` of them when given)."""
     if node.conv is not None:
-        return im2col(x, node.conv, positions=positions, seed=seed)
+        return im2col(x, node.conv, positions=positions, seed=seed, limit=limit)
     # InnerProduct: flatten from `axis` (the image axis counts as the first)
     axis = node.axis if node.axis >= 0 else x.ndim + node.axis
-    return np.ascontiguousarray(x.reshape(int(np.prod(x.shape[:axis])), -1)[None], dtype=np.float32)
+    return np.ascontiguousarray(x.reshape(int(np.prod(x.shape[:axis])), -1)[None][:, :limit], dtype=np.float32)
 
 
 def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGET) -> dict:
@@ -413,14 +420,20 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
     # the Hessians' cost is rows x cols^2: many small images need fewer positions each
     positions = int(min(_POSITIONS, max(_MIN_POSITIONS, _FIT_POSITIONS // max(len(calib.fit), 1))))
     for r in range(calib.n):
+        # a validation row past every layer's cap adds nothing: no forward
+        todo = [n for n in names if not is_val[r] or val_cap[n] < _VAL_ROWS]
+        if not todo:
+            continue
         feeds = calib.rows([r])
+        # every row fetches the same blobs (what OpenCV fuses may depend on them)
         outs = dict(zip(fetch, runtime.run_net(net, feeds, fetch))) if fetch else {}
-        for name in names:
+        for name in todo:
             kind, what = src[name]
             x = feeds[what][0] if kind == "input" else outs[what][0]
-            rows = _rows_of(nodes[name], x, seed=r, positions=positions)
+            rows = _rows_of(nodes[name], x, seed=r, positions=positions,
+                            limit=_VAL_ROWS - val_cap[name] if is_val[r] else None)
             if is_val[r]:
-                if val_cap[name] < _VAL_ROWS and rows.shape[1]:
+                if rows.shape[1]:
                     val_rows[name].append(rows[:, : _VAL_ROWS - val_cap[name]])
                     val_cap[name] += val_rows[name][-1].shape[1]
                 continue

@@ -64,6 +64,37 @@ def test_im2col_position_sample_is_a_subset():
     assert full.shape == (2, 9 * 5, 2 * 9) and part.shape == (2, 7, 18)
     for g in range(2):
         assert all(any(np.array_equal(r, f) for f in full[g]) for r in part[g])
+    # `limit`: the first rows of the same sample, without gathering the rest
+    assert np.array_equal(calibrate.im2col(x, geom, positions=7, seed=3, limit=4), part[:, :4])
+    assert np.array_equal(calibrate.im2col(x, geom, limit=100), full)
+
+
+def test_layer_stats_skip_validation_rows_past_the_cap(zoo, monkeypatch):
+    """Validation rows past every layer's cap run no forward, and the
+    statistics are those of gathering everything and slicing."""
+    from caffecompress import runtime
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, None)
+    names = [lay.name for lay in m.layers]
+    net = runtime.model_net(m)
+    calls = []
+    real = runtime.run_net
+    monkeypatch.setattr(runtime, "run_net", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # its inner products see one row an image: 8 of the 16 validation rows fill their caps
+    monkeypatch.setattr(calibrate, "_VAL_ROWS", 8)
+    st = calibrate.layer_stats(net, g, cal, names)
+    assert len(calls) == cal.n - 8
+    monkeypatch.setattr(calibrate, "_VAL_ROWS", 10**9)
+    calls.clear()
+    wide = calibrate.layer_stats(net, g, cal, names)
+    assert len(calls) == cal.n and st.keys() == wide.keys() and st
+    for k, s in st.items():
+        w = wide[k]
+        assert np.array_equal(s.H, w.H) and np.array_equal(s.mean_fit, w.mean_fit) and s.n_fit == w.n_fit
+        assert np.array_equal(s.Xval, w.Xval[:, : s.Xval.shape[1]])
 
 
 # ---------------------------------------------------------------- rounding
