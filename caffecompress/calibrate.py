@@ -441,14 +441,19 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
             g, _, cols = rows.shape
             if "H" not in a:
                 a["H"] = np.zeros((g, cols, cols), np.float64) if _h_ok(g, cols, acc, budget) else None
-            if a["H"] is not None:  # float32 products, summed over images in float64
-                np.add(a["H"], np.matmul(rows.transpose(0, 2, 1), rows), out=a["H"])
+                a["buf"] = []
+            if a["H"] is not None:
+                a["buf"].append(rows)
+                if sum(b.shape[1] for b in a["buf"]) >= cols:
+                    _add_products(a)
             s = rows.sum(axis=1, dtype=np.float64)  # the same additions as a float64 copy's sum
             a["s"] = a.get("s", 0.0) + s
             a["n"] = a.get("n", 0) + rows.shape[1]
     out = {}
     for name in names:
         a = acc.get(name, {})
+        if a.get("H") is not None and a["buf"]:
+            _add_products(a)
         if not a.get("n") or not val_rows[name]:
             continue
         xv = np.concatenate(val_rows[name], axis=1)
@@ -456,6 +461,20 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
             groups=xv.shape[0], cols=xv.shape[2], H=a.get("H"), n_fit=int(a["n"]),
             mean_fit=a["s"] / a["n"], Xval=xv)
     return out
+
+
+def _add_products(a: dict) -> None:
+    """Add the buffered rows' ``X^T X`` into the float64 Hessian.
+
+    Rows are taken in blocks of at least ``cols`` (an image's rows, or
+    several images' where each has fewer): each block's product runs in
+    float32 and is summed in float64. A block per image of an inner
+    product's single row made a ``cols x cols`` product and addition per
+    image (RFB-320's two 2304-column layers of 20 rows an image: 0.7 s).
+    """
+    rows = a["buf"][0] if len(a["buf"]) == 1 else np.concatenate(a["buf"], axis=1)
+    a["buf"] = []
+    np.add(a["H"], np.matmul(rows.transpose(0, 2, 1), rows), out=a["H"])
 
 
 def _h_ok(g, cols, acc, budget) -> bool:

@@ -443,3 +443,35 @@ def test_recomputed_labels_give_the_kept_ones(zoo, monkeypatch):
     assert kept.bits == again.bits
     for a, b in zip(kept.model.layers, again.model.layers):
         assert all(np.array_equal(x, y) for x, y in zip(a.blobs, b.blobs)), a.name
+
+
+def test_layer_stats_hessian_is_the_fit_rows_gram_matrix(zoo):
+    """H sums the fit rows' products, in blocks of at least `cols` rows
+    (det2's inner products see one row an image): X^T X to float32 rounding."""
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, None)
+    net = runtime.model_net(m)
+    st = calibrate.layer_stats(net, g, cal, [lay.name for lay in m.layers])
+    nodes = {n.name: n for n in g.layers}
+    src = calibrate.producers(g, list(st))
+    positions = int(min(calibrate._POSITIONS, max(calibrate._MIN_POSITIONS,
+                                                  calibrate._FIT_POSITIONS // len(cal.fit))))
+    checked = 0
+    for name, s in st.items():
+        if s.H is None:
+            continue
+        kind, what = src[name]
+        xs = []
+        for r in cal.fit:
+            feeds = cal.rows([r])
+            x = feeds[what][0] if kind == "input" else runtime.run_net(net, feeds, [what])[0][0]
+            xs.append(calibrate._rows_of(nodes[name], x, seed=int(r), positions=positions).astype(np.float64))
+        X = np.concatenate(xs, axis=1)
+        want = np.matmul(X.transpose(0, 2, 1), X)
+        assert s.n_fit == X.shape[1]
+        np.testing.assert_allclose(s.H, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        checked += X.shape[1] < s.cols  # a layer whose rows came in multi-image blocks
+    assert checked
