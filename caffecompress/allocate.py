@@ -79,11 +79,14 @@ PROBE_BITS = 5
 MAX_JOINT = 7
 #: Rows of the sensitivity probes (evenly spaced over the calibration rows);
 #: nets whose weights x input pixels exceed SENS_HEAVY (a deterministic
-#: proxy of a forward's cost: ResNet-50, VGG) probe on SENS_ROWS_HEAVY rows,
-#: since a probe is one forward per blob.
+#: proxy of a forward's cost: ResNet-50 3.9e12, VGG-16 2.1e13) probe on
+#: SENS_ROWS_HEAVY rows, since a probe is one forward per blob. No zoo model
+#: is heavy (the largest product, yufacedetectnet's, is 1.6e11: at a bound
+#: of 1e11 it lost its per-blob DQ grids, 8.20x -> 7.64x on held-out images,
+#: for no time saved).
 SENS_ROWS = 8
 SENS_ROWS_HEAVY = 2
-SENS_HEAVY = 1e11
+SENS_HEAVY = 1e12
 #: Blobs up to this size keep their candidates' labels; bigger ones take
 #: the piecewise nearest-level path (memory; see _candidates_big).
 _KEEP_LABELS = 1 << 21
@@ -639,6 +642,12 @@ def _greedy(blobs, T2: float) -> dict:
         pred = new
 
 
+def _heavy(model: Model, cal) -> bool:
+    """Whether the net's forwards are costly enough for the heavy settings (SENS_HEAVY)."""
+    pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
+    return model.num_params * pixels > SENS_HEAVY
+
+
 def _predicted(blobs, choice) -> float:
     if not blobs:
         return 0.0
@@ -713,8 +722,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         blobs.append(_Blob(li, lay.name, tuple(w.shape), w, node, st, has_bias, plan.bits,
                            None if df_step is not None else plan.sqnr_target, df_step, dq_step))
     widths = WIDTHS
-    pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
-    heavy = model.num_params * pixels > SENS_HEAVY
+    heavy = _heavy(model, cal)
     for b in blobs:
         _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths,
                     dq=not heavy)

@@ -13,6 +13,7 @@ import caffecompress as cc
 from caffecompress import calibrate, pipeline, runtime
 from caffecompress.engine import compensate as C
 from caffecompress.errors import CaffeCompressError, CalibrationError, MissingDependencyError
+from zoofiles import ROOT
 
 pytest.importorskip("cv2")
 
@@ -475,3 +476,27 @@ def test_layer_stats_hessian_is_the_fit_rows_gram_matrix(zoo):
         np.testing.assert_allclose(s.H, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
         checked += X.shape[1] < s.cols  # a layer whose rows came in multi-image blocks
     assert checked
+
+
+def test_only_resnet_and_vgg_sized_nets_take_the_heavy_settings(zoo):
+    """The heavy settings (2 probe rows, no per-blob DQ grids) are for
+    ResNet-50/VGG-sized forwards; every zoo model keeps the full ones
+    (yufacedetectnet, the largest weights x pixels, once fell under them)."""
+    import sys
+    from types import SimpleNamespace
+
+    from caffecompress import allocate as A
+    from caffecompress.caffe.graph import net_graph
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import zoo_pairs
+
+    pairs = zoo_pairs(zoo)
+    assert len(pairs) >= 15
+    for name, w, p in pairs:
+        m = cc.read_caffemodel(w, prototxt=p)
+        cal = calibrate.calibration_inputs(net_graph(m.prototxt).inputs, None)
+        assert not A._heavy(m, cal), name
+    g = net_graph((zoo / "prototxt/resnet50_deploy.prototxt").read_text())
+    cal = calibrate.calibration_inputs(g.inputs, None)
+    assert A._heavy(SimpleNamespace(num_params=25_557_032), cal)  # ResNet-50's weights
