@@ -499,11 +499,12 @@ def _fidelity_lines(st: dict) -> list:
     pts = alloc.get("points") or []
     if pts:
         out.append("allocation points explored (bytes, predicted error, measured error):")
+        wk = max(len(pt.get("kind", "")) for pt in pts)
         for i, pt in enumerate(pts):
             pred, meas = pt.get("predicted"), pt.get("measured")
             mark = "  <- chosen" if i == alloc.get("chosen") else ""
             meas = "- (not run: larger than a point that held)" if meas is None else format(meas, ".4f")
-            out.append(f"  {pt.get('kind', ''):<15} {pt['bytes']:>12,.0f} B  "
+            out.append(f"  {pt.get('kind', ''):<{wk}} {pt['bytes']:>12,.0f} B  "
                        f"{'-' if pred is None else format(pred, '.4f'):>8}  {meas}{mark}")
     return out
 
