@@ -399,8 +399,10 @@ def _dq_values(w: np.ndarray, step: float):
 
     s = TR.grid_step_for(w, step)
     k = TR.quantize(w, s)
-    m = TR.levels(k, start=0, seg=TR.SEGMENT)
-    return (m.astype(np.float64) * s).astype(np.float32), s, k
+    # float32(m * step) straight from the indices (the restore's own walk):
+    # no int64 multiples and float64 products of the whole blob (VGG-16's
+    # fc6: 3 x 822 MB)
+    return TR.values(k, 0, s), s, k
 
 
 def _dq_cand(b: _Blob, step: float, M: np.ndarray | None = None) -> _Cand:
@@ -412,16 +414,23 @@ def _dq_cand(b: _Blob, step: float, M: np.ndarray | None = None) -> _Cand:
     """
     q, s, k = _dq_values(b.w, step)
     if M is None:
-        d = q.reshape(-1).astype(np.float64) - b.w.reshape(-1)
+        d = q.reshape(-1).astype(np.float64)
+        del q
+        np.subtract(d, b.w.reshape(-1), out=d)  # one float64 copy, not two
         name, dist, shift = "uniform+dq", float(np.dot(d, d)), None
         sse = dist
+        del d
     else:
         delta = _matrix(q.reshape(b.shape), b.node).astype(np.float64) - M
+        del q
         name, dist, shift, delta = _score_delta(b, M, delta, "uniform+dq")
         sse = _sq(delta)
-    # indices stay within +-(MAX_LEVEL - 1): trellis.grid_step_for coarsens the step
-    nsym = int(k.max() - k.min() + 1)
-    nbytes = _counts_bytes(np.bincount(k - k.min()), codebook=False)
+        del delta
+    # indices stay within +-(MAX_LEVEL - 1): trellis.grid_step_for coarsens the
+    # step; counted in place (k is this call's own)
+    k -= k.min()
+    nsym = int(k.max() + 1)
+    nbytes = _counts_bytes(np.bincount(k), codebook=False)
     return _Cand(max(1, (nsym - 1).bit_length()), name, nbytes, dist, np.zeros(0, np.float32), None,
                  shift, _sqnr(_sq(b.w), sse), step=s, dq=True)
 
