@@ -857,10 +857,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
                     first = mid + 1
         for j in range(DQ_LADDER):
             kind = "data-free rule, dependent quantisation x%.3g" % 2.0 ** (j / 2)
-            if j < first:
-                if ("q", j) in built:
-                    skip(rung(j), kind)
-                continue
+            if j < first and ("q", j) not in built:
+                continue  # no smaller than a point that held, and not made
             choice_q = rung(j)
             nb_q = _nbytes(blobs, choice_q)
             if best is not None and nb_q >= best[0]:

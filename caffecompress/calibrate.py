@@ -417,8 +417,7 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
     val_cap = {n: 0 for n in names}
     is_val = np.zeros(calib.n, bool)
     is_val[calib.val] = True
-    # the Hessians' cost is rows x cols^2: many small images need fewer positions each
-    positions = int(min(_POSITIONS, max(_MIN_POSITIONS, _FIT_POSITIONS // max(len(calib.fit), 1))))
+    positions = _positions(calib)
     for r in range(calib.n):
         # a validation row past every layer's cap adds nothing: no forward
         todo = [n for n in names if not is_val[r] or val_cap[n] < _VAL_ROWS]
@@ -433,9 +432,9 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
             rows = _rows_of(nodes[name], x, seed=r, positions=positions,
                             limit=_VAL_ROWS - val_cap[name] if is_val[r] else None)
             if is_val[r]:
-                if rows.shape[1]:
-                    val_rows[name].append(rows[:, : _VAL_ROWS - val_cap[name]])
-                    val_cap[name] += val_rows[name][-1].shape[1]
+                if rows.shape[1]:  # already limited to what the cap leaves
+                    val_rows[name].append(rows)
+                    val_cap[name] += rows.shape[1]
                 continue
             a = acc.setdefault(name, {})
             g, _, cols = rows.shape
@@ -461,6 +460,12 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
             groups=xv.shape[0], cols=xv.shape[2], H=a.get("H"), n_fit=int(a["n"]),
             mean_fit=a["s"] / a["n"], Xval=xv)
     return out
+
+
+def _positions(calib: Calibration) -> int:
+    """im2col positions sampled per image and layer."""
+    # the Hessians' cost is rows x cols^2: many small images need fewer positions each
+    return int(min(_POSITIONS, max(_MIN_POSITIONS, _FIT_POSITIONS // max(len(calib.fit), 1))))
 
 
 def _add_products(a: dict) -> None:

@@ -73,7 +73,6 @@ def test_im2col_position_sample_is_a_subset():
 def test_layer_stats_skip_validation_rows_past_the_cap(zoo, monkeypatch):
     """Validation rows past every layer's cap run no forward, and the
     statistics are those of gathering everything and slicing."""
-    from caffecompress import runtime
     from caffecompress.caffe.graph import net_graph
 
     m = _zoo_model(zoo, "mtcnn/det2")
@@ -458,8 +457,7 @@ def test_layer_stats_hessian_is_the_fit_rows_gram_matrix(zoo):
     st = calibrate.layer_stats(net, g, cal, [lay.name for lay in m.layers])
     nodes = {n.name: n for n in g.layers}
     src = calibrate.producers(g, list(st))
-    positions = int(min(calibrate._POSITIONS, max(calibrate._MIN_POSITIONS,
-                                                  calibrate._FIT_POSITIONS // len(cal.fit))))
+    positions = calibrate._positions(cal)
     checked = 0
     for name, s in st.items():
         if s.H is None:
@@ -478,17 +476,16 @@ def test_layer_stats_hessian_is_the_fit_rows_gram_matrix(zoo):
     assert checked
 
 
-def test_only_resnet_and_vgg_sized_nets_take_the_heavy_settings(zoo):
+def test_only_resnet_and_vgg_sized_nets_take_the_heavy_settings(zoo, monkeypatch):
     """The heavy settings (2 probe rows, no per-blob DQ grids) are for
     ResNet-50/VGG-sized forwards; every zoo model keeps the full ones
     (yufacedetectnet, the largest weights x pixels, once fell under them)."""
-    import sys
     from types import SimpleNamespace
 
     from caffecompress import allocate as A
     from caffecompress.caffe.graph import net_graph
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from common import zoo_pairs
 
     pairs = zoo_pairs(zoo)
