@@ -96,6 +96,15 @@ _KEEP_LABELS = 1 << 21
 _KEEP_LABELS_ALL = 1 << 18
 #: Widest codebook tried for such big blobs.
 BIG_MAX_BITS = 9
+#: Blobs of more weights than this get no k-means candidates in the width
+#: sweep beside the probe's own (PROBE_BITS, which the sensitivity is
+#: measured with): grids (plain and dependent, nearest or GPTQ-rounded) hold
+#: them in fewer bytes. Over the zoo models >= 100 KB at 0.02 and 0.01 no
+#: blob above 36,864 weights chose a codebook (107 of 108 codebook choices
+#: were blobs of <= 4,096), while a net of large blobs spent most of its
+#: candidate time in k-means: 11 widths, each clustered, rounded and scored.
+#: (Blobs with a fixed width, or without the grid rule's step, keep them.)
+KMEANS_SWEEP_MAX = 1 << 16
 
 
 @dataclass
@@ -273,6 +282,10 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True) -> None:
     ``dq``: dependent-quantisation grids beside the plain ones."""
     from .engine import kmeans  # noqa: PLC0415
 
+    if len(widths) > 1 and KMEANS_SWEEP_MAX < b.w.size <= _KEEP_LABELS and b.df_step is not None \
+            and b.fixed_bits is None:
+        # this blob gets the grids below, the data-free rule's step (its floor) among them
+        widths = [w for w in widths if w == PROBE_BITS]
     if b.w.size > _KEEP_LABELS:
         return _candidates_big(b, xp, [w for w in widths if w <= BIG_MAX_BITS])
     W64 = b.w.astype(np.float64)
@@ -576,7 +589,7 @@ class _Meter:
             text, feeds, names = cut
             sub = dataclasses.replace(model, layers=[lay for lay in model.layers if lay.name in names],
                                       skeleton=b"")
-            net = runtime.model_net(sub, text)
+            net = runtime.model_net(sub, text, fuse=False)
             run = [t for t in self.layers if t in names]
             got = dict(zip(run, runtime.run_net(net, feeds, run)))
             outs = [got[t] if t in got else r for t, r in zip(self.layers, self.ref)]

@@ -399,6 +399,39 @@ def test_big_blob_path_matches_the_nearest_candidates(zoo, monkeypatch):
                 assert np.allclose(s.shift, b.shift, rtol=1e-9, atol=1e-12)
 
 
+def test_large_blobs_sweep_grids_and_keep_only_the_probe_codebook(zoo, monkeypatch):
+    """Over KMEANS_SWEEP_MAX weights a blob with the grid rule's step gets the
+    probe's k-means width and the grids, and the same grid candidates as
+    below the bound; a fixed width, or no grid step, keeps every width."""
+    from caffecompress import allocate as A
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, rows=12)
+    stats = calibrate.layer_stats(runtime.model_net(m), g, cal, ["conv2"])
+    lay = m.layer("conv2")
+    w = np.ascontiguousarray(lay.blobs[0])
+    step = 2.0 ** -9.5
+
+    def cands(bound, fixed=None, df_step=step):
+        monkeypatch.setattr(A, "KMEANS_SWEEP_MAX", bound)
+        b = A._Blob(m.layers.index(lay), "conv2", w.shape, w, g.layer("conv2"), stats["conv2"], True, fixed,
+                    None, df_step, None)
+        A._candidates(b, np, list(A.WIDTHS), dq=False)
+        return b.cands
+
+    full, swept = cands(1 << 30), cands(16)
+    assert sorted(k for k in swept if k[0] == "k") == [("k", A.PROBE_BITS)]
+    assert len([k for k in full if k[0] == "k"]) == len(A.WIDTHS)
+    grids = [k for k in full if k[0] != "k"]
+    assert ("d", 0) in grids and sorted(k for k in swept if k[0] != "k") == sorted(grids)
+    for k in [*grids, ("k", A.PROBE_BITS)]:
+        assert swept[k].nbytes == full[k].nbytes and swept[k].dist == full[k].dist
+    assert len([k for k in cands(16, fixed=4) if k[0] == "k"]) == len(A.WIDTHS)
+    assert len([k for k in cands(16, df_step=None) if k[0] == "k"]) == len(A.WIDTHS)
+
+
 def test_allocation_through_the_device_branches_gives_the_host_choice(zoo):
     """The engine's device-side k-means branches (NumPy posing as cupy) lead to
     the same allocation, weights and record as the host: every float decision
