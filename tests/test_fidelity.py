@@ -269,6 +269,28 @@ def test_fixed_bits_still_compensate_and_never_allocate(zoo):
     assert techs - {"nearest", "nearest+bc", "gptq", "gptq+bc"} == set()
 
 
+@pytest.mark.parametrize("name", ["mtcnn/det2", "lenet-mnist/lenet_iter_10000"])
+def test_fixed_bits_keep_the_rounding_with_the_lowest_net_error(zoo, name):
+    """Per-layer compensation, nearest rounding and no compensation are each
+    measured on the whole net; the lowest error is kept and is what the
+    record's layers say (on lenet-mnist GPTQ on its convolutions loses)."""
+    w = zoo / (name + ".caffemodel")
+    proto = w.with_suffix(".prototxt") if w.with_suffix(".prototxt").exists() else w.parent / "mnist_deploy.prototxt"
+    st = cc.compress(cc.read_caffemodel(w, prototxt=proto), bits=4).settings
+    fid, pts, chosen = st["fidelity"], st["allocation"]["points"], st["allocation"]["chosen"]
+    kinds = [p["kind"] for p in pts]
+    assert kinds[0] == "fixed" and set(kinds) <= {"fixed", "fixed, nearest rounding", "fixed, uncompensated"}
+    assert len(set(kinds)) == len(kinds) >= 2
+    assert pts[chosen]["measured"] == min(p["measured"] for p in pts) == fid["calib_error"]
+    techs = {v["technique"] for v in fid["layers"].values()}
+    if pts[chosen]["kind"] != "fixed":
+        assert not any("gptq" in t for t in techs)
+    if pts[chosen]["kind"] == "fixed, uncompensated":
+        assert techs == {"nearest"}
+    if name.startswith("lenet"):
+        assert pts[chosen]["kind"] == "fixed, nearest rounding"
+
+
 def test_info_prints_the_fidelity_record(zoo, tmp_path, capsys):
     from caffecompress import cli
 
