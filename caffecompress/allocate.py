@@ -383,7 +383,7 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
         cb64 = cb.astype(np.float64)
         lab = C.nearest_labels(M, cb64)
         options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
-        if _gptq_ok(b, u, max_bits=GPTQ_MAX_BITS + 1):
+        if _gptq_ok(b, u, extra=1):
             lab = C.gptq_round(M, _factor(b), cb64)
             options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
         name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
@@ -407,10 +407,11 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
 
 
 
-def _gptq_ok(b: _Blob, bits: int, max_bits: int = GPTQ_MAX_BITS) -> bool:
-    """GPTQ-style rounding is tried: a Hessian, enough fit rows per column, and ``bits <= max_bits``."""
+def _gptq_ok(b: _Blob, bits: int, extra: int = 0) -> bool:
+    """GPTQ-style rounding is tried: a Hessian, enough fit rows per column, and
+    ``bits <= GPTQ_MAX_BITS + extra`` (read at the call, so a changed bound counts)."""
     st = b.stats
-    return (st is not None and st.H is not None and bits <= max_bits
+    return (st is not None and st.H is not None and bits <= GPTQ_MAX_BITS + extra
             and st.n_fit >= GPTQ_MIN_ROWS_PER_COL * st.cols)
 
 
