@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -700,7 +701,8 @@ def _nbytes(blobs, choice) -> float:
 
 
 def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, xp=np,
-             mean=None, scale=None, swap_rb=False, rows=None, log=None, graph=None) -> FidelityResult:
+             mean=None, scale=None, swap_rb=False, rows=None, log=None, graph=None,
+             overlap: bool = False) -> FidelityResult:
     """Choose per-blob widths and roundings so the outputs stay within ``max_error``.
 
     Parameters
@@ -723,6 +725,9 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         Called with one line per stage.
     graph : NetGraph, optional
         ``model.prototxt`` already parsed (:func:`caffecompress.caffe.graph.net_graph`).
+    overlap : bool
+        Run the sensitivity pass's OpenCV forwards beside the candidates
+        (the ``hybrid`` backend); same results.
 
     Returns
     -------
@@ -763,14 +768,61 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
                            None if df_step is not None else plan.sqnr_target, df_step, dq_step))
     widths = WIDTHS
     heavy = _heavy(model, cal)
-    for b in blobs:
-        _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths,
-                    dq=not heavy, variants=max_error is None)
-    t_cands = time.perf_counter() - t0 - t_stats
-    say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s")
+    nrows = SENS_ROWS_HEAVY if heavy else SENS_ROWS
+    sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
+
+    def prepare():
+        meter = _Meter(model, graph, cal.feeds)
+        if max_error is None:
+            return meter, None
+        probe = meter.rows(sens_rows)
+        probe.cut_at(model, graph, [b.name for b in blobs])
+        return meter, probe
+
+    def sense(b, ready):
+        probe = ready.result()[1]
+        pb = ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands else max(k for k in b.cands if k[0] == "k")
+        c = b.cands[pb]
+        if c.dist <= 0:
+            b.sens = np.zeros(len(probe.layers))
+            return
+        e = probe.sq_errors(_apply(model, [b], {b.name: pb}), at=b.name)
+        b.sens = np.where(np.isfinite(e), e, 1e6) / c.dist
+
+    # overlap: OpenCV's forwards of this pass (the reference, the cut blobs,
+    # one probe a blob) run on one worker thread while the next blobs'
+    # candidates are made, each probe needing only its own blob's candidate
+    # (OpenCV, BLAS, CuPy and the compiled loops release the GIL); the
+    # results are the serial order's. Otherwise the pool runs each task when
+    # it is submitted. On 2 cores without a GPU the overlap did not pay
+    # (benchmarks/README.md), so only the hybrid backend asks for it.
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    def run(fn, *args):
+        fut = pool.submit(fn, *args)
+        if not overlap:
+            fut.result()
+        return fut
+
+    try:
+        ready = run(prepare)
+        probes = []
+        for b in blobs:
+            _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths,
+                        dq=not heavy, variants=max_error is None)
+            if max_error is not None:
+                probes.append(run(sense, b, ready))
+        t_cands = time.perf_counter() - t0 - t_stats
+        meter, probe = ready.result()
+        for f in probes:
+            f.result()
+    finally:  # an error or an interrupt leaves no queued forwards behind
+        pool.shutdown(wait=True, cancel_futures=True)
+    t_sens = time.perf_counter() - t0 - t_stats - t_cands
+    say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s"
+        + (" (sensitivity forwards beside them)" if overlap else ""))
 
     points = []
-    meter = _Meter(model, graph, cal.feeds)
     if max_error is None:  # fixed widths: compensation only
         # each blob's compensation was chosen on its own output; the net as a
         # whole can still do worse with it (lenet-mnist at 4 bits: 0.061 on
@@ -791,20 +843,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         m, choice, idx = best
         return _result(_apply(model, blobs, choice), blobs, choice, points, idx, None, m, cal, meter.count, t0)
 
-    nrows = SENS_ROWS_HEAVY if heavy else SENS_ROWS
-    sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
-    probe = meter.rows(sens_rows)
-    probe.cut_at(model, graph, [b.name for b in blobs])
-    for b in blobs:
-        pb = ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands else max(k for k in b.cands if k[0] == "k")
-        c = b.cands[pb]
-        if c.dist <= 0:
-            b.sens = np.zeros(len(probe.layers))
-            continue
-        e = probe.sq_errors(_apply(model, [b], {b.name: pb}), at=b.name)
-        b.sens = np.where(np.isfinite(e), e, 1e6) / c.dist
-    t_sens = time.perf_counter() - t0 - t_stats - t_cands
-    say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s")
+    say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s"
+        + (" after the candidates" if overlap else ""))
 
     target = float(max_error)
     # aim under the target on the calibration rows: inputs calibration did

@@ -615,7 +615,8 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
 
     return allocate(model, lossy, target, xp=xp, calib=calib_opts.get("calib"), mean=calib_opts.get("mean"),
                     scale=calib_opts.get("scale"), swap_rb=bool(calib_opts.get("swap_rb", False)),
-                    rows=calib_opts.get("calib_rows"), log=calib_opts.get("log"), graph=graph)
+                    rows=calib_opts.get("calib_rows"), log=calib_opts.get("log"), graph=graph,
+                    overlap=settings.backend == "hybrid")
 
 
 def _resolve_backend(name: str):

@@ -480,6 +480,35 @@ def test_allocation_through_the_device_branches_gives_the_host_choice(zoo):
     assert strip(host.record) == strip(dev.record)
 
 
+@pytest.mark.parametrize("name", ["mtcnn/det2", "mtcnn/det4"])
+def test_hybrid_overlap_of_forwards_and_candidates_gives_the_serial_result(zoo, name):
+    """The hybrid backend's overlap (OpenCV's sensitivity forwards on a worker
+    thread beside the candidates, NumPy posing as the device) chooses and
+    records what the serial order does."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fakedevice import NumpyAsDevice
+
+    from caffecompress import allocate, config
+
+    m = _zoo_model(zoo, name)
+    s = config.make_settings("default")
+    lossy = [(li, config.plan_blob(s, lay.name, lay.type, 0, tuple(lay.blobs[0].shape)))
+             for li, lay in enumerate(m.layers) if lay.blobs]
+    lossy = [(li, p) for li, p in lossy if not p.lossless]
+    lines = []
+    serial = allocate.allocate(m, lossy, 0.02, xp=np)
+    both = allocate.allocate(m, lossy, 0.02, xp=NumpyAsDevice(), overlap=True, log=lines.append)
+    assert any("beside them" in ln for ln in lines)
+    assert serial.bits == both.bits and serial.steps == both.steps and serial.dq == both.dq
+    for a, b in zip(serial.model.layers, both.model.layers):
+        assert all(np.array_equal(x, y) for x, y in zip(a.blobs, b.blobs)), a.name
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert strip(serial.record) == strip(both.record)
+
+
 def test_recomputed_labels_give_the_kept_ones(zoo, monkeypatch):
     """Blobs over _KEEP_LABELS_ALL keep no candidate labels; the chosen ones are
     recomputed (GPTQ with the cached factor, nearest in pieces) to the same weights."""
