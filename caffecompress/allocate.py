@@ -797,11 +797,14 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     # it is submitted. On 2 cores without a GPU the overlap did not pay
     # (benchmarks/README.md), so only the hybrid backend asks for it.
     pool = ThreadPoolExecutor(max_workers=1)
+    serial = [0.0]  # seconds of forwards run in turn (not beside the candidates)
 
     def run(fn, *args):
         fut = pool.submit(fn, *args)
         if not overlap:
+            t = time.perf_counter()
             fut.result()
+            serial[0] += time.perf_counter() - t
         return fut
 
     try:
@@ -812,13 +815,13 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
                         dq=not heavy, variants=max_error is None)
             if max_error is not None:
                 probes.append(run(sense, b, ready))
-        t_cands = time.perf_counter() - t0 - t_stats
+        t_cands = time.perf_counter() - t0 - t_stats - serial[0]
         meter, probe = ready.result()
         for f in probes:
             f.result()
     finally:  # an error or an interrupt leaves no queued forwards behind
         pool.shutdown(wait=True, cancel_futures=True)
-    t_sens = time.perf_counter() - t0 - t_stats - t_cands
+    t_sens = time.perf_counter() - t0 - t_stats - t_cands  # serial: the forwards' own time
     say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s"
         + (" (sensitivity forwards beside them)" if overlap else ""))
 

@@ -498,10 +498,13 @@ def test_hybrid_overlap_of_forwards_and_candidates_gives_the_serial_result(zoo, 
     lossy = [(li, config.plan_blob(s, lay.name, lay.type, 0, tuple(lay.blobs[0].shape)))
              for li, lay in enumerate(m.layers) if lay.blobs]
     lossy = [(li, p) for li, p in lossy if not p.lossless]
-    lines = []
-    serial = allocate.allocate(m, lossy, 0.02, xp=np)
+    lines, serial_lines = [], []
+    serial = allocate.allocate(m, lossy, 0.02, xp=np, log=serial_lines.append)
     both = allocate.allocate(m, lossy, 0.02, xp=NumpyAsDevice(), overlap=True, log=lines.append)
     assert any("beside them" in ln for ln in lines)
+    # serially the probes' own time is reported as the sensitivity pass's
+    sens = [ln for ln in serial_lines if ln.startswith("sensitivity:")]
+    assert len(sens) == 1 and "after" not in sens[0] and float(sens[0].split(", ")[-1].split()[0]) > 0
     assert serial.bits == both.bits and serial.steps == both.steps and serial.dq == both.dq
     for a, b in zip(serial.model.layers, both.model.layers):
         assert all(np.array_equal(x, y) for x, y in zip(a.blobs, b.blobs)), a.name
