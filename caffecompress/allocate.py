@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -793,18 +793,19 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     # one probe a blob) run on one worker thread while the next blobs'
     # candidates are made, each probe needing only its own blob's candidate
     # (OpenCV, BLAS, CuPy and the compiled loops release the GIL); the
-    # results are the serial order's. Otherwise the pool runs each task when
-    # it is submitted. On 2 cores without a GPU the overlap did not pay
+    # results are the serial order's. Otherwise each task runs in turn on
+    # this thread. On 2 cores without a GPU the overlap did not pay
     # (benchmarks/README.md), so only the hybrid backend asks for it.
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = ThreadPoolExecutor(max_workers=1) if overlap else None
     serial = [0.0]  # seconds of forwards run in turn (not beside the candidates)
 
     def run(fn, *args):
-        fut = pool.submit(fn, *args)
-        if not overlap:
-            t = time.perf_counter()
-            fut.result()
-            serial[0] += time.perf_counter() - t
+        if pool is not None:
+            return pool.submit(fn, *args)
+        t = time.perf_counter()
+        fut = Future()
+        fut.set_result(fn(*args))
+        serial[0] += time.perf_counter() - t
         return fut
 
     try:
@@ -820,7 +821,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         for f in probes:
             f.result()
     finally:  # an error or an interrupt leaves no queued forwards behind
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     t_sens = time.perf_counter() - t0 - t_stats - t_cands  # serial: the forwards' own time
     say(f"calibration: {cal.source}; statistics {t_stats:.1f} s, candidates {t_cands:.1f} s"
         + (" (sensitivity forwards beside them)" if overlap else ""))
