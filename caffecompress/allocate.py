@@ -286,8 +286,7 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False) -
     from the best, for the net-level check of a fixed width."""
     from .engine import kmeans  # noqa: PLC0415
 
-    if len(widths) > 1 and KMEANS_SWEEP_MAX < b.w.size <= _KEEP_LABELS and b.df_step is not None \
-            and b.fixed_bits is None:
+    if KMEANS_SWEEP_MAX < b.w.size <= _KEEP_LABELS and b.df_step is not None and b.fixed_bits is None:
         # this blob gets the grids below, the data-free rule's step (its floor) among them
         widths = [w for w in widths if w == PROBE_BITS]
     if b.w.size > _KEEP_LABELS:
@@ -326,30 +325,29 @@ def _variants(b: _Blob, options: list, best: tuple, bits: int) -> list:
     out = [] if near is best else [(("kn", bits), near)]
     if near[2] is not None:  # bias-corrected: the same labels without the correction
         name, _, _, delta, lab = near
-        n = b.stats.Xval.shape[1]
-        Y = np.matmul(np.asarray(b.stats.Xval, np.float64), delta.transpose(0, 2, 1))
-        out.append((("k0", bits), (name.removesuffix("+bc"), sum(_sq(y) for y in Y) / n, None, delta, lab)))
+        out.append((("k0", bits), _score_delta(b, delta, name.removesuffix("+bc"), bc=False) + (lab,)))
     return out
 
 
 def _score(b: _Blob, M: np.ndarray, lab: np.ndarray, cb64: np.ndarray, tech: str):
     """The better of ``tech`` with and without bias correction: (name, dist, shift, delta)."""
-    return _score_delta(b, M, cb64[lab] - M, tech)
+    return _score_delta(b, cb64[lab] - M, tech)
 
 
-def _score_delta(b: _Blob, M: np.ndarray, delta: np.ndarray, tech: str):
-    """:func:`_score` of a rounding error ``delta`` (the weight matrix's shape)."""
+def _score_delta(b: _Blob, delta: np.ndarray, tech: str, bc: bool = True):
+    """:func:`_score` of a rounding error ``delta`` (the weight matrix's shape);
+    ``bc=False``: without the bias-corrected alternative."""
     st = b.stats
     if st is None:
         return tech, _sq(delta), None, delta
     n = st.Xval.shape[1]
-    G, og = M.shape[0], M.shape[1]
+    G, og = delta.shape[0], delta.shape[1]
     # one stacked product: numpy's matmul runs the same BLAS call per group
     # as a product per group (same values), without a Python loop over the
     # groups of a depthwise layer
     Y = np.matmul(np.asarray(st.Xval, np.float64), delta.transpose(0, 2, 1))
     best = (tech, sum(_sq(y) for y in Y) / n, None, delta)
-    if b.has_bias:
+    if b.has_bias and bc:
         shift = np.concatenate([C.bias_shift(delta[g], st.mean_fit[g]) for g in range(G)])
         d1 = sum(_sq(Y[g] - shift[g * og:(g + 1) * og][None, :]) for g in range(G)) / n
         if d1 < best[1]:
@@ -455,7 +453,7 @@ def _dq_cand(b: _Blob, step: float, M: np.ndarray | None = None) -> _Cand:
     else:
         delta = _matrix(q.reshape(b.shape), b.node).astype(np.float64) - M
         del q
-        name, dist, shift, delta = _score_delta(b, M, delta, "uniform+dq")
+        name, dist, shift, delta = _score_delta(b, delta, "uniform+dq")
         sse = _sq(delta)
         del delta
     # indices stay within +-(MAX_LEVEL - 1): trellis.grid_step_for coarsens the
