@@ -12,7 +12,8 @@ Sensitivity: one OpenCV forward per blob, with only that blob at
 :data:`PROBE_BITS`, gives per compared output the squared relative error
 per unit of that blob's output distortion. The predicted squared error of
 an output is the sum over blobs (errors of independent layers add in
-squares; they also compound along depth, hence the measured check).
+squares; they also compound along depth, hence the measured check). In
+heavy nets the small blobs share one probe (:data:`PROBE_MIN_HEAVY`).
 
 Allocation: from the widest candidates, a greedy descent takes the width
 steps that save the most bytes per unit of predicted error, while every
@@ -74,6 +75,10 @@ DQ_LADDER = 9
 #: under SENS_HEAVY (ResNet-50's 16 steps x 23M weights took ~24 s of its
 #: 150 s; its DQ ladder stays).
 DQ_CAND_MAX = 1 << 21
+#: The DQ ladder's bisection estimates the bytes of a blob of at least
+#: DQ_SAMPLE_MIN trellis segments from every DQ_SAMPLE-th segment.
+DQ_SAMPLE = 16
+DQ_SAMPLE_MIN = 64
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
 #: Joint forwards spent tuning the budget.
@@ -88,6 +93,13 @@ MAX_JOINT = 7
 SENS_ROWS = 8
 SENS_ROWS_HEAVY = 2
 SENS_HEAVY = 1e12
+#: In heavy nets, blobs of fewer weights than this share one probe: all of
+#: them at PROBE_BITS at once, and each gets that error per unit of their
+#: summed output distortion as its sensitivity. A probe runs the net from the
+#: blob on, so the small early layers' probes are the longest: on ResNet-50,
+#: 19 of 54 blobs (2.8 % of the weights) took 7.5 s of the 15 s of probe
+#: forwards; on VGG-16 3 of 16 probes each loaded nearly the whole net.
+PROBE_MIN_HEAVY = 1 << 17
 #: Blobs up to this size keep their candidates' labels; bigger ones take
 #: the piecewise nearest-level path (memory; see _candidates_big).
 _KEEP_LABELS = 1 << 21
@@ -465,6 +477,26 @@ def _dq_cand(b: _Blob, step: float, M: np.ndarray | None = None) -> _Cand:
                  shift, _sqnr(_sq(b.w), sse), step=s, dq=True)
 
 
+def _dq_bytes_sampled(w: np.ndarray, step: float) -> float | None:
+    """:func:`_dq_cand`'s byte count estimated from every DQ_SAMPLE-th trellis
+    segment (segments start in state 0, so those indices are the whole
+    blob's), the counts scaled up; None for a blob of fewer than
+    DQ_SAMPLE_MIN segments."""
+    from .engine import trellis as TR  # noqa: PLC0415
+
+    flat = w.reshape(-1)
+    seg = TR.SEGMENT
+    nseg = -(-flat.size // seg)
+    if nseg < DQ_SAMPLE_MIN:
+        return None
+    s = TR.grid_step_for(w, step)
+    pick = np.concatenate([flat[i * seg:(i + 1) * seg] for i in range(0, nseg, DQ_SAMPLE)])
+    k = TR.quantize(pick, s)
+    k -= k.min()
+    counts = np.rint(np.bincount(k) * (flat.size / pick.size)).astype(np.int64)
+    return _counts_bytes(counts, codebook=False)
+
+
 def _kept(b: _Blob, lab: np.ndarray, k: int):
     """Labels kept with a candidate (compact), or None: recomputed when chosen (memory)."""
     if b.w.size > _KEEP_LABELS_ALL:
@@ -681,6 +713,32 @@ def _greedy(blobs, T2: float) -> dict:
         pred = new
 
 
+def _energy(b: _Blob) -> float:
+    """Mean squared output of the blob's layer on the validation rows (bias
+    left out), in the units of its candidates' ``dist``; 1.0 where unknown."""
+    st = b.stats
+    M = _matrix(b.w, b.node).astype(np.float64)
+    if st is None:
+        e = _sq(M)
+    else:
+        e = sum(_sq(y) for y in np.matmul(np.asarray(st.Xval, np.float64), M.transpose(0, 2, 1))) / st.Xval.shape[1]
+    return e if e > 0 else 1.0
+
+
+def _df_key(b: _Blob):
+    """The key of the data-free rule's candidate of a blob without a fixed width."""
+    if ("d", 0) in b.cands:
+        return ("d", 0)
+    ks = sorted(k for k in b.cands if k[0] == "k")
+    db = b.df_target
+    if b.df_step is not None:  # a blob without grid candidates (big): the k-means
+        # width of at least the SQNR the rule's uniform noise would leave
+        ms = _sq(b.w) / max(b.w.size, 1)
+        db = 10.0 * math.log10(12.0 * ms / b.df_step ** 2) if ms > 0 else None
+    ok = [w for w in ks if db is None or b.cands[w].sqnr >= db]
+    return ok[0] if ok else ks[-1]
+
+
 def _heavy(model: Model, cal) -> bool:
     """Whether the net's forwards are costly enough for the heavy settings (SENS_HEAVY)."""
     pixels = max(int(np.prod(v.shape[1:])) for v in cal.feeds.values())
@@ -774,18 +832,31 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         if max_error is None:
             return meter, None
         probe = meter.rows(sens_rows)
-        probe.cut_at(model, graph, [b.name for b in blobs])
+        probe.cut_at(model, graph, [g[0].name for g in last.values()])
         return meter, probe
 
-    def sense(b, ready):
+    # the probes: one a blob, but in heavy nets the small blobs share one,
+    # cut at the first of them in net order
+    small = [j for j, b in enumerate(blobs) if heavy and b.w.size < PROBE_MIN_HEAVY]
+    groups = [[j] for j in range(len(blobs)) if j not in small] + ([small] if small else [])
+    # a group's probe runs once its last blob's candidates are made
+    last = {max(g): sorted((blobs[j] for j in g), key=lambda b: graph.index(b.name)) for g in groups}
+
+    def sense(group, ready):
         probe = ready.result()[1]
-        pb = ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands else max(k for k in b.cands if k[0] == "k")
-        c = b.cands[pb]
-        if c.dist <= 0:
-            b.sens = np.zeros(len(probe.layers))
-            return
-        e = probe.sq_errors(_apply(model, [b], {b.name: pb}), at=b.name)
-        b.sens = np.where(np.isfinite(e), e, 1e6) / c.dist
+        choice = {b.name: ("k", PROBE_BITS) if ("k", PROBE_BITS) in b.cands
+                  else max(k for k in b.cands if k[0] == "k") for b in group}
+        # within a group, each blob's share of the error in proportion to its
+        # output's relative distortion (dist over the output's energy)
+        energy = [_energy(b) if len(group) > 1 else 1.0 for b in group]
+        dist = sum(b.cands[choice[b.name]].dist / en for b, en in zip(group, energy))
+        if dist <= 0:
+            e = np.zeros(len(probe.layers))
+        else:
+            e = probe.sq_errors(_apply(model, group, choice), at=group[0].name)
+            e = np.where(np.isfinite(e), e, 1e6) / dist
+        for b, en in zip(group, energy):
+            b.sens = e / en
 
     # overlap: OpenCV's forwards of this pass (the reference, the cut blobs,
     # one probe a blob) run on one worker thread while the next blobs'
@@ -809,11 +880,11 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     try:
         ready = run(prepare)
         probes = []
-        for b in blobs:
+        for j, b in enumerate(blobs):
             _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths,
                         dq=not heavy, variants=max_error is None)
-            if max_error is not None:
-                probes.append(run(sense, b, ready))
+            if max_error is not None and j in last:
+                probes.append(run(sense, last[j], ready))
         t_cands = time.perf_counter() - t0 - t_stats - serial[0]
         meter, probe = ready.result()
         for f in probes:
@@ -847,7 +918,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         return _result(_apply(model, blobs, choice), blobs, choice, points, idx, None, m, cal, meter.count, t0)
 
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s"
-        + (" after the candidates" if overlap else ""))
+        + (" after the candidates" if overlap else "")
+        + (f"; {len(small)} blobs under {PROBE_MIN_HEAVY} weights share one" if small else ""))
 
     target = float(max_error)
     # aim under the target on the calibration rows: inputs calibration did
@@ -893,22 +965,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             r = (max_error / m) ** 2 if m > 0 else 4.0
             T2 *= min(max(r, 0.05), 4.0) * (0.97 if m > max_error else 1.0)
     # the data-free rule, as a floor the allocation must beat
-    df = {}
-    for b in blobs:
-        if b.fixed_bits is not None:
-            df[b.name] = ("k", b.fixed_bits)
-            continue
-        if ("d", 0) in b.cands:
-            df[b.name] = ("d", 0)
-            continue
-        ks = sorted(k for k in b.cands if k[0] == "k")
-        db = b.df_target
-        if b.df_step is not None:  # a blob without grid candidates (big): the k-means
-            # width of at least the SQNR the rule's uniform noise would leave
-            ms = _sq(b.w) / max(b.w.size, 1)
-            db = 10.0 * math.log10(12.0 * ms / b.df_step ** 2) if ms > 0 else None
-        ok = [w for w in ks if db is None or b.cands[w].sqnr >= db]
-        df[b.name] = ok[0] if ok else ks[-1]
+    df = {b.name: ("k", b.fixed_bits) if b.fixed_bits is not None else _df_key(b) for b in blobs}
     nb_df = _nbytes(blobs, df)
     if best is None or nb_df < best[0]:
         m_df, idx_df, _ = measure(df, "data-free rule")
@@ -926,19 +983,37 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
                 built.add(("q", j))
                 for b in blobs:
                     if b.fixed_bits is None:
-                        b.cands[("q", j)] = _dq_cand(b, b.dq_step * 2.0 ** (j / 2))
+                        b.cands[("q", j)] = exact.pop((b.name, j), None) or _dq_cand(b, b.dq_step * 2.0 ** (j / 2))
             return {b.name: (("k", b.fixed_bits) if b.fixed_bits is not None else ("q", j)) for b in blobs}
 
+        def rung_bytes(j):
+            # the rung's bytes, big blobs estimated from a sample of their
+            # trellis segments (the small ones' candidates are kept for rung)
+            total = 0.0
+            for b in blobs:
+                if b.fixed_bits is not None:
+                    total += b.cands[("k", b.fixed_bits)].nbytes
+                    continue
+                step = b.dq_step * 2.0 ** (j / 2)
+                est = _dq_bytes_sampled(b.w, step)
+                if est is None:
+                    exact[(b.name, j)] = c = _dq_cand(b, step)
+                    est = c.nbytes
+                total += est
+            return total
+
         built: set = set()
+        exact: dict = {}
         first = 0
         if best is not None:
             # the rungs shrink as the steps grow: those no smaller than a
             # point that held cannot win, and the first smaller one is found
-            # by bisection (a trellis pass each, not one a rung)
+            # by bisection on estimated sizes (a sampled trellis pass each;
+            # a rung the estimate placed wrongly is skipped below when made)
             last = DQ_LADDER
             while first < last:
                 mid = (first + last) // 2
-                if _nbytes(blobs, rung(mid)) < best[0]:
+                if rung_bytes(mid) < best[0]:
                     last = mid
                 else:
                     first = mid + 1

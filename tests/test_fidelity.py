@@ -589,3 +589,66 @@ def test_only_resnet_and_vgg_sized_nets_take_the_heavy_settings(zoo, monkeypatch
     g = net_graph((zoo / "prototxt/resnet50_deploy.prototxt").read_text())
     cal = calibrate.calibration_inputs(g.inputs, None)
     assert A._heavy(SimpleNamespace(num_params=25_557_032), cal)  # ResNet-50's weights
+
+
+def test_small_blobs_of_heavy_nets_share_one_probe(zoo, monkeypatch):
+    """In a heavy net the blobs under PROBE_MIN_HEAVY weights are probed
+    together (one forward instead of one each), each sensitivity its share of
+    that error in proportion to its output's relative distortion, and the
+    allocation still meets the aim on the calibration rows."""
+    from caffecompress import allocate as A
+
+    m = _zoo_model(zoo, "mtcnn/det4")
+    lossy = _default_lossy(m)
+    monkeypatch.setattr(A, "SENS_HEAVY", 0.0)  # every net is heavy
+    sizes = sorted(m.layers[li].blobs[0].size for li, _ in lossy)
+    monkeypatch.setattr(A, "PROBE_MIN_HEAVY", sizes[len(sizes) // 2])
+    small = sum(s < A.PROBE_MIN_HEAVY for s in sizes)
+    assert 1 < small < len(sizes)
+    captured = []
+    real = A._Meter.sq_errors
+
+    def spy(self, model, at=None):
+        captured.append(at)
+        return real(self, model, at)
+
+    monkeypatch.setattr(A._Meter, "sq_errors", spy)
+    lines = []
+    r = A.allocate(m, lossy, 0.02, log=lines.append)
+    sens = [ln for ln in lines if ln.startswith("sensitivity:")][0]
+    probes = len(sizes) - small + 1
+    assert sens.startswith(f"sensitivity: {probes} forwards") and f"{small} blobs under" in sens
+    assert captured[:probes].count(None) == 0  # the probes come first, each cut at a layer
+    assert r.record["calib_error"] <= r.record["aim"]
+
+    # the shares: sensitivities of the group's blobs differ by their energies
+    monkeypatch.setattr(A._Meter, "sq_errors", real)
+    blobs = []
+    real_greedy = A._greedy
+    monkeypatch.setattr(A, "_greedy", lambda bl, T2: blobs.extend(bl) or real_greedy(bl, T2))
+    A.allocate(m, lossy, 0.02)
+    group = [b for b in blobs[:len(lossy)] if b.w.size < A.PROBE_MIN_HEAVY]
+    e0 = A._energy(group[0])
+    for b in group[1:]:
+        np.testing.assert_allclose(b.sens * A._energy(b), group[0].sens * e0, rtol=1e-12)
+
+
+def test_sampled_dq_bytes_are_close_to_the_whole_blobs(monkeypatch):
+    """The DQ ladder's bisection estimate from every DQ_SAMPLE-th trellis
+    segment lands within 1 % of the whole blob's bytes (a sample misses rare
+    symbols: a shorter code-length table); small blobs get none."""
+    from caffecompress import allocate as A
+    from caffecompress import config
+    from caffecompress.engine import trellis as TR
+
+    if not config.default_dq():
+        pytest.skip("the trellis runs compiled only with numba")
+    rng = np.random.default_rng(3)
+    w = (rng.laplace(size=(512, 2048)) * 0.02).astype(np.float32)
+    for step in (2.0 ** -9, 2.0 ** -7, 2.0 ** -5):
+        s = TR.grid_step_for(w, step)
+        k = TR.quantize(w, s).astype(np.int64)
+        exact = A._counts_bytes(np.bincount(k - k.min()), codebook=False)
+        est = A._dq_bytes_sampled(w, step)
+        assert abs(est / exact - 1) < 1e-2, (step, est, exact)
+    assert A._dq_bytes_sampled(w[:, :64], 2.0 ** -9) is None  # 32768 weights: 8 segments

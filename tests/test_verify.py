@@ -342,3 +342,13 @@ def test_missing_opencv_is_a_clear_typed_error(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"caffecompress\[verify\]") as info:
         V.load_net("input: 'data'", b"")
     assert isinstance(info.value, CaffeCompressError) and isinstance(info.value, ImportError)
+
+
+def test_nets_load_through_a_memory_backed_folder_only_with_room(tmp_path, monkeypatch):
+    from caffecompress import runtime
+
+    monkeypatch.setattr(runtime, "_SHM", str(tmp_path))
+    assert runtime._scratch(1 << 20) == str(tmp_path)
+    assert runtime._scratch(1 << 62) is None  # no room for it: the system's temporary folder
+    monkeypatch.setattr(runtime, "_SHM", str(tmp_path / "missing"))
+    assert runtime._scratch(1) is None
