@@ -546,12 +546,24 @@ def _apply(model: Model, blobs, choice: dict) -> Model:
 class _Meter:
     """Forwards of candidate models on fixed rows against the float outputs."""
 
-    def __init__(self, model: Model, graph, feeds: dict):
+    def __init__(self, model: Model, graph, feeds: dict, net=None, targets=None, known=None):
+        """``net``: the float net, already loaded; ``known``: row -> its reference
+        outputs from a pass of that net (:func:`calibrate.layer_stats`'s
+        ``kept``), the other rows are run here."""
         self.proto = model.prototxt.encode("utf-8") if isinstance(model.prototxt, str) else model.prototxt
-        net = runtime.model_net(model)
-        self.targets = runtime.compared_outputs(graph.layers, graph.inputs, net)
+        if net is None:
+            net = runtime.model_net(model)
+        self.targets = runtime.compared_outputs(graph.layers, graph.inputs, net) if targets is None else targets
         self.layers = [t.layer for t in self.targets]
-        self._set(feeds, [o.astype(np.float64) for o in runtime.run_net(net, feeds, self.layers)])
+        n = next(iter(feeds.values())).shape[0]
+        known = dict(known or {})
+        todo = [r for r in range(n) if r not in known]
+        if todo:
+            got = runtime.run_net(net, {k: v[todo] for k, v in feeds.items()}, self.layers)
+            for j, r in enumerate(todo):
+                known[r] = [o[j] for o in got]
+        ref = [np.stack([known[r][i] for r in range(n)]).astype(np.float64) for i in range(len(self.layers))]
+        self._set(feeds, ref)
 
     def _set(self, feeds: dict, ref: list) -> None:
         self.feeds = feeds
@@ -798,8 +810,11 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     cal = calibrate.calibration_inputs(graph.inputs, calib, mean=mean, scale=scale, swap_rb=swap_rb, rows=rows)
     net = runtime.model_net(model)
     names = [model.layers[li].name for li, _ in lossy]
-    stats = calibrate.layer_stats(net, graph, cal, names)
-    del net
+    # the statistics pass also fetches the compared outputs: the rows it runs
+    # need no reference forward of their own
+    targets = runtime.compared_outputs(graph.layers, graph.inputs, net)
+    kept: dict = {}
+    stats = calibrate.layer_stats(net, graph, cal, names, outputs=[t.layer for t in targets], kept=kept)
     t_stats = time.perf_counter() - t0
     blobs = []
     for li, plan in lossy:
@@ -828,7 +843,9 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     sens_rows = np.unique(np.linspace(0, cal.n - 1, min(nrows, cal.n)).round().astype(int))
 
     def prepare():
-        meter = _Meter(model, graph, cal.feeds)
+        nonlocal net, kept
+        meter = _Meter(model, graph, cal.feeds, net, targets, kept)
+        net = kept = None  # the float net's memory goes before the probes'
         if max_error is None:
             return meter, None
         probe = meter.rows(sens_rows)

@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -389,7 +390,8 @@ def _rows_of(node, x: np.ndarray, seed: int, positions: int = _POSITIONS, limit:
     return np.ascontiguousarray(x.reshape(int(np.prod(x.shape[:axis])), -1)[None][:, :limit], dtype=np.float32)
 
 
-def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGET) -> dict:
+def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGET,
+                outputs: Sequence[str] = (), kept: dict | None = None) -> dict:
     """Statistics of the named weight layers' inputs, from one pass over the rows.
 
     Parameters
@@ -400,6 +402,12 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
     calib : Calibration
     names : iterable of str
         Convolution (not Deconvolution) and InnerProduct layers.
+    outputs : sequence of str
+        More layers to fetch on every row forwarded (the compared outputs).
+    kept : dict, optional
+        Filled with row -> those layers' outputs (``(1,) + shape`` each), for
+        the rows the pass forwarded: the reference outputs of the same net
+        without a forward of their own.
 
     Returns
     -------
@@ -412,6 +420,7 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
     src = producers(graph, names)
     names = [n for n in names if n in src]
     fetch = sorted({s[1] for s in src.values() if s[0] == "layer"})
+    fetch += [o for o in outputs if o not in fetch]
     acc: dict = {}
     val_rows: dict = {n: [] for n in names}
     val_cap = {n: 0 for n in names}
@@ -426,6 +435,8 @@ def layer_stats(net, graph, calib: Calibration, names, *, budget: int = _H_BUDGE
         feeds = calib.rows([r])
         # every row fetches the same blobs (what OpenCV fuses may depend on them)
         outs = dict(zip(fetch, runtime.run_net(net, feeds, fetch))) if fetch else {}
+        if kept is not None:
+            kept[r] = [outs[o][0] for o in outputs]
         for name in todo:
             kind, what = src[name]
             x = feeds[what][0] if kind == "input" else outs[what][0]
