@@ -652,3 +652,25 @@ def test_sampled_dq_bytes_are_close_to_the_whole_blobs(monkeypatch):
         est = A._dq_bytes_sampled(w, step)
         assert abs(est / exact - 1) < 1e-2, (step, est, exact)
     assert A._dq_bytes_sampled(w[:, :64], 2.0 ** -9) is None  # 32768 weights: 8 segments
+
+
+def test_the_statistics_pass_gives_the_meters_reference_outputs(zoo):
+    """The compared outputs fetched by the statistics pass are the reference
+    a meter would run for itself; rows the pass skipped are run by the meter."""
+    from caffecompress import allocate as A
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, None)
+    net = runtime.model_net(m)
+    targets = runtime.compared_outputs(g.layers, g.inputs, net)
+    kept = {}
+    calibrate.layer_stats(net, g, cal, [x.name for x in m.layers if x.blobs],
+                          outputs=[t.layer for t in targets], kept=kept)
+    assert sorted(kept) == list(range(cal.n))
+    own = A._Meter(m, g, cal.feeds)
+    for known in (kept, {r: v for r, v in kept.items() if r % 3}):
+        shared = A._Meter(m, g, cal.feeds, net, targets, known)
+        assert shared.layers == own.layers
+        assert all(np.array_equal(a, b) for a, b in zip(own.ref, shared.ref))
