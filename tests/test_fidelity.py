@@ -137,6 +137,33 @@ def test_grouped_gptq_equals_each_group_alone_and_a_reused_factor():
     assert np.array_equal(C.gptq_round(W, f, cb), together)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_gptq_thresholds_default_to_nearest_and_a_wider_zero_bin_prunes(monkeypatch, compiled):
+    """``thresholds`` at the midpoints is the plain rounding; a zero bin of
+    0.8 steps zeroes more weights (pruning with compensation); the NumPy
+    loop and the compiled twin agree on both."""
+    if not compiled:
+        monkeypatch.setattr(C._twins, "numba", lambda: None)
+        monkeypatch.setattr(C._twins, "cache", {})
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal((12, 40)) * 0.1
+    X = _correlated(rng, 800, 40)
+    step = 0.05
+    cb = np.arange(-8, 9) * step
+    mid = (cb[1:] + cb[:-1]) * 0.5
+    plain = C.gptq_round(W, X.T @ X, cb)
+    assert np.array_equal(C.gptq_round(W, X.T @ X, cb, thresholds=mid), plain)
+    wide = mid.copy()
+    wide[7], wide[8] = -0.8 * step, 0.8 * step  # the zero level is cb[8]
+    pruned = C.gptq_round(W, X.T @ X, cb, thresholds=wide)
+    assert np.count_nonzero(pruned == 8) > np.count_nonzero(plain == 8)
+    with pytest.raises(ValueError, match="16 values"):
+        C.gptq_round(W, X.T @ X, cb, thresholds=mid[:-1])
+    if not compiled:
+        monkeypatch.undo()
+        assert np.array_equal(C.gptq_round(W, X.T @ X, cb, thresholds=wide), pruned)
+
+
 def test_bias_correction_removes_the_mean_output_shift():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((500, 6)) + 3.0  # inputs with a large mean

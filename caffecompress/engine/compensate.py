@@ -152,7 +152,7 @@ def hessian_factor(H: np.ndarray, *, damp: float = 0.01) -> HessianFactor:
 
 
 def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
-               block: int = _BLOCK) -> np.ndarray:
+               block: int = _BLOCK, thresholds: np.ndarray | None = None) -> np.ndarray:
     """Labels of ``w`` on ``codebook`` chosen with the input Hessian ``H``.
 
     Parameters
@@ -169,6 +169,13 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
         Diagonal damping when ``H`` is a matrix (see :func:`hessian_factor`).
     block : int
         Columns per lazy block.
+    thresholds : numpy.ndarray, optional
+        Sorted decision thresholds between neighbouring levels (one fewer
+        than the levels): a value takes the level of the interval it falls
+        in (``searchsorted(thresholds, v, "left")``). Default: the levels'
+        midpoints, i.e. the nearest level. A zero bin wider than the others
+        prunes small weights by magnitude, the rest of the row absorbing
+        the change (``benchmarks/dev_pruning.py``).
 
     Returns
     -------
@@ -186,7 +193,10 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
     cb = np.asarray(codebook, np.float64)
     labels = np.empty((G, rows, cols), np.int32)
     fn = _twins.get("gptq_block")
-    mid = (cb[1:] + cb[:-1]) * 0.5
+    custom = thresholds is not None
+    mid = np.asarray(thresholds, np.float64) if custom else (cb[1:] + cb[:-1]) * 0.5
+    if mid.shape != (cb.size - 1,):
+        raise ValueError(f"thresholds: need {cb.size - 1} values, got shape {mid.shape}")
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
         W1 = W[:, :, i1:i2].copy()
@@ -199,7 +209,7 @@ def gptq_round(w: np.ndarray, H, codebook: np.ndarray, *, damp: float = 0.01,
         else:
             for j in range(i2 - i1):
                 col = W1[:, :, j]
-                lab = nearest_labels(col, cb)
+                lab = np.searchsorted(mid, col).astype(np.int32) if custom else nearest_labels(col, cb)
                 labels[:, :, i1 + j] = lab
                 err = (col - cb[lab]) / U1[:, j, j][:, None]
                 W1[:, :, j:] -= err[:, :, None] * U1[:, j, j:][:, None, :]
