@@ -503,7 +503,11 @@ def _fidelity_lines(st: dict) -> list:
         for i, pt in enumerate(pts):
             pred, meas = pt.get("predicted"), pt.get("measured")
             mark = "  <- chosen" if i == alloc.get("chosen") else ""
-            meas = "- (not run: larger than a point that held)" if meas is None else format(meas, ".4f")
+            if meas is None:
+                meas = ("- (not run: predicted over the aim)" if pt.get("skipped") == "predicted"
+                        else "- (not run: larger than a point that held)")
+            else:
+                meas = format(meas, ".4f")
             out.append(f"  {pt.get('kind', ''):<{wk}} {pt['bytes']:>12,.0f} B  "
                        f"{'-' if pred is None else format(pred, '.4f'):>8}  {meas}{mark}")
     return out

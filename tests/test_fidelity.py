@@ -245,6 +245,42 @@ def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo,
         assert np.array_equal(back[n], A._dq_values(w, step)[0].reshape(w.shape)), n
 
 
+def test_points_predicted_far_over_the_aim_are_not_run(zoo, tmp_path, monkeypatch, capsys):
+    """mtcnn/det3 at 0.01: the data-free point and the ladder's first smaller
+    rung are predicted over twice the aim; they are recorded, not run, and
+    run anyway they fail it. The ladder stops at such a rung."""
+    from caffecompress import allocate as A
+    from caffecompress import cli
+
+    m = _zoo_model(zoo, "mtcnn/det3")
+    cm = cc.compress(m, max_error=0.01)
+    al, aim = cm.settings["allocation"], cm.settings["fidelity"]["aim"]
+    pts = al["points"]
+    skipped = [i for i, p in enumerate(pts) if p.get("skipped") == "predicted"]
+    assert skipped and all(pts[i]["measured"] is None for i in skipped)
+    best = pts[al["chosen"]]
+    scale = best["measured"] / best["predicted"]
+    assert all(pts[i]["predicted"] * scale > A.SKIP_OVER * aim for i in skipped)
+    rungs = [i for i, p in enumerate(pts) if p["kind"].startswith("data-free rule, dependent")]
+    stop = [i for i in rungs if i in skipped]
+    assert len(stop) == 1 and all(i < stop[0] for i in rungs if pts[i]["measured"] is not None)
+    # nothing was lost: run, they fail the aim, and the same point is chosen
+    monkeypatch.setattr(A, "SKIP_OVER", float("inf"))
+    cm2 = cc.compress(_zoo_model(zoo, "mtcnn/det3"), max_error=0.01)
+    pts2 = cm2.settings["allocation"]["points"]
+    ran = {(p["kind"], round(p["bytes"])): p["measured"] for p in pts2 if p["measured"] is not None}
+    for i in skipped:
+        key = (pts[i]["kind"], round(pts[i]["bytes"]))
+        assert ran[key] > aim, key
+    assert pts2[cm2.settings["allocation"]["chosen"]]["bytes"] == best["bytes"]
+    monkeypatch.undo()
+    out = tmp_path / "d3.ccz.h5"
+    cc.save(cm, out)
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    assert "not run: predicted over the aim" in capsys.readouterr().out
+
+
 def test_per_blob_dependent_quantisation_candidates_are_scored_and_stored_as_measured(zoo, monkeypatch):
     from caffecompress import allocate as A
     from caffecompress import config
