@@ -81,6 +81,11 @@ DQ_SAMPLE = 16
 DQ_SAMPLE_MIN = 64
 #: Width of the single-blob sensitivity probes.
 PROBE_BITS = 5
+#: In heavy nets, GPTQ-style rounding is tried only on the uniform grids
+#: within (coarser, finer) octaves of a first allocation's step (nearest
+#: rounding elsewhere). Coarser reaches further: the compensated grids'
+#: lower distortion moves the allocation to coarser steps.
+GPTQ_WINDOW = (2.0, 1.0)
 #: Joint forwards spent tuning the budget.
 MAX_JOINT = 7
 #: A data-free or ladder point whose prediction, scaled by the best point's
@@ -297,7 +302,7 @@ def _candidates_big(b: _Blob, xp, widths) -> None:
             break
 
 
-def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False) -> None:
+def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, gptq: bool = True) -> None:
     """Fill ``b.cands`` (width -> best candidate on the validation rows);
     ``dq``: dependent-quantisation grids beside the plain ones; ``variants``:
     also the nearest rounding (key ``"kn"``, with bias correction where it
@@ -335,7 +340,7 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False) -
         if sw.exact:
             return
     if b.fixed_bits is None:
-        _uniform_candidates(b, M, W64, sig, dq)
+        _uniform_candidates(b, M, W64, sig, dq, gptq)
 
 
 def _variants(b: _Blob, options: list, best: tuple, bits: int) -> list:
@@ -374,50 +379,90 @@ def _score_delta(b: _Blob, delta: np.ndarray, tech: str, bc: bool = True):
     return best
 
 
-def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq: bool = True) -> None:
-    """Uniform, zero-anchored grids (entropy-coded scalar quantisation) beside k-means.
-
-    Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS` (``2**u + 1``
-    levels), and the data-free rule's step (key ``("d", 0)``). At equal
-    distortion the labels of a uniform grid carry less information than
-    k-means' when they are entropy coded (k-means spends its levels evenly
-    by count); GPTQ-style rounding onto the grid where the Hessian allows,
-    as for k-means. Stored with the ``grid`` method (a step, no codebook).
-    """
-    amax = float(np.max(np.abs(W64))) if W64.size else 0.0
-    if amax == 0.0:
-        return
+def _grids(b: _Blob, amax: float) -> list:
+    """``(key, bits, step)`` of the uniform grids of a blob whose largest magnitude is ``amax``."""
     grids = [(("u", u + j / UNIFORM_PER_OCTAVE), u,
               float(np.float64(amax) / np.float64(2.0 ** (u - 1 + j / UNIFORM_PER_OCTAVE))))
              for u in UNIFORM_BITS for j in range(UNIFORM_PER_OCTAVE)]
     if b.df_step is not None:
         step = U.grid_step_for(b.w, b.df_step)
         grids.append((("d", 0), max(2, math.ceil(math.log2(2 * amax / step + 1))), step))
+    return grids
+
+
+def _grid_cand(b: _Blob, M: np.ndarray, sig: float, amax: float, u: int, step: float,
+               gptq: bool = True) -> _Cand | None:
+    """The better of nearest and (``gptq`` and where the Hessian allows)
+    GPTQ-style rounding onto the uniform grid of ``step``; None past 12 bits."""
+    half = min(int(round(amax / step)), U.MAX_LEVEL)
+    # the grid method's own levels (engine.blob.grid_codebook): float64
+    # products rounded once, so the pipeline finds the same indices again
+    cb = (np.arange(-half, half + 1, dtype=np.float64) * step).astype(np.float32)
+    cb64 = cb.astype(np.float64)
+    lab = C.nearest_labels(M, cb64)
+    options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
+    if gptq and _gptq_ok(b, u, extra=1):
+        lab = C.gptq_round(M, _factor(b), cb64)
+        options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
+    name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
+    counts = np.bincount(lab.reshape(-1), minlength=cb.size)
+    used = np.flatnonzero(counts)  # the sorted used levels (np.unique's, without its sort)
+    # store only the used levels: relabel onto them (same values)
+    remap = np.zeros(cb.size, np.int32)
+    remap[used] = np.arange(used.size, dtype=np.int32)
+    cbu = cb[used]
+    labu = remap[lab]
+    bits = max(1, int(math.ceil(math.log2(max(cbu.size, 2)))))
+    if bits > 12:
+        return None
+    nbytes = _counts_bytes(counts, codebook=False)
+    return _Cand(bits, name, nbytes, dist, cbu,
+                 _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
+
+
+def _gptq_near(b: _Blob, key) -> None:
+    """Add GPTQ-style rounding to the uniform grids within :data:`GPTQ_WINDOW`
+    octaves of candidate ``key``'s step (a heavy net's second pass: its
+    first made the grids with nearest rounding only). For a candidate
+    without a step (a codebook), the grid closest to it in bytes."""
+    grid_keys = [k for k, c in b.cands.items() if c.step is not None and not c.dq]
+    if not grid_keys or not _gptq_ok(b, 0):
+        return
+    c0 = b.cands[key]
+    if c0.step is None or c0.dq:
+        c0 = b.cands[min(grid_keys, key=lambda k: abs(b.cands[k].nbytes - c0.nbytes))]
+    W64 = b.w.astype(np.float64)
+    M = _matrix(W64, b.node)
+    sig = _sq(W64)
+    amax = float(np.max(np.abs(W64)))
+    for k, u, step in _grids(b, amax):
+        if (k in b.cands and -GPTQ_WINDOW[1] <= math.log2(step / c0.step) <= GPTQ_WINDOW[0]
+                and _gptq_ok(b, u, extra=1)):
+            c = _grid_cand(b, M, sig, amax, u, step)
+            if c is not None:
+                b.cands[k] = c
+
+
+def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq: bool = True,
+                        gptq: bool = True) -> None:
+    """Uniform, zero-anchored grids (entropy-coded scalar quantisation) beside k-means.
+
+    Step ``max|w| / 2**(u-1)`` for u in :data:`UNIFORM_BITS` (``2**u + 1``
+    levels), and the data-free rule's step (key ``("d", 0)``). At equal
+    distortion the labels of a uniform grid carry less information than
+    k-means' when they are entropy coded (k-means spends its levels evenly
+    by count); GPTQ-style rounding onto the grid where the Hessian allows
+    (``gptq``), as for k-means. Stored with the ``grid`` method (a step, no
+    codebook).
+    """
+    amax = float(np.max(np.abs(W64))) if W64.size else 0.0
+    if amax == 0.0:
+        return
+    grids = _grids(b, amax)
     for key, u, step in grids:
-        half = min(int(round(amax / step)), U.MAX_LEVEL)
-        # the grid method's own levels (engine.blob.grid_codebook): float64
-        # products rounded once, so the pipeline finds the same indices again
-        cb = (np.arange(-half, half + 1, dtype=np.float64) * step).astype(np.float32)
-        cb64 = cb.astype(np.float64)
-        lab = C.nearest_labels(M, cb64)
-        options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
-        if _gptq_ok(b, u, extra=1):
-            lab = C.gptq_round(M, _factor(b), cb64)
-            options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
-        name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
-        counts = np.bincount(lab.reshape(-1), minlength=cb.size)
-        used = np.flatnonzero(counts)  # the sorted used levels (np.unique's, without its sort)
-        # store only the used levels: relabel onto them (same values)
-        remap = np.zeros(cb.size, np.int32)
-        remap[used] = np.arange(used.size, dtype=np.int32)
-        cbu = cb[used]
-        labu = remap[lab]
-        bits = max(1, int(math.ceil(math.log2(max(cbu.size, 2)))))
-        if bits > 12:
-            continue
-        nbytes = _counts_bytes(counts, codebook=False)
-        b.cands[key] = _Cand(bits, name, nbytes, dist, cbu,
-                             _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
+        c = _grid_cand(b, M, sig, amax, u, step, gptq)
+        if c is not None:
+            b.cands[key] = c
     if dq and config.default_dq() and b.w.size <= DQ_CAND_MAX:
         for key, _, step in grids:
             if key[0] == "u":
@@ -921,7 +966,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         probes = []
         for j, b in enumerate(blobs):
             _candidates(b, xp, [b.fixed_bits] if b.fixed_bits is not None and max_error is None else widths,
-                        dq=not heavy, variants=max_error is None)
+                        dq=not heavy, variants=max_error is None, gptq=not heavy)
             if max_error is not None and j in last:
                 probes.append(run(sense, last[j], ready))
         t_cands = time.perf_counter() - t0 - t_stats - serial[0]
@@ -959,6 +1004,17 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s"
         + (" after the candidates" if overlap else "")
         + (f"; {len(small)} blobs under {PROBE_MIN_HEAVY} weights share one" if small else ""))
+
+    if heavy:
+        # the grids were made with nearest rounding only; GPTQ-style rounding
+        # is added where the allocation can land: near each blob's point in a
+        # first allocation at the aim
+        t = time.perf_counter()
+        first = _greedy(blobs, (float(max_error) * AIM) ** 2)
+        for b in blobs:
+            if b.fixed_bits is None:
+                _gptq_near(b, first[b.name])
+        say(f"GPTQ-style rounding near a first allocation, {time.perf_counter() - t:.1f} s")
 
     target = float(max_error)
     # aim under the target on the calibration rows: inputs calibration did

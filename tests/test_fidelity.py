@@ -737,3 +737,44 @@ def test_the_statistics_pass_gives_the_meters_reference_outputs(zoo):
         shared = A._Meter(m, g, cal.feeds, net, targets, known)
         assert shared.layers == own.layers
         assert all(np.array_equal(a, b) for a, b in zip(own.ref, shared.ref))
+
+
+def test_heavy_nets_round_with_gptq_only_near_a_first_allocation(zoo, monkeypatch):
+    """In a heavy net the uniform grids are made with nearest rounding, then
+    GPTQ-style rounding is tried on the grids within GPTQ_WINDOW (coarser,
+    finer) octaves of each blob's point in a first allocation at the aim: far from it no grid
+    holds a GPTQ rounding, near it those that scored better do, and the
+    allocation still meets the aim."""
+    import math
+
+    from caffecompress import allocate as A
+
+    m = _zoo_model(zoo, "yufacedetectnet/yufacedetectnet-open-v1")
+    lossy = _default_lossy(m)
+    monkeypatch.setattr(A, "SENS_HEAVY", 0.0)  # every net is heavy
+    seen = {}
+    real_near = A._gptq_near
+
+    def spy(b, key):
+        real_near(b, key)
+        c0 = b.cands[key]
+        seen[b.name] = (b, c0.step if c0.step is not None and not c0.dq else None)
+
+    monkeypatch.setattr(A, "_gptq_near", spy)
+    lines = []
+    r = A.allocate(m, lossy, 0.02, log=lines.append)
+    assert any(ln.startswith("GPTQ-style rounding near a first allocation") for ln in lines)
+    assert r.record["calib_error"] <= r.record["aim"]
+    near = far = 0
+    for b, at in seen.values():
+        for c in b.cands.values():
+            if c.step is None or c.dq or at is None:
+                continue
+            coarser = math.log2(c.step / at)
+            inside = -A.GPTQ_WINDOW[1] - 1e-9 <= coarser <= A.GPTQ_WINDOW[0] + 1e-9
+            if "gptq" in c.technique:
+                assert inside, (b.name, c.step, at)
+                near += 1
+            elif not inside:
+                far += 1
+    assert near and far
