@@ -544,11 +544,11 @@ def _white_gain(b: _Blob) -> float:
     return b.memo_gain
 
 
-def _dq_bytes_sampled(w: np.ndarray, step: float) -> float | None:
-    """:func:`_dq_cand`'s byte count estimated from every DQ_SAMPLE-th trellis
-    segment (segments start in state 0, so those indices are the whole
-    blob's), the counts scaled up; None for a blob of fewer than
-    DQ_SAMPLE_MIN segments."""
+def _dq_sampled(w: np.ndarray, step: float) -> tuple[float, float] | None:
+    """:func:`_dq_cand`'s byte count and weight SSE estimated from every
+    DQ_SAMPLE-th trellis segment (segments start in state 0, so those
+    indices and values are the whole blob's), scaled up; None for a blob of
+    fewer than DQ_SAMPLE_MIN segments."""
     from .engine import trellis as TR  # noqa: PLC0415
 
     flat = w.reshape(-1)
@@ -559,9 +559,10 @@ def _dq_bytes_sampled(w: np.ndarray, step: float) -> float | None:
     s = TR.grid_step_for(w, step)
     pick = np.concatenate([flat[i * seg:(i + 1) * seg] for i in range(0, nseg, DQ_SAMPLE)])
     k = TR.quantize(pick, s)
+    sse = _sq(TR.values(k, 0, s).astype(np.float64) - pick) * (flat.size / pick.size)
     k -= k.min()
     counts = np.rint(np.bincount(k) * (flat.size / pick.size)).astype(np.int64)
-    return _counts_bytes(counts, codebook=False)
+    return _counts_bytes(counts, codebook=False), sse
 
 
 def _kept(b: _Blob, lab: np.ndarray, k: int):
@@ -1033,19 +1034,21 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         tried[key] = (m, len(points) - 1, choice)
         return tried[key]
 
-    def skip(choice, kind, why="larger"):
+    def skip(choice, kind, why="larger", est=None):
         # a point no smaller than one that held (why "larger"), or predicted
         # far over the aim ("predicted"), is not run (a joint forward each);
-        # it is recorded with its size and prediction only
-        points.append({"bytes": _nbytes(blobs, choice), "predicted": _predicted(blobs, choice),
-                       "measured": None, "kind": kind, "skipped": why})
+        # it is recorded with its size and prediction only (``est``: both
+        # estimated, for a ladder rung not made in full)
+        nb, pred = est if est is not None else (_nbytes(blobs, choice), _predicted(blobs, choice))
+        points.append({"bytes": nb, "predicted": pred, "measured": None, "kind": kind, "skipped": why,
+                       **({"estimated": True} if est is not None else {})})
 
-    def hopeless(choice):
+    def hopeless(pred):
         # the prediction, scaled by the best point's measured error over its
         # own prediction, is over SKIP_OVER times the aim
         if best is None or not points[best[1]]["predicted"]:
             return False
-        return _predicted(blobs, choice) * best[3] / points[best[1]]["predicted"] > SKIP_OVER * max_error
+        return pred * best[3] / points[best[1]]["predicted"] > SKIP_OVER * max_error
 
     best = None  # (bytes, point index, choice, measured)
     lo, hi = None, None  # budgets known to pass / fail
@@ -1072,7 +1075,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     nb_df = _nbytes(blobs, df)
     if best is not None and nb_df >= best[0]:
         skip(df, "data-free rule")
-    elif hopeless(df):
+    elif hopeless(_predicted(blobs, df)):
         skip(df, "data-free rule", "predicted")
     else:
         m_df, idx_df, _ = measure(df, "data-free rule")
@@ -1091,24 +1094,33 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
                         b.cands[("q", j)] = exact.pop((b.name, j), None) or _dq_cand(b, b.dq_step * 2.0 ** (j / 2))
             return {b.name: (("k", b.fixed_bits) if b.fixed_bits is not None else ("q", j)) for b in blobs}
 
-        def rung_bytes(j):
-            # the rung's bytes, big blobs estimated from a sample of their
-            # trellis segments (the small ones' candidates are kept for rung)
-            total = 0.0
-            for b in blobs:
-                if b.fixed_bits is not None:
-                    total += b.cands[("k", b.fixed_bits)].nbytes
-                    continue
-                step = b.dq_step * 2.0 ** (j / 2)
-                est = _dq_bytes_sampled(b.w, step)
-                if est is None:
-                    exact[(b.name, j)] = c = _dq_cand(b, step)
-                    est = c.nbytes
-                total += est
-            return total
+        def rung_est(j):
+            # the rung's bytes and predicted error, big blobs estimated from
+            # a sample of their trellis segments (the small ones' candidates
+            # are kept for rung)
+            if j not in estimates:
+                total, p = 0.0, 0.0
+                for b in blobs:
+                    if b.fixed_bits is not None:
+                        c = b.cands[("k", b.fixed_bits)]
+                        nb, dist = c.nbytes, c.dist
+                    else:
+                        step = b.dq_step * 2.0 ** (j / 2)
+                        est = _dq_sampled(b.w, step)
+                        if est is None:
+                            exact[(b.name, j)] = c = _dq_cand(b, step)
+                            nb, dist = c.nbytes, c.dist
+                        else:
+                            nb, dist = est[0], est[1] * _white_gain(b)
+                    total += nb
+                    if b.sens is not None:
+                        p = p + b.sens * dist
+                estimates[j] = (total, float(np.sqrt(np.max(p, initial=0.0))))
+            return estimates[j]
 
         built: set = set()
         exact: dict = {}
+        estimates: dict = {}
         first = 0
         if best is not None:
             # the rungs shrink as the steps grow: those no smaller than a
@@ -1118,7 +1130,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             last = DQ_LADDER
             while first < last:
                 mid = (first + last) // 2
-                if rung_bytes(mid) < best[0]:
+                if rung_est(mid)[0] < best[0]:
                     last = mid
                 else:
                     first = mid + 1
@@ -1126,12 +1138,17 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             kind = "data-free rule, dependent quantisation x%.3g" % 2.0 ** (j / 2)
             if j < first and ("q", j) not in built:
                 continue  # no smaller than a point that held, and not made
+            if ("q", j) not in built and best is not None:
+                est = rung_est(j)
+                if est[0] < best[0] and hopeless(est[1]):  # not made in full
+                    skip(None, kind, "predicted", est)
+                    break
             choice_q = rung(j)
             nb_q = _nbytes(blobs, choice_q)
             if best is not None and nb_q >= best[0]:
                 skip(choice_q, kind)
                 continue
-            if hopeless(choice_q):  # the coarser rungs would be worse still
+            if hopeless(_predicted(blobs, choice_q)):  # the coarser rungs would be worse still
                 skip(choice_q, kind, "predicted")
                 break
             m_q, idx_q, _ = measure(choice_q, kind)

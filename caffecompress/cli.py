@@ -508,7 +508,8 @@ def _fidelity_lines(st: dict) -> list:
                         else "- (not run: larger than a point that held)")
             else:
                 meas = format(meas, ".4f")
-            out.append(f"  {pt.get('kind', ''):<{wk}} {pt['bytes']:>12,.0f} B  "
+            nb = ("~" if pt.get("estimated") else "") + format(pt["bytes"], ",.0f")
+            out.append(f"  {pt.get('kind', ''):<{wk}} {nb:>12} B  "
                        f"{'-' if pred is None else format(pred, '.4f'):>8}  {meas}{mark}")
     return out
 
