@@ -86,6 +86,10 @@ PROBE_BITS = 5
 #: rounding elsewhere). Coarser reaches further: the compensated grids'
 #: lower distortion moves the allocation to coarser steps.
 GPTQ_WINDOW = (2.0, 1.0)
+#: A heavy net's first pass makes every HEAVY_GRID_EVERY-th uniform grid
+#: (nearest rounding); :func:`_gptq_near` makes all of them within
+#: GPTQ_WINDOW of the first allocation's point.
+HEAVY_GRID_EVERY = 2
 #: Joint forwards spent tuning the budget.
 MAX_JOINT = 7
 #: A data-free or ladder point whose prediction, scaled by the best point's
@@ -436,7 +440,7 @@ def _gptq_near(b: _Blob, key) -> None:
     sig = _sq(W64)
     amax = float(np.max(np.abs(W64)))
     for k, u, step in _grids(b, amax):
-        if (k in b.cands and -GPTQ_WINDOW[1] <= math.log2(step / c0.step) <= GPTQ_WINDOW[0]
+        if ((k in b.cands or k[0] == "u") and -GPTQ_WINDOW[1] <= math.log2(step / c0.step) <= GPTQ_WINDOW[0]
                 and _gptq_ok(b, u, extra=1)):
             c = _grid_cand(b, M, sig, amax, u, step)
             if c is not None:
@@ -460,6 +464,9 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
         return
     grids = _grids(b, amax)
     for key, u, step in grids:
+        if (not gptq and key[0] == "u" and u < UNIFORM_BITS[-1]
+                and round((key[1] - u) * UNIFORM_PER_OCTAVE) % HEAVY_GRID_EVERY):
+            continue  # a heavy net's first pass: _gptq_near makes the grids between near the point
         c = _grid_cand(b, M, sig, amax, u, step, gptq)
         if c is not None:
             b.cands[key] = c

@@ -752,8 +752,9 @@ def test_heavy_nets_round_with_gptq_only_near_a_first_allocation(zoo, monkeypatc
     """In a heavy net the uniform grids are made with nearest rounding, then
     GPTQ-style rounding is tried on the grids within GPTQ_WINDOW (coarser,
     finer) octaves of each blob's point in a first allocation at the aim: far from it no grid
-    holds a GPTQ rounding, near it those that scored better do, and the
-    allocation still meets the aim."""
+    holds a GPTQ rounding, near it those that scored better do, the grids
+    the first pass skipped are made there, and the allocation still meets
+    the aim."""
     import math
 
     from caffecompress import allocate as A
@@ -786,4 +787,18 @@ def test_heavy_nets_round_with_gptq_only_near_a_first_allocation(zoo, monkeypatc
                 near += 1
             elif not inside:
                 far += 1
-    assert near and far
+    # the first pass makes every HEAVY_GRID_EVERY-th half-octave grid below
+    # the finest octave; the others exist only within the window
+    between = 0
+    for b, at in seen.values():
+        if at is None:
+            continue
+        for key, c in b.cands.items():
+            if key[0] != "u" or key[1] >= A.UNIFORM_BITS[-1]:
+                continue
+            j = round((key[1] - math.floor(key[1])) * A.UNIFORM_PER_OCTAVE)
+            if j % A.HEAVY_GRID_EVERY:
+                coarser = math.log2(c.step / at)
+                assert -A.GPTQ_WINDOW[1] - 1e-9 <= coarser <= A.GPTQ_WINDOW[0] + 1e-9, (b.name, key)
+                between += 1
+    assert near and far and between
