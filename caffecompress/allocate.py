@@ -256,54 +256,97 @@ def _row_blocks(M: np.ndarray):
             yield g, slice(r0, min(r0 + step, M.shape[1]))
 
 
-def _candidates_big(b: _Blob, xp, widths) -> None:
+def _candidates_big(b: _Blob, xp, widths, heavy: bool = True) -> None:
     """:func:`_candidates` for a blob of more than ``_KEEP_LABELS`` weights.
 
     Nearest levels only (no GPTQ: the Hessian of such a layer would hold
     ~cols^2 float64 values and its rounding loop runs once per column), with
     and without bias correction, everything in pieces of <= 4M weights so the
     working set stays a small multiple of one piece. Labels are not kept:
-    :func:`_quantised` recomputes them the same way.
+    :func:`_quantised` recomputes them the same way. A blob with the grid
+    rule's step gets the uniform grids (every :data:`HEAVY_GRID_EVERY`-th
+    below the finest octave where ``heavy``) and of the k-means widths only
+    the probe's: k-means' levels are the costlier candidates to make, and
+    over the zoo no blob above 36,864 weights chose a codebook where it had
+    grids.
     """
     from .engine import kmeans  # noqa: PLC0415
 
     M = _matrix(b.w, b.node)
+    if b.df_step is not None and b.fixed_bits is None:
+        widths = [w for w in widths if w == PROBE_BITS]
+    for bits in widths:
+        sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp, labels=False)
+        cb = np.asarray(sw.codebook, np.float32)
+        del sw
+        c, sse = _levels_big(b, M, cb, "nearest", bits=bits)
+        b.cands[("k", bits)] = c
+        if sse == 0:
+            return
+    if b.df_step is None or b.fixed_bits is not None:
+        return
+    amax = float(np.max(np.abs(b.w))) if b.w.size else 0.0
+    if amax == 0.0:
+        return
+    for key, u, step in _grids(b, amax):
+        if (heavy and key[0] == "u" and u < UNIFORM_BITS[-1]
+                and round((key[1] - u) * UNIFORM_PER_OCTAVE) % HEAVY_GRID_EVERY):
+            continue  # as in _uniform_candidates: _gptq_near makes the grids between near the point
+        _grid_big(b, M, amax, key, u, step)
+
+
+def _grid_big(b: _Blob, M: np.ndarray, amax: float, key, u: int, step: float) -> None:
+    """The uniform grid ``key`` of step ``step`` for a big blob (nearest levels, :func:`_levels_big`)."""
+    half = min(int(round(amax / step)), U.MAX_LEVEL)
+    # the grid method's own levels, as in _grid_cand
+    cb = (np.arange(-half, half + 1, dtype=np.float64) * step).astype(np.float32)
+    c, _ = _levels_big(b, M, cb, "uniform", step=step)
+    if c is not None:
+        b.cands[key] = c
+
+
+def _levels_big(b: _Blob, M: np.ndarray, cb: np.ndarray, tech: str, *, bits: int | None = None,
+                step: float | None = None):
+    """``(candidate, weight SSE)`` of rounding a big blob's matrix ``M`` to
+    the nearest of levels ``cb`` piece by piece: a codebook of width
+    ``bits``, or the uniform grid of ``step`` (stored as the ``grid`` method:
+    its used levels, no codebook; None past 12 bits)."""
     st = b.stats
     og = M.shape[1]
-    for bits in widths:
-        sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp)
-        cb = np.asarray(sw.codebook, np.float32)
-        cb64 = cb.astype(np.float64)
-        del sw
-        counts = np.zeros(cb.size, np.int64)
-        sse = sig = 0.0
-        Ys = []
-        shift = np.zeros(M.shape[0] * og) if (st is not None and b.has_bias) else None
-        for g, rs in _row_blocks(M):
-            w64 = M[g, rs].astype(np.float64)
-            lab = C.nearest_labels(w64, cb64)
-            counts += np.bincount(lab.reshape(-1), minlength=cb.size)
-            d = cb64[lab] - w64
-            sse += _sq(d)
-            sig += _sq(w64)
-            if st is not None:
-                Ys.append((g, rs, np.asarray(st.Xval[g], np.float64) @ d.T))
-                if shift is not None:
-                    shift[g * og + rs.start:g * og + rs.stop] = d @ st.mean_fit[g]
-        if st is None:
-            variants = [("nearest", sse, None)]
-        else:
-            n = st.Xval.shape[1]
-            variants = [("nearest", sum(_sq(y) for _, _, y in Ys) / n, None)]
+    cb64 = cb.astype(np.float64)
+    counts = np.zeros(cb.size, np.int64)
+    sse = sig = 0.0
+    Ys = []
+    shift = np.zeros(M.shape[0] * og) if (st is not None and b.has_bias) else None
+    for g, rs in _row_blocks(M):
+        w64 = M[g, rs].astype(np.float64)
+        lab = C.nearest_labels(w64, cb64)
+        counts += np.bincount(lab.reshape(-1), minlength=cb.size)
+        d = cb64[lab] - w64
+        sse += _sq(d)
+        sig += _sq(w64)
+        if st is not None:
+            Ys.append((g, rs, np.asarray(st.Xval[g], np.float64) @ d.T))
             if shift is not None:
-                d1 = sum(_sq(y - shift[g * og + rs.start:g * og + rs.stop][None, :]) for g, rs, y in Ys) / n
-                variants.append(("nearest+bc", d1, shift))
-        del Ys
-        name, dist, sh = min(variants, key=lambda v: v[1])
-        nbytes = _counts_bytes(counts)
-        b.cands[("k", bits)] = _Cand(bits, name, nbytes, dist, cb, None, sh, _sqnr(sig, sse))
-        if sse == 0:
-            break
+                shift[g * og + rs.start:g * og + rs.stop] = d @ st.mean_fit[g]
+    if st is None:
+        variants = [(tech, sse, None)]
+    else:
+        n = st.Xval.shape[1]
+        variants = [(tech, sum(_sq(y) for _, _, y in Ys) / n, None)]
+        if shift is not None:
+            d1 = sum(_sq(y - shift[g * og + rs.start:g * og + rs.stop][None, :]) for g, rs, y in Ys) / n
+            variants.append((tech + "+bc", d1, shift))
+    del Ys
+    name, dist, sh = min(variants, key=lambda v: v[1])
+    if step is None:
+        return _Cand(bits, name, _counts_bytes(counts), dist, cb, None, sh, _sqnr(sig, sse)), sse
+    used = np.flatnonzero(counts)
+    bits = max(1, int(math.ceil(math.log2(max(used.size, 2)))))
+    if bits > 12:
+        return None, sse
+    return _Cand(bits, name, _counts_bytes(counts, codebook=False), dist, cb[used], None, sh,
+                 _sqnr(sig, sse), grid=cb, step=step), sse
 
 
 def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, gptq: bool = True) -> None:
@@ -318,7 +361,7 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, g
         # this blob gets the grids below, the data-free rule's step (its floor) among them
         widths = [w for w in widths if w == PROBE_BITS]
     if b.w.size > _KEEP_LABELS:
-        return _candidates_big(b, xp, [w for w in widths if w <= BIG_MAX_BITS])
+        return _candidates_big(b, xp, [w for w in widths if w <= BIG_MAX_BITS], heavy=not gptq)
     W64 = b.w.astype(np.float64)
     M = _matrix(W64, b.node)
     sig = _sq(W64)
@@ -430,11 +473,19 @@ def _gptq_near(b: _Blob, key) -> None:
     first made the grids with nearest rounding only). For a candidate
     without a step (a codebook), the grid closest to it in bytes."""
     grid_keys = [k for k, c in b.cands.items() if c.step is not None and not c.dq]
-    if not grid_keys or not _gptq_ok(b, 0):
+    big = b.w.size > _KEEP_LABELS
+    if not grid_keys or not (big or _gptq_ok(b, 0)):
         return
     c0 = b.cands[key]
     if c0.step is None or c0.dq:
         c0 = b.cands[min(grid_keys, key=lambda k: abs(b.cands[k].nbytes - c0.nbytes))]
+    if big:  # no GPTQ there (_candidates_big): the grids the first pass skipped, nearest levels
+        M = _matrix(b.w, b.node)
+        amax = float(np.max(np.abs(b.w)))
+        for k, u, step in _grids(b, amax):
+            if k not in b.cands and -GPTQ_WINDOW[1] <= math.log2(step / c0.step) <= GPTQ_WINDOW[0]:
+                _grid_big(b, M, amax, k, u, step)
+        return
     W64 = b.w.astype(np.float64)
     M = _matrix(W64, b.node)
     sig = _sq(W64)

@@ -523,6 +523,41 @@ def test_large_blobs_sweep_grids_and_keep_only_the_probe_codebook(zoo, monkeypat
     assert len([k for k in cands(16, df_step=None) if k[0] == "k"]) == len(A.WIDTHS)
 
 
+def test_big_blobs_with_a_grid_step_get_the_small_paths_nearest_grids(zoo, monkeypatch):
+    """Over _KEEP_LABELS a blob with the grid rule's step gets the probe's
+    k-means width and the uniform grids with nearest rounding, the same
+    candidates (bytes, distortion, weights) as the small path without GPTQ;
+    _gptq_near adds the grids its first pass skipped, near the point."""
+    from caffecompress import allocate as A
+    from caffecompress.caffe.graph import net_graph
+
+    m = _zoo_model(zoo, "mtcnn/det2")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, rows=12)
+    stats = calibrate.layer_stats(runtime.model_net(m), g, cal, ["conv3"])
+    lay = m.layer("conv3")
+    w = np.ascontiguousarray(lay.blobs[0])
+    mk = lambda: A._Blob(m.layers.index(lay), "conv3", w.shape, w, g.layer("conv3"), stats["conv3"], True,  # noqa: E731
+                         None, None, 2.0 ** -9.5, None)
+    small, big = mk(), mk()
+    A._candidates(small, np, list(A.WIDTHS), dq=False, gptq=False)
+    monkeypatch.setattr(A, "_KEEP_LABELS", 16)
+    A._candidates(big, np, list(A.WIDTHS), dq=False, gptq=False)
+    assert sorted(k for k in big.cands if k[0] == "k") == [("k", A.PROBE_BITS)]
+    grids = sorted(k for k in small.cands if k[0] != "k")
+    assert ("d", 0) in grids and sorted(k for k in big.cands if k[0] != "k") == grids
+    for k in [*grids, ("k", A.PROBE_BITS)]:
+        s, b = small.cands[k], big.cands[k]
+        assert b.labels is None and s.technique == b.technique and s.step == b.step, k
+        assert np.isclose(s.dist, b.dist, rtol=1e-9) and np.isclose(s.nbytes, b.nbytes, rtol=1e-9), k
+        assert np.array_equal(A._quantised(small, s), A._quantised(big, b)), k
+    n = len(big.cands)
+    A._gptq_near(big, ("u", 5.0))
+    added = [k for k in big.cands if k not in grids and k[0] != "k"]
+    assert len(big.cands) > n and all(k[0] == "u" and k[1] != int(k[1]) for k in added), added
+    assert all("gptq" not in c.technique for c in big.cands.values())
+
+
 def _default_lossy(m):
     """The default preset's lossy weight blobs of ``m`` as ``allocate`` takes them."""
     from caffecompress import config

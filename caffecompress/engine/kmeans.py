@@ -366,6 +366,7 @@ def share_weights(
     optimal_bins="auto",
     xp=np,
     refine: bool = False,
+    labels: bool = True,
 ) -> SharedWeights:
     """Share the weights of one blob among ``k`` values by 1-D k-means.
 
@@ -409,6 +410,10 @@ def share_weights(
         (:mod:`~caffecompress.engine.refine`: merge the cheapest adjacent
         pair, split the cell that gains most, Lloyd again, while the SSE
         drops). Not the plain Lloyd result any more: lower SSE, more time.
+    labels : bool
+        False: leave the labels out (``labels=None``) where the blob is
+        clustered, for a caller that needs only the codebook (the labels of a
+        large blob cost as much time as its clustering).
 
     Returns
     -------
@@ -421,7 +426,8 @@ def share_weights(
     ValueError
         ``k`` or ``init`` out of range, or a mask of the wrong size.
     """
-    sw, _ = _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, lazy=False, refine=refine)
+    sw, _ = _share(x, k, init, keep_zero, mask, seed, max_iter, bits, optimal_bins, xp, lazy=not labels,
+                   refine=refine)
     return sw
 
 
