@@ -168,6 +168,7 @@ class _Blob:
     factor: object = None
     memo: tuple | None = None
     memo_gain: float | None = None
+    sig: float | None = None  # a big blob's sum of squared weights (float64, piece by piece)
 
 
 @dataclass
@@ -319,12 +320,11 @@ def _levels_big(b: _Blob, M: np.ndarray, cb: np.ndarray, tech: str, *, bits: int
     Ys = []
     shift = np.zeros(M.shape[0] * og) if (st is not None and b.has_bias) else None
     for g, rs in _row_blocks(M):
-        w64 = M[g, rs].astype(np.float64)
-        lab = C.nearest_labels(w64, cb64)
-        counts += np.bincount(lab.reshape(-1), minlength=cb.size)
-        d = cb64[lab] - w64
+        d, cnt = C.nearest_error(M[g, rs], cb64)
+        counts += cnt
         sse += _sq(d)
-        sig += _sq(w64)
+        if b.sig is None:
+            sig += _sq(M[g, rs])
         if st is not None:
             Ys.append((g, rs, np.asarray(st.Xval[g], np.float64) @ d.T))
             if shift is not None:
@@ -338,6 +338,9 @@ def _levels_big(b: _Blob, M: np.ndarray, cb: np.ndarray, tech: str, *, bits: int
             d1 = sum(_sq(y - shift[g * og + rs.start:g * og + rs.stop][None, :]) for g, rs, y in Ys) / n
             variants.append((tech + "+bc", d1, shift))
     del Ys
+    if b.sig is None:
+        b.sig = sig
+    sig = b.sig
     name, dist, sh = min(variants, key=lambda v: v[1])
     if step is None:
         return _Cand(bits, name, _counts_bytes(counts), dist, cb, None, sh, _sqnr(sig, sse)), sse

@@ -124,6 +124,34 @@ def test_gptq_rounding_lowers_the_output_error_on_rows_it_did_not_see():
     assert np.sum((cb[gq] - W) ** 2) > np.sum((cb[near] - W) ** 2)
 
 
+@pytest.mark.parametrize("n, k", [(100, 8), (40_000, 8), (40_000, 301)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_error_is_the_nearest_labels_error_and_counts(monkeypatch, n, k, dtype):
+    """compensate.nearest_error gives what nearest_labels' labels give (the
+    error in float64, the counts), compiled, as Python and without numba,
+    ties between two levels included."""
+    rng = np.random.default_rng(k)
+    cb = np.sort(rng.standard_normal(k)).astype(np.float32).astype(np.float64)
+    w = (rng.standard_normal(n) * 1.5).astype(dtype)
+    w[:4] = ((cb[1:5] + cb[:4]) * 0.5).astype(dtype)  # on (or next to) a midpoint
+    w = w.reshape(-1, 10 if n % 10 == 0 else 1)
+    lab = C.nearest_labels(w, cb)
+    want_d, want_c = cb[lab] - w.astype(np.float64), np.bincount(lab.reshape(-1), minlength=k)
+    d, c = C.nearest_error(w, cb)
+    assert d.shape == w.shape and d.dtype == np.float64
+    assert np.array_equal(d, want_d) and np.array_equal(c, want_c)
+    tab = C._table(w, (cb[1:] + cb[:-1]) * 0.5)
+    if tab is not None:  # the compiled pass's source, run as Python
+        x = np.ascontiguousarray(w).reshape(-1)
+        dp, cp = np.empty(x.size), np.zeros(k, np.int64)
+        C._py_nearest_error(x, cb, (cb[1:] + cb[:-1]) * 0.5, *tab, dp, cp)
+        assert np.array_equal(dp.reshape(w.shape), want_d) and np.array_equal(cp, want_c)
+    monkeypatch.setattr(C._twins, "numba", lambda: None)
+    monkeypatch.setattr(C._twins, "cache", {})
+    d, c = C.nearest_error(w, cb)
+    assert np.array_equal(d, want_d) and np.array_equal(c, want_c)
+
+
 def test_grouped_gptq_equals_each_group_alone_and_a_reused_factor():
     rng = np.random.default_rng(4)
     W = rng.standard_normal((3, 5, 9))

@@ -23,7 +23,7 @@ import numpy as np
 
 from .grid import Twins
 
-__all__ = ["nearest_labels", "HessianFactor", "hessian_factor", "gptq_round", "output_sse", "bias_shift"]
+__all__ = ["nearest_labels", "nearest_error", "HessianFactor", "hessian_factor", "gptq_round", "output_sse", "bias_shift"]
 
 _BLOCK = 128
 
@@ -33,6 +33,24 @@ _BLOCK = 128
 _LUT_MIN = 1 << 15
 #: Table buckets per codebook level.
 _LUT_PER_LEVEL = 8
+
+
+def _table(x: np.ndarray, mid: np.ndarray):
+    """``(lut, lo, scale, nb)`` of the bucket table over the midpoints ``mid``
+    for a call on ``x``, or None where the binary search is the better (or
+    the only exact) way."""
+    lo, span = float(mid[0]), float(mid[-1]) - float(mid[0])
+    nb = _LUT_PER_LEVEL * (mid.size + 1)
+    # the table needs a finite bucket width: no infinite level, no span that
+    # overflows or is too narrow for its buckets
+    if x.size < _LUT_MIN or mid.size < 16 or not (0.0 < span < math.inf) or not nb / span < math.inf:
+        return None
+    scale = nb / span
+    # lut[b + 1]: the count of midpoints below bucket b's lower edge (a guess
+    # only: the float bucket of a value may be off by one; both ways correct it)
+    lut = np.concatenate(([0], np.searchsorted(mid, lo + np.arange(nb + 1) / scale, side="left"),
+                          [mid.size])).astype(np.int32)
+    return lut, lo, scale, nb
 
 
 def nearest_labels(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
@@ -49,17 +67,10 @@ def nearest_labels(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
         return np.zeros(np.shape(w), np.int32)
     mid = (cb[1:] + cb[:-1]) * 0.5
     x = np.asarray(w, np.float64)
-    lo, span = float(mid[0]), float(mid[-1]) - float(mid[0])
-    nb = _LUT_PER_LEVEL * (mid.size + 1)
-    # the table needs a finite bucket width: no infinite level, no span that
-    # overflows or is too narrow for its buckets
-    if x.size < _LUT_MIN or mid.size < 16 or not (0.0 < span < math.inf) or not nb / span < math.inf:
+    tab = _table(x, mid)
+    if tab is None:
         return np.searchsorted(mid, x, side="left").astype(np.int32)
-    scale = nb / span
-    # lut[b + 1]: the count of midpoints below bucket b's lower edge (a guess
-    # only: the float bucket of a value may be off by one; both ways correct it)
-    lut = np.concatenate(([0], np.searchsorted(mid, lo + np.arange(nb + 1) / scale, side="left"),
-                          [mid.size])).astype(np.int32)
+    lut, lo, scale, nb = tab
     shape = x.shape
     x = np.ascontiguousarray(x).reshape(-1)
     fn = _twins.get("nearest")
@@ -77,6 +88,56 @@ def nearest_labels(w: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     if bad.any():
         g[bad] = np.searchsorted(mid, x[bad], side="left")
     return g.reshape(shape)
+
+
+def nearest_error(w: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rounding error to the nearest codebook entry, and each entry's count.
+
+    Returns ``(delta, counts)``: ``delta = codebook[nearest_labels(w,
+    codebook)] - w`` in float64 (``w``'s shape) and ``counts`` the labels'
+    bincount over the codebook, without the labels: what a candidate's
+    distortion and bytes need of a large blob. One compiled pass (``w`` read
+    as it is, float32 or float64) where :func:`nearest_labels` would use its
+    table; the same values either way.
+    """
+    cb = np.asarray(codebook, np.float64)
+    shape = np.shape(w)
+    if cb.size > 1:
+        mid = (cb[1:] + cb[:-1]) * 0.5
+        tab = _table(np.asarray(w), mid)
+        fn = _twins.get("nearest_error") if tab is not None else None
+        if fn is not None and np.asarray(w).dtype in (np.float32, np.float64):
+            x = np.ascontiguousarray(w).reshape(-1)
+            d = np.empty(x.size, np.float64)
+            counts = np.zeros(cb.size, np.int64)
+            fn(x, cb, mid, *tab, d, counts)
+            return d.reshape(shape), counts
+    lab = nearest_labels(w, cb)
+    return cb[lab] - np.asarray(w, np.float64), np.bincount(lab.reshape(-1), minlength=cb.size).astype(np.int64)
+
+
+def _py_nearest_error(x, cb, mid, lut, lo, scale, nb, d, counts):
+    """:func:`nearest_error`'s pass: :func:`_py_nearest`'s walk, then the error and the count."""
+    n = mid.size
+    for i in range(x.size):
+        v = np.float64(x[i])
+        if v != v:
+            g = n
+        else:
+            t = (v - lo) * scale
+            if t < 0.0:
+                b = 0
+            elif t >= nb:
+                b = nb + 1
+            else:
+                b = int(t) + 1
+            g = lut[b]
+            while g < n and mid[g] < v:
+                g += 1
+            while g > 0 and mid[g - 1] >= v:
+                g -= 1
+        d[i] = cb[g] - v
+        counts[g] += 1
 
 
 def _py_nearest(x, mid, lut, lo, scale, nb, out):
@@ -267,4 +328,4 @@ def bias_shift(delta: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return np.asarray(delta, np.float64) @ np.asarray(mean, np.float64)
 
 
-_twins = Twins(globals())  # the numba twins of _py_nearest and _py_gptq_block, compiled on first use
+_twins = Twins(globals())  # the numba twins of _py_nearest, _py_nearest_error and _py_gptq_block, compiled on first use
