@@ -18,6 +18,7 @@ only: synthetic weights say nothing about fidelity).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -70,7 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only")
     ap.add_argument("--no-big", action="store_true", help="skip the synthetic ResNet-50 and VGG-16")
+    ap.add_argument("--json", help="also write every run's figures (times, peaks, payload bytes, calibration error) here")
     a = ap.parse_args(argv)
+    rows = []
     print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, repeat {a.repeat}")
     print(f"{'model':<26} {'file':>9} {'data-free':>10} {'default':>9} {'ratio':>6} "
           f"{'peak df':>9} {'peak def':>9} {'peak/file':>9} {'fwd':>4} {'payload df/def':>15}")
@@ -88,6 +91,10 @@ def main(argv=None) -> int:
         print(f"{name:<26} {fmt_mb(size):>9} {t_df:>9.2f}s {t_fd:>8.2f}s {t_fd / t_df:>5.1f}x "
               f"{fmt_mb(pk_df):>9} {fmt_mb(pk_fd):>9} {pk_fd / size:>8.2f}x {res['forwards'] or 0:>4} "
               f"{df[-1]['result']['payload'] / res['payload']:>14.2f}x", flush=True)
+        rows.append({"model": name, "file_bytes": size, "data_free": df, "default": fd,
+                     "median_s": {"data_free": t_df, "default": t_fd}})
+    if a.json:
+        Path(a.json).write_text(json.dumps({"load_average": os.getloadavg()[0], "models": rows}, indent=1))
     return 0
 
 

@@ -449,25 +449,31 @@ def _grid_cand(b: _Blob, M: np.ndarray, sig: float, amax: float, u: int, step: f
     # products rounded once, so the pipeline finds the same indices again
     cb = (np.arange(-half, half + 1, dtype=np.float64) * step).astype(np.float32)
     cb64 = cb.astype(np.float64)
-    lab = C.nearest_labels(M, cb64)
-    options = [_score(b, M, lab, cb64, "uniform") + (lab,)]
+    if b.w.size > _KEEP_LABELS_ALL:  # no labels kept: the nearest rounding's error and counts without them
+        delta, counts = C.nearest_error(M, cb64)
+        options = [_score_delta(b, delta, "uniform") + (None, counts)]
+    else:
+        lab = C.nearest_labels(M, cb64)
+        options = [_score(b, M, lab, cb64, "uniform") + (lab, None)]
     if gptq and _gptq_ok(b, u, extra=1):
         lab = C.gptq_round(M, _factor(b), cb64)
-        options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab,))
-    name, dist, shift, delta, lab = min(options, key=lambda o: o[1])
-    counts = np.bincount(lab.reshape(-1), minlength=cb.size)
+        options.append(_score(b, M, lab, cb64, "uniform+gptq") + (lab, None))
+    name, dist, shift, delta, lab, counts = min(options, key=lambda o: o[1])
+    if counts is None:
+        counts = np.bincount(lab.reshape(-1), minlength=cb.size)
     used = np.flatnonzero(counts)  # the sorted used levels (np.unique's, without its sort)
-    # store only the used levels: relabel onto them (same values)
-    remap = np.zeros(cb.size, np.int32)
-    remap[used] = np.arange(used.size, dtype=np.int32)
     cbu = cb[used]
-    labu = remap[lab]
     bits = max(1, int(math.ceil(math.log2(max(cbu.size, 2)))))
     if bits > 12:
         return None
+    kept = None
+    if lab is not None and b.w.size <= _KEEP_LABELS_ALL:
+        # store only the used levels: relabel onto them (same values)
+        remap = np.zeros(cb.size, np.int32)
+        remap[used] = np.arange(used.size, dtype=np.int32)
+        kept = _kept(b, remap[lab], cbu.size)
     nbytes = _counts_bytes(counts, codebook=False)
-    return _Cand(bits, name, nbytes, dist, cbu,
-                 _kept(b, labu, cbu.size), shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
+    return _Cand(bits, name, nbytes, dist, cbu, kept, shift, _sqnr(sig, _sq(delta)), grid=cb, step=step)
 
 
 def _gptq_near(b: _Blob, key) -> None:
