@@ -612,11 +612,13 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
     fixed = all(p.bits is not None for _, p in lossy)
     target = None if fixed and settings.max_error is None else (settings.max_error or DEFAULT_MAX_ERROR)
     from .allocate import allocate  # noqa: PLC0415
+    from .heap import kept_heap  # noqa: PLC0415
 
-    return allocate(model, lossy, target, xp=xp, calib=calib_opts.get("calib"), mean=calib_opts.get("mean"),
-                    scale=calib_opts.get("scale"), swap_rb=bool(calib_opts.get("swap_rb", False)),
-                    rows=calib_opts.get("calib_rows"), log=calib_opts.get("log"), graph=graph,
-                    overlap=settings.backend == "hybrid")
+    with kept_heap():  # OpenCV's repeated net loads re-fault fresh pages otherwise
+        return allocate(model, lossy, target, xp=xp, calib=calib_opts.get("calib"), mean=calib_opts.get("mean"),
+                        scale=calib_opts.get("scale"), swap_rb=bool(calib_opts.get("swap_rb", False)),
+                        rows=calib_opts.get("calib_rows"), log=calib_opts.get("log"), graph=graph,
+                        overlap=settings.backend == "hybrid")
 
 
 def _resolve_backend(name: str):

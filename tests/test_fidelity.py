@@ -586,6 +586,33 @@ def test_big_blobs_with_a_grid_step_get_the_small_paths_nearest_grids(zoo, monke
     assert all("gptq" not in c.technique for c in big.cands.values())
 
 
+def test_the_fidelity_pass_runs_with_the_heap_kept(zoo, monkeypatch):
+    """pipeline._fidelity runs allocate inside heap.kept_heap (OpenCV's
+    repeated loads); the data-free path does not enter it."""
+    import contextlib
+
+    from caffecompress import allocate as A
+    from caffecompress import heap
+
+    seen, depth = [], [0]
+
+    @contextlib.contextmanager
+    def spy():
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+
+    real = A.allocate
+    monkeypatch.setattr(heap, "kept_heap", spy)
+    monkeypatch.setattr(A, "allocate", lambda *a, **k: (seen.append(depth[0]), real(*a, **k))[1])
+    cc.compress(_zoo_model(zoo, "mtcnn/det1"))
+    assert seen == [1]
+    cc.compress(_zoo_model(zoo, "mtcnn/det1"), data_free=True)
+    assert seen == [1]
+
+
 def _default_lossy(m):
     """The default preset's lossy weight blobs of ``m`` as ``allocate`` takes them."""
     from caffecompress import config
