@@ -518,25 +518,38 @@ def test_big_blob_path_matches_the_nearest_candidates(zoo, monkeypatch):
                 assert np.allclose(s.shift, b.shift, rtol=1e-9, atol=1e-12)
 
 
-def test_large_blobs_sweep_grids_and_keep_only_the_probe_codebook(zoo, monkeypatch):
-    """Over KMEANS_SWEEP_MAX weights a blob with the grid rule's step gets the
-    probe's k-means width and the grids, and the same grid candidates as
-    below the bound; a fixed width, or no grid step, keeps every width."""
+def _det2_blob(zoo, name, df_step=None, fixed=None):
+    """A maker of fresh ``allocate._Blob``s of mtcnn/det2's layer ``name``,
+    with that layer's statistics on 12 calibration rows."""
     from caffecompress import allocate as A
     from caffecompress.caffe.graph import net_graph
 
     m = _zoo_model(zoo, "mtcnn/det2")
     g = net_graph(m.prototxt)
     cal = calibrate.calibration_inputs(g.inputs, rows=12)
-    stats = calibrate.layer_stats(runtime.model_net(m), g, cal, ["conv2"])
-    lay = m.layer("conv2")
+    stats = calibrate.layer_stats(runtime.model_net(m), g, cal, [name])
+    lay = m.layer(name)
     w = np.ascontiguousarray(lay.blobs[0])
+
+    def make(df_step=df_step, fixed=fixed):
+        return A._Blob(m.layers.index(lay), name, w.shape, w, g.layer(name), stats[name], True, fixed,
+                       None, df_step, None)
+
+    return make
+
+
+def test_large_blobs_sweep_grids_and_keep_only_the_probe_codebook(zoo, monkeypatch):
+    """Over KMEANS_SWEEP_MAX weights a blob with the grid rule's step gets the
+    probe's k-means width and the grids, and the same grid candidates as
+    below the bound; a fixed width, or no grid step, keeps every width."""
+    from caffecompress import allocate as A
+
     step = 2.0 ** -9.5
+    mk = _det2_blob(zoo, "conv2")
 
     def cands(bound, fixed=None, df_step=step):
         monkeypatch.setattr(A, "KMEANS_SWEEP_MAX", bound)
-        b = A._Blob(m.layers.index(lay), "conv2", w.shape, w, g.layer("conv2"), stats["conv2"], True, fixed,
-                    None, df_step, None)
+        b = mk(df_step, fixed)
         A._candidates(b, np, list(A.WIDTHS), dq=False)
         return b.cands
 
@@ -557,16 +570,8 @@ def test_big_blobs_with_a_grid_step_get_the_small_paths_nearest_grids(zoo, monke
     candidates (bytes, distortion, weights) as the small path without GPTQ;
     _gptq_near adds the grids its first pass skipped, near the point."""
     from caffecompress import allocate as A
-    from caffecompress.caffe.graph import net_graph
 
-    m = _zoo_model(zoo, "mtcnn/det2")
-    g = net_graph(m.prototxt)
-    cal = calibrate.calibration_inputs(g.inputs, rows=12)
-    stats = calibrate.layer_stats(runtime.model_net(m), g, cal, ["conv3"])
-    lay = m.layer("conv3")
-    w = np.ascontiguousarray(lay.blobs[0])
-    mk = lambda: A._Blob(m.layers.index(lay), "conv3", w.shape, w, g.layer("conv3"), stats["conv3"], True,  # noqa: E731
-                         None, None, 2.0 ** -9.5, None)
+    mk = _det2_blob(zoo, "conv3", df_step=2.0 ** -9.5)
     small, big = mk(), mk()
     A._candidates(small, np, list(A.WIDTHS), dq=False, gptq=False)
     monkeypatch.setattr(A, "_KEEP_LABELS", 16)

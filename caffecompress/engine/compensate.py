@@ -117,7 +117,11 @@ def nearest_error(w: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _py_nearest_error(x, cb, mid, lut, lo, scale, nb, d, counts):
-    """:func:`nearest_error`'s pass: :func:`_py_nearest`'s walk, then the error and the count."""
+    """:func:`nearest_error`'s pass: :func:`_py_nearest`'s walk, then the error and the count.
+
+    The walk is written out here as in :func:`_py_nearest`: as one compiled
+    helper called per value, both loops ran 5x slower (20 -> 108 ms on 4M
+    values)."""
     n = mid.size
     for i in range(x.size):
         v = np.float64(x[i])
