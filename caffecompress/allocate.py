@@ -832,33 +832,41 @@ def _greedy(blobs, T2: float) -> dict:
     pred = np.zeros(nout)
     for b in blobs:
         pred += b.sens * b.cands[choice[b.name]].dist
-    # per blob, its candidates as arrays (in the dict's order: ties go to the first)
-    table = {b.name: (list(b.cands), np.array([c.nbytes for c in b.cands.values()]),
-                      np.array([c.dist for c in b.cands.values()])) for b in blobs}
+    # every free blob's candidates in one table (blob order, then each dict's
+    # order: ties go to the first, as a loop over the blobs would): a step
+    # scores all of them at once, then updates the rows of the blob it moved
+    free = [b for b in blobs if b.fixed_bits is None] if nout else []
+    if not free:
+        return choice
+    keys = [(b, k) for b in free for k in b.cands]
+    nb = np.array([b.cands[k].nbytes for b, k in keys])
+    ds = np.array([b.cands[k].dist for b, k in keys])
+    S = np.stack([b.sens for b, _ in keys]).astype(np.float64, copy=False)
+    rows, at = {}, 0
+    for b in free:
+        rows[b.name] = slice(at, at + len(b.cands))
+        at += len(b.cands)
+    c0n = np.empty(len(keys))
+    c0d = np.empty(len(keys))
+    for b in free:
+        c0 = b.cands[choice[b.name]]
+        c0n[rows[b.name]], c0d[rows[b.name]] = c0.nbytes, c0.dist
     while True:
-        best = None
-        cur_max = float(pred.max()) if nout else 0.0
-        for b in blobs:
-            if b.fixed_bits is not None or not nout:
-                continue
-            keys, nb, ds = table[b.name]
-            c0 = b.cands[choice[b.name]]
-            saved = c0.nbytes - nb
-            new = pred[None, :] + b.sens[None, :] * (ds - c0.dist)[:, None]
-            m = new.max(axis=1)
-            ok = (saved > 0) & (m <= T2)
-            if not ok.any():
-                continue
-            cost = np.maximum(m - cur_max, 0.0) + 1e-3 * (new - pred[None, :]).sum(axis=1) + 1e-30
-            r = np.where(ok, saved / cost, -np.inf)
-            j = int(np.argmax(r))
-            if best is None or r[j] > best[0]:
-                best = (float(r[j]), b, keys[j], new[j].copy())
-        if best is None:
+        cur_max = float(pred.max())
+        saved = c0n - nb
+        new = pred[None, :] + S * (ds - c0d)[:, None]
+        m = new.max(axis=1)
+        ok = (saved > 0) & (m <= T2)
+        if not ok.any():
             return choice
-        _, b, w, new = best
-        choice[b.name] = w
-        pred = new
+        cost = np.maximum(m - cur_max, 0.0) + 1e-3 * (new - pred[None, :]).sum(axis=1) + 1e-30
+        r = np.where(ok, saved / cost, -np.inf)
+        j = int(np.argmax(r))
+        b, key = keys[j]
+        choice[b.name] = key
+        pred = new[j].copy()
+        c = b.cands[key]
+        c0n[rows[b.name]], c0d[rows[b.name]] = c.nbytes, c.dist
 
 
 def _energy(b: _Blob) -> float:
