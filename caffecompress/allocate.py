@@ -168,7 +168,7 @@ class _Blob:
     factor: object = None
     memo: tuple | None = None
     memo_gain: float | None = None
-    sig: float | None = None  # a big blob's sum of squared weights (float64, piece by piece)
+    sig: float | None = None  # a big blob's sum of squared weights (set by _candidates_big)
 
 
 @dataclass
@@ -274,6 +274,7 @@ def _candidates_big(b: _Blob, xp, widths, heavy: bool = True) -> None:
     from .engine import kmeans  # noqa: PLC0415
 
     M = _matrix(b.w, b.node)
+    b.sig = sum(_sq(M[g, rs]) for g, rs in _row_blocks(M))  # float64, piece by piece
     if b.df_step is not None and b.fixed_bits is None:
         widths = [w for w in widths if w == PROBE_BITS]
     for bits in widths:
@@ -290,10 +291,16 @@ def _candidates_big(b: _Blob, xp, widths, heavy: bool = True) -> None:
     if amax == 0.0:
         return
     for key, u, step in _grids(b, amax):
-        if (heavy and key[0] == "u" and u < UNIFORM_BITS[-1]
-                and round((key[1] - u) * UNIFORM_PER_OCTAVE) % HEAVY_GRID_EVERY):
-            continue  # as in _uniform_candidates: _gptq_near makes the grids between near the point
-        _grid_big(b, M, amax, key, u, step)
+        if not (heavy and _first_pass_skips(key, u)):
+            _grid_big(b, M, amax, key, u, step)
+
+
+def _first_pass_skips(key, u: int) -> bool:
+    """Whether a heavy net's first pass leaves uniform grid ``key`` (of
+    octave ``u``) out: all but every :data:`HEAVY_GRID_EVERY`-th below the
+    finest octave (:func:`_gptq_near` makes those near the point)."""
+    return (key[0] == "u" and u < UNIFORM_BITS[-1]
+            and round((key[1] - u) * UNIFORM_PER_OCTAVE) % HEAVY_GRID_EVERY != 0)
 
 
 def _grid_big(b: _Blob, M: np.ndarray, amax: float, key, u: int, step: float) -> None:
@@ -316,15 +323,13 @@ def _levels_big(b: _Blob, M: np.ndarray, cb: np.ndarray, tech: str, *, bits: int
     og = M.shape[1]
     cb64 = cb.astype(np.float64)
     counts = np.zeros(cb.size, np.int64)
-    sse = sig = 0.0
+    sse = 0.0
     Ys = []
     shift = np.zeros(M.shape[0] * og) if (st is not None and b.has_bias) else None
     for g, rs in _row_blocks(M):
         d, cnt = C.nearest_error(M[g, rs], cb64)
         counts += cnt
         sse += _sq(d)
-        if b.sig is None:
-            sig += _sq(M[g, rs])
         if st is not None:
             Ys.append((g, rs, np.asarray(st.Xval[g], np.float64) @ d.T))
             if shift is not None:
@@ -338,8 +343,6 @@ def _levels_big(b: _Blob, M: np.ndarray, cb: np.ndarray, tech: str, *, bits: int
             d1 = sum(_sq(y - shift[g * og + rs.start:g * og + rs.stop][None, :]) for g, rs, y in Ys) / n
             variants.append((tech + "+bc", d1, shift))
     del Ys
-    if b.sig is None:
-        b.sig = sig
     sig = b.sig
     name, dist, sh = min(variants, key=lambda v: v[1])
     if step is None:
@@ -468,7 +471,7 @@ def _grid_cand(b: _Blob, M: np.ndarray, sig: float, amax: float, u: int, step: f
     if bits > 12:
         return None
     kept = None
-    if lab is not None and b.w.size <= _KEEP_LABELS_ALL:
+    if b.w.size <= _KEEP_LABELS_ALL:
         # store only the used levels: relabel onto them (same values)
         remap = np.zeros(cb.size, np.int32)
         remap[used] = np.arange(used.size, dtype=np.int32)
@@ -525,9 +528,8 @@ def _uniform_candidates(b: _Blob, M: np.ndarray, W64: np.ndarray, sig: float, dq
         return
     grids = _grids(b, amax)
     for key, u, step in grids:
-        if (not gptq and key[0] == "u" and u < UNIFORM_BITS[-1]
-                and round((key[1] - u) * UNIFORM_PER_OCTAVE) % HEAVY_GRID_EVERY):
-            continue  # a heavy net's first pass: _gptq_near makes the grids between near the point
+        if not gptq and _first_pass_skips(key, u):
+            continue
         c = _grid_cand(b, M, sig, amax, u, step, gptq)
         if c is not None:
             b.cands[key] = c
@@ -843,14 +845,12 @@ def _greedy(blobs, T2: float) -> dict:
     ds = np.array([b.cands[k].dist for b, k in keys])
     S = np.stack([b.sens for b, _ in keys]).astype(np.float64, copy=False)
     rows, at = {}, 0
+    c0n, c0d = np.empty(len(keys)), np.empty(len(keys))
     for b in free:
-        rows[b.name] = slice(at, at + len(b.cands))
-        at += len(b.cands)
-    c0n = np.empty(len(keys))
-    c0d = np.empty(len(keys))
-    for b in free:
+        rows[b.name] = r = slice(at, at + len(b.cands))
+        at = r.stop
         c0 = b.cands[choice[b.name]]
-        c0n[rows[b.name]], c0d[rows[b.name]] = c0.nbytes, c0.dist
+        c0n[r], c0d[r] = c0.nbytes, c0.dist
     while True:
         cur_max = float(pred.max())
         saved = c0n - nb

@@ -101,19 +101,19 @@ def nearest_error(w: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.n
     table; the same values either way.
     """
     cb = np.asarray(codebook, np.float64)
-    shape = np.shape(w)
-    if cb.size > 1:
+    a = np.asarray(w)
+    fn = _twins.get("nearest_error") if cb.size > 1 and a.dtype in (np.float32, np.float64) else None
+    if fn is not None:
         mid = (cb[1:] + cb[:-1]) * 0.5
-        tab = _table(np.asarray(w), mid)
-        fn = _twins.get("nearest_error") if tab is not None else None
-        if fn is not None and np.asarray(w).dtype in (np.float32, np.float64):
-            x = np.ascontiguousarray(w).reshape(-1)
+        tab = _table(a, mid)
+        if tab is not None:
+            x = np.ascontiguousarray(a).reshape(-1)
             d = np.empty(x.size, np.float64)
             counts = np.zeros(cb.size, np.int64)
             fn(x, cb, mid, *tab, d, counts)
-            return d.reshape(shape), counts
-    lab = nearest_labels(w, cb)
-    return cb[lab] - np.asarray(w, np.float64), np.bincount(lab.reshape(-1), minlength=cb.size).astype(np.int64)
+            return d.reshape(a.shape), counts
+    lab = nearest_labels(a, cb)
+    return cb[lab] - a.astype(np.float64), np.bincount(lab.reshape(-1), minlength=cb.size).astype(np.int64)
 
 
 def _py_nearest_error(x, cb, mid, lut, lo, scale, nb, d, counts):
