@@ -40,6 +40,7 @@ from . import calibrate, config, runtime
 from .backend import to_host
 from .engine import compensate as C
 from .engine import uniform as U
+from .engine.floatpack import round_mantissa
 from .engine.kmeans import _sqnr  # the engine's SQNR from signal and error sums
 from .model import Model
 
@@ -666,8 +667,9 @@ def _quantised(b: _Blob, c: _Cand, key=None) -> np.ndarray:
     return q
 
 
-def _apply(model: Model, blobs, choice: dict) -> Model:
-    """A shallow copy of ``model`` with the chosen candidates' weights and biases."""
+def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None) -> Model:
+    """A shallow copy of ``model`` with the chosen candidates' weights and biases
+    (a corrected bias rounded to ``mantissa`` bits, as it will be stored)."""
     layers = list(model.layers)
     for b in blobs:
         c = b.cands[choice[b.name]]
@@ -677,6 +679,8 @@ def _apply(model: Model, blobs, choice: dict) -> Model:
         if c.shift is not None and len(arrs) > 1:
             bias = arrs[1]
             arrs[1] = (bias.astype(np.float64) - c.shift.reshape(bias.shape)).astype(np.float32)
+            if mantissa is not None:
+                arrs[1] = round_mantissa(arrs[1], mantissa)
         layers[b.li] = dataclasses.replace(lay, blobs=arrs)
     return dataclasses.replace(model, layers=layers)
 
@@ -914,7 +918,7 @@ def _nbytes(blobs, choice) -> float:
 
 def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, xp=np,
              mean=None, scale=None, swap_rb=False, rows=None, log=None, graph=None,
-             overlap: bool = False) -> FidelityResult:
+             overlap: bool = False, base: Model | None = None, mantissa: int | None = None) -> FidelityResult:
     """Choose per-blob widths and roundings so the outputs stay within ``max_error``.
 
     Parameters
@@ -940,6 +944,12 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
     overlap : bool
         Run the sensitivity pass's OpenCV forwards beside the candidates
         (the ``hybrid`` backend); same results.
+    base : Model, optional
+        The model the joint measurements change (default ``model``): ``model``
+        with its other blobs as they will be stored (rounded biases); the
+        reference outputs, statistics and single-blob probes stay ``model``'s.
+    mantissa : int, optional
+        Mantissa bits a corrected bias is rounded to (as the pipeline stores it).
 
     Returns
     -------
@@ -949,6 +959,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
 
     t0 = time.perf_counter()
     say = log or (lambda s: None)
+    base = model if base is None else base
     if graph is None:
         graph = net_graph(model.prototxt, path=model.source)
     cal = calibrate.calibration_inputs(graph.inputs, calib, mean=mean, scale=scale, swap_rb=swap_rb, rows=rows)
@@ -1071,12 +1082,12 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             if choice in seen:
                 continue
             seen.append(choice)
-            m = float(np.sqrt(meter.sq_errors(_apply(model, blobs, choice)).max(initial=0.0)))
+            m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa)).max(initial=0.0)))
             points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": kind})
             if best is None or m < best[0]:
                 best = (m, choice, len(points) - 1)
         m, choice, idx = best
-        return _result(_apply(model, blobs, choice), blobs, choice, points, idx, None, m, cal, meter.count, t0)
+        return _result(_apply(base, blobs, choice, mantissa), blobs, choice, points, idx, None, m, cal, meter.count, t0)
 
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s"
         + (" after the candidates" if overlap else "")
@@ -1104,7 +1115,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         key = tuple(sorted(choice.items()))
         if key in tried:
             return tried[key]
-        m = float(np.sqrt(meter.sq_errors(_apply(model, blobs, choice)).max(initial=0.0)))
+        m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa)).max(initial=0.0)))
         points.append({"bytes": _nbytes(blobs, choice), "predicted": _predicted(blobs, choice),
                        "measured": m, "kind": kind})
         tried[key] = (m, len(points) - 1, choice)
@@ -1237,7 +1248,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         key = [k for k, v in tried.items() if v[1] == idx][0]
         best = (points[idx]["bytes"], idx, dict(key), points[idx]["measured"])
     _, idx, choice, m = best
-    qm = _apply(model, blobs, choice)
+    qm = _apply(base, blobs, choice, mantissa)
     say(f"allocation: {meter.count} joint forwards of {cal.n} rows; error {m:.4f} on the calibration rows")
     return _result(qm, blobs, choice, points, idx, target, m, cal,
                    probe.count + meter.count, t0, aim=max_error)

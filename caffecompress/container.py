@@ -1,9 +1,9 @@
-"""The compressed file: versioned HDF5, format ``caffecompress`` 1.2.
+"""The compressed file: versioned HDF5, format ``caffecompress`` 1.3.
 
 Layout: one dataset, three root attributes, nothing else::
 
     /          attrs: format = "caffecompress"   (fixed-length string)
-                      format_version = "1.2"      (fixed-length string: the
+                      format_version = "1.3"      (fixed-length string: the
                                                    lowest version its blobs need)
                       index = uint64[3]           (offset, length, CRC32 of the index)
     /payload   uint8[N], contiguous: every stored stream, concatenated, then
@@ -66,9 +66,21 @@ Since 1.2 a ``grid`` blob may carry, in its meta:
   the indices, their raw bits in ``a_e`` (uint8, each group's bits
   byte-aligned) with ``a_m`` (uint32 bytes per group).
 
+Since 1.3 a ``lossless`` blob of float32 values may use codec ``fpack``
+(:mod:`caffecompress.engine.floatpack`; at most 2**20 values): meta
+``ebase`` (0..255), ``ebits`` (0..8), ``mbits`` (0..23), stream ``data``:
+one bit string, most significant bit first, zero-padded to a byte, of the
+``n`` sign bits, then ``n`` exponent offsets of ``ebits`` bits each, then
+``n`` mantissa heads of ``mbits`` bits; value ``i`` restores as the float32
+of bits ``sign << 31 | (ebase + offset) << 23 | head << (23 - mbits)``
+(an exponent past 255 is a damaged stream). It is exact: the writer takes
+it where it is shorter than LZMA, which is most small blobs, and all of
+those whose mantissas were rounded (the lossy presets round the blobs of
+kind ``other`` to :data:`caffecompress.config.OTHER_MANTISSA_BITS` bits).
+
 A file is written with the lowest version its blobs need (1.0 without
-``grid``, 1.1 with plain ``grid`` blobs only), so older readers keep reading
-what they can.
+``grid``, 1.1 with plain ``grid`` blobs only, 1.2 without ``fpack``), so
+older readers keep reading what they can.
 
 A reader accepts any 1.x file and refuses a newer major version.
 """
@@ -115,7 +127,7 @@ __all__ = [
 ]
 
 FORMAT = "caffecompress"
-FORMAT_VERSION = (1, 2)
+FORMAT_VERSION = (1, 3)
 #: The minor version each method first appeared in (a file is written with
 #: the lowest version its blobs need).
 _METHOD_MINOR = {"grid": 1}
@@ -123,6 +135,8 @@ _METHOD_MINOR = {"grid": 1}
 
 def _record_minor(r) -> int:
     """The format minor version a record needs."""
+    if r.method == "lossless" and r.meta.get("codec") == "fpack":
+        return 3
     if r.method == "grid" and ("dq_seg" in r.meta or r.meta.get("coder") == "rans"):
         return 2
     return _METHOD_MINOR.get(r.method, 0)

@@ -182,8 +182,11 @@ def _blob(b, i, blobs, nlayers, size) -> tuple:
     elif shared != -1:
         raise _Bad(f"{what}: method {method!r} with a shared owner")
     elif method == "lossless":
-        if meta.get("codec") not in ("lzma", "zlib") or "data" not in parts:
+        if meta.get("codec") not in ("lzma", "zlib", "fpack") or "data" not in parts:
             raise _Bad(f"{what}: lossless blob without its codec or data")
+        if meta["codec"] == "fpack":
+            for key, hi in (("ebase", 255), ("ebits", 8), ("mbits", 23)):
+                _int(meta.get(key), f"{what} fpack {key}", 0, hi)
     else:
         _meta_shape(meta, shape, what)
         if "nlab" in meta:

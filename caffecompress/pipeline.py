@@ -219,6 +219,7 @@ def _unshuffle(b: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 _LZMA_MAX = 64 << 20  # larger blobs use zlib: LZMA runs at ~5 MB/s, zlib-6 at ~30
+_FPACK_MAX = 1 << 16  # float32 blobs up to this many values may be stored as packed fields
 
 
 def _lzma_filters(nbytes: int) -> list:
@@ -238,6 +239,16 @@ def _encode_lossless(x: np.ndarray) -> tuple[dict, dict]:
     above 64 MiB.
     """
     raw = _shuffle(x).tobytes()
+    if x.dtype == np.float32 and x.size <= _FPACK_MAX:
+        # small float blobs: LZMA's start-up outweighs what it finds in ~100 floats;
+        # the packed fields are exact too, and much shorter where mantissas were rounded
+        from .engine import floatpack  # noqa: PLC0415
+
+        data = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(raw)))
+        if floatpack.pack_nbytes(x) < len(data):
+            meta, stream = floatpack.pack(x)
+            return {"codec": "fpack", **meta}, {"data": stream}
+        return {"codec": "lzma", "shuffle": int(x.dtype.itemsize)}, {"data": np.frombuffer(data, np.uint8)}
     if len(raw) <= _LZMA_MAX:
         data = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(raw)))
         meta = {"codec": "lzma", "shuffle": int(x.dtype.itemsize)}
@@ -253,6 +264,15 @@ def _decode_lossless(meta: dict, parts: dict, shape: tuple, dtype: np.dtype, whe
     if data is None:
         raise CorruptDataError("lossless blob has no 'data' part", **where)
     codec = meta.get("codec")
+    if codec == "fpack":
+        from .engine import floatpack  # noqa: PLC0415
+
+        if dtype != np.float32:
+            raise CorruptDataError(f"lossless blob: fpack holds float32, not {dtype}", **where)
+        try:
+            return floatpack.unpack(meta, data, int(math.prod(shape))).reshape(shape)
+        except ValueError as exc:
+            raise CorruptDataError(f"fpack stream damaged: {exc}", **where) from None
     if meta.get("shuffle") != dtype.itemsize:
         raise CorruptDataError(f"lossless blob: shuffle {meta.get('shuffle')!r} does not fit {dtype}", **where)
     buf = memoryview(np.ascontiguousarray(data)).cast("B")
@@ -523,6 +543,35 @@ def _search_bits(xin, plan, xp) -> int:
     return min(ok) if ok else max(tried)
 
 
+def _round_other(arr: np.ndarray, bits: int) -> np.ndarray:
+    """``arr`` rounded to ``bits`` mantissa bits (:func:`~caffecompress.engine.floatpack.round_mantissa`),
+    or ``arr`` itself where that changes nothing."""
+    from .engine.floatpack import round_mantissa  # noqa: PLC0415
+
+    y = round_mantissa(arr, bits)
+    return arr if np.array_equal(y.view(np.uint32), np.ascontiguousarray(arr).view(np.uint32)) else y
+
+
+def _rounded_others(model: Model, settings: Settings, positions: dict) -> Model:
+    """A shallow copy of ``model`` whose blobs planned with a mantissa width are
+    rounded to it (the fidelity pass measures the model as it will be stored)."""
+    layers = list(model.layers)
+    for li, lay in enumerate(model.layers):
+        arrs = None
+        for bi, arr in enumerate(lay.blobs):
+            if arr is None or np.asarray(arr).dtype != np.float32:
+                continue
+            plan = plan_blob(settings, lay.name, lay.type, bi, tuple(np.shape(arr)), position=positions.get(li, ""))
+            if plan.lossless and plan.mantissa is not None:
+                y = _round_other(np.asarray(arr), plan.mantissa)
+                if y is not arr:
+                    arrs = arrs or list(lay.blobs)
+                    arrs[bi] = y
+        if arrs is not None:
+            layers[li] = dataclasses.replace(lay, blobs=arrs)
+    return dataclasses.replace(model, layers=layers)
+
+
 class _StoreLossless(Exception):
     """Internal: the engine found no smaller coding than the raw floats."""
 
@@ -558,7 +607,7 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
     prototxt the default falls back to the data-free rule with one notice,
     and an explicit ``max_error`` is an error.
     """
-    from .config import DEFAULT_MAX_ERROR  # noqa: PLC0415
+    from .config import DEFAULT_MAX_ERROR, OTHER_MANTISSA_BITS  # noqa: PLC0415
     from .errors import FormatError, MissingDependencyError, SchemaMismatchError  # noqa: PLC0415
 
     if settings.preset != "default" or settings.data_free:
@@ -618,7 +667,8 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
         return allocate(model, lossy, target, xp=xp, calib=calib_opts.get("calib"), mean=calib_opts.get("mean"),
                         scale=calib_opts.get("scale"), swap_rb=bool(calib_opts.get("swap_rb", False)),
                         rows=calib_opts.get("calib_rows"), log=calib_opts.get("log"), graph=graph,
-                        overlap=settings.backend == "hybrid")
+                        overlap=settings.backend == "hybrid", base=_rounded_others(model, settings, positions),
+                        mantissa=OTHER_MANTISSA_BITS)
 
 
 def _resolve_backend(name: str):
@@ -766,10 +816,16 @@ def compress(
                 msg = f"{exc}; stored losslessly"
             except _StoreLossless:
                 pass
+        s = math.inf
+        if plan.mantissa is not None and arr.dtype == np.float32:
+            y = _round_other(arr, plan.mantissa)
+            if y is not arr:
+                s = sqnr_db(arr, y)
+                arr = y
         meta, parts = _encode_lossless(arr)
         sp = _count_zeros(arr) / max(arr.size, 1)
         return BlobRecord(li, bi, shape, arr.dtype.str, LOSSLESS, meta, parts,
-                          crc32_of(arr), kind=plan.kind, sparsity=sp), msg
+                          crc32_of(arr), kind=plan.kind, sparsity=sp, sqnr=s), msg
 
     done = 0
     n_jobs = jobs or 2

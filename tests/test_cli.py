@@ -131,11 +131,9 @@ def test_info_on_both_kinds(capsys, model, tmp_path):
     t = rep["totals"]
     assert t["file_bytes"] == h5.stat().st_size
     assert t["overhead_bytes"] == t["file_bytes"] - t["dataset_bytes"]
-    # the default (data-free here: no prototxt) stores grid blobs: with dependent
-    # quantisation (1.2) where numba runs the trellis, plain ones (1.1) without
-    from caffecompress import config
-
-    assert rep["format_version"] == ("1.2" if config.default_dq() else "1.1")
+    # the default (data-free here: no prototxt) stores grid blobs and its
+    # biases rounded and packed (1.3)
+    assert rep["format_version"] == "1.3"
     assert "grid" in {lay["method"] for lay in rep["layers"]}
 
 

@@ -81,7 +81,9 @@ def test_layout_is_few_objects_and_versioned(lossless_file):
         assert list(f.keys()) == ["payload"]
         assert sorted(f.attrs) == ["format", "format_version", "index"]
         assert f.attrs["format"] == b"caffecompress"
-        assert f.attrs["format_version"] == b"1.0"
+        # the lowest version its blobs need: 1.3 for the packed float fields of its small blobs
+        packed = any(r.meta.get("codec") == "fpack" for r in cc.open_compressed(p).records)
+        assert f.attrs["format_version"] == (b"1.3" if packed else b"1.0")
         assert f["payload"].dtype == np.uint8 and f["payload"].chunks is None
         # v110 superblock (version >= 2): HDF5 checksums every metadata object
         assert f.id.get_create_plist().get_version()[0] >= 2
@@ -250,7 +252,7 @@ def test_file_info_overhead(lossless_file):
     assert fi["overhead_bytes"] == fi["file_bytes"] - fi["dataset_bytes"]
     assert 0 < fi["overhead_bytes"] < 1024
     assert 0 < fi["index_bytes"] < fi["payload_bytes"]
-    assert fi["format_version"] == "1.0"
+    assert fi["format_version"] == "1.3"  # the tiny model's small float blobs are packed fields
 
 
 def test_caffemodel_bytes_in_memory(zoo):
@@ -303,18 +305,20 @@ GOLDEN_1_0_SHA256 = {
 }
 
 
-#: The 1.1 and 1.2 golden files, byte for byte, likewise.
+#: The 1.1, 1.2 and 1.3 golden files, byte for byte, likewise.
 GOLDEN_LATER_SHA256 = {
     "example.grid.ccz.h5": ("1.1", "9ffaac42c160796698b11db03ff44d93e82555484cf262ff014fcadf74413253"),
     "example.grid-step.ccz.h5": ("1.1", "8936f22bee44bc11daa95dcfa7ce72d5be5694c347e5ead92db8d98686732de7"),
     "example.grid-fidelity.ccz.h5": ("1.1", "fa3f44f22878cb413be7554dcbd9f80f832cfd6a5a8684dc2d4c944e943744b7"),
     "example.dq-rans.ccz.h5": ("1.2", "7e8672aa8dc7a44e25b5028ba1225feebb8c1703027caf500184ae8fb4803fba"),
     "example.rans-step.ccz.h5": ("1.2", "4ccdfaba0e21e434a667063b35865b1c9d3dc9b9524dbfce9775fc2da463ec24"),
+    "example.fpack.ccz.h5": ("1.3", "78738613983765842ed37a29387bfe0ca535fea600a1a4a0dbe395e8cf4252d8"),
+    "example.fpack-lossless.ccz.h5": ("1.3", "0b6eaa6b38211438e62a573e67a2aa1497e209578213da49dbce9c2ad81e7b50"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_LATER_SHA256))
-def test_golden_1_1_and_1_2_files_untouched(name):
+def test_golden_later_files_untouched(name):
     version, sha = GOLDEN_LATER_SHA256[name]
     p = GOLDEN / name
     assert hashlib.sha256(p.read_bytes()).hexdigest() == sha, f"{name} was rewritten"
@@ -364,6 +368,15 @@ def test_golden_1_2_files_hold_every_new_stream():
     step = _grid_streams(GOLDEN / "example.rans-step.ccz.h5")
     assert {"dq", "rans-tok", "huffman"} <= dq and "plain" not in dq
     assert {"plain", "rans", "rans-tok", "huffman"} <= step and "dq" not in step
+
+
+def test_golden_1_3_files_hold_packed_fields_rounded_and_exact():
+    rounded = [r for r in cc.open_compressed(GOLDEN / "example.fpack.ccz.h5").records
+               if r.method == "lossless" and r.meta.get("codec") == "fpack"]
+    exact = [r for r in cc.open_compressed(GOLDEN / "example.fpack-lossless.ccz.h5").records
+             if r.method == "lossless" and r.meta.get("codec") == "fpack"]
+    assert rounded and max(r.meta["mbits"] for r in rounded) <= 12
+    assert exact and max(r.meta["mbits"] for r in exact) > 12
 
 
 @pytest.mark.parametrize("name", ["example.dq-rans.ccz.h5", "example.rans-step.ccz.h5"])

@@ -229,6 +229,21 @@ def test_default_targets_the_output_error_and_holds_on_held_out_images(zoo, tmp_
     # the record survives the file
     back = cc.open_compressed(out)
     assert back.settings["fidelity"]["calib_error"] == fid["calib_error"]
+    # biases (bias-corrected ones included) are stored as the joint forwards
+    # measured them: on the rounded mantissa grid, and the corrected ones moved
+    from caffecompress.config import OTHER_MANTISSA_BITS, blob_kind
+    from caffecompress.engine.floatpack import round_mantissa
+
+    orig = {lay.name: lay.blobs for lay in m.layers}
+    moved = 0
+    for lay in cc.decompress(out).layers:
+        for i, b in enumerate(lay.blobs):
+            if blob_kind(lay.type, i, b.shape) == "other":
+                assert np.array_equal(round_mantissa(b, OTHER_MANTISSA_BITS), b), (lay.name, i)
+                x = round_mantissa(np.asarray(orig[lay.name][i]), OTHER_MANTISSA_BITS)
+                moved += not np.array_equal(x, b)
+    corrected = [n for n, v in fid["layers"].items() if v["technique"].endswith("+bc")]
+    assert moved == len(corrected) > 0
 
 
 def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo, monkeypatch):

@@ -8,6 +8,7 @@ naming the file, without allocating on the forged record's word.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -66,16 +67,43 @@ def test_grid_file_reads_and_saves_at_the_version_it_needs(tmp_path):
     assert "grid" in {r.method for r in cm.records}
     assert not any("dq_seg" in r.meta for r in cm.records)
     rans = any(r.meta.get("coder") == "rans" for r in cm.records)
+    packed = any(r.meta.get("codec") == "fpack" for r in cm.records)
     p = cc.save(cm, tmp_path / "g.ccz.h5")
     with h5py.File(p, "r") as f:
+        assert f.attrs["format_version"] == (b"1.3" if packed else b"1.2" if rans else b"1.1")
+    # and without the packed fields (the biases kept as LZMA streams): 1.2 or 1.1
+    cm2 = dataclasses.replace(cm, records=[_as_lzma(r) for r in cm.records])
+    p2 = cc.save(cm2, tmp_path / "g2.ccz.h5")
+    with h5py.File(p2, "r") as f:
         assert f.attrs["format_version"] == (b"1.2" if rans else b"1.1")
     r = cc.decompress(p)
     assert [b.tobytes() for lay in r.layers for b in lay.blobs] == \
         [b.tobytes() for lay in cc.decompress(cm).layers for b in lay.blobs]
-    # the same model without a grid blob is still written as 1.0
-    p0 = cc.save(cc.compress(m, preset="lossless"), tmp_path / "l.ccz.h5")
+    # the same model without a grid blob or packed fields is still written as 1.0
+    cm0 = cc.compress(m, preset="lossless")
+    p0 = cc.save(dataclasses.replace(cm0, records=[_as_lzma(r) for r in cm0.records]), tmp_path / "l.ccz.h5")
     with h5py.File(p0, "r") as f:
         assert f.attrs["format_version"] == b"1.0"
+
+
+def _as_lzma(r):
+    """A lossless record's packed fields (1.3) as the 1.0 LZMA stream of the same values."""
+    if r.method != "lossless" or r.meta.get("codec") != "fpack":
+        return r
+    from caffecompress.engine.floatpack import unpack
+
+    meta, parts = _lzma_only(unpack(r.meta, r.parts["data"], r.size))
+    return dataclasses.replace(r, meta=meta, parts=parts)
+
+
+def _lzma_only(x):
+    import lzma
+
+    from caffecompress.pipeline import _lzma_filters, _shuffle
+
+    raw = _shuffle(x).tobytes()
+    data = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(raw)))
+    return {"codec": "lzma", "shuffle": 4}, {"data": np.frombuffer(data, np.uint8)}
 
 
 def _meta(key, value, k=0):

@@ -154,6 +154,44 @@ def test_lossless_preset_hand_model():
     assert_same_model(m, cc.decompress(cm))
 
 
+def test_lossy_presets_round_other_blobs_and_pack_them(tmp_path):
+    """Biases and the like: rounded to OTHER_MANTISSA_BITS in the lossy presets
+    (exactly what is restored), exact in the lossless preset and under a
+    layer's ``lossless`` override; packed fields wherever they beat LZMA."""
+    from caffecompress.engine.floatpack import round_mantissa
+
+    bits = config.OTHER_MANTISSA_BITS
+    m = tiny_model()
+    others = {(lay.name, i): np.asarray(b) for lay in m.layers for i, b in enumerate(lay.blobs)
+              if blob_kind(lay.type, i, np.shape(b)) == "other"}
+    assert others
+    for kw in ({"preset": "default"}, {"preset": "deep-compression"}, {"preset": "default", "bits": 4}):
+        cm = cc.compress(tiny_model(), **kw)
+        back = cc.decompress(cm)
+        for (name, i), x in others.items():
+            y = back.layer(name).blobs[i]
+            want = round_mantissa(x, bits)
+            assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), (kw, name, i)
+            assert not np.array_equal(y, x) or np.array_equal(want, x)
+        recs = [r for r in cm.records if r.kind == "other" and r.method == "lossless"]
+        assert recs and all(r.meta["codec"] == "fpack" and r.meta["mbits"] <= bits for r in recs)
+        assert all(r.sqnr > 6.02 * bits for r in recs)
+        out = tmp_path / "r.ccz.h5"
+        cc.save(cm, out, force=True)
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            assert f.attrs["format_version"].decode() == "1.3"
+    # the lossless preset and a lossless override keep the exact bits
+    back = cc.decompress(cc.compress(tiny_model(), preset="lossless"))
+    keep = next(iter(others))[0]
+    back2 = cc.decompress(cc.compress(tiny_model(), layers={keep: {"lossless": True}}))
+    for (name, i), x in others.items():
+        assert np.array_equal(back.layer(name).blobs[i].view(np.uint32), x.view(np.uint32))
+        if name == keep:
+            assert np.array_equal(back2.layer(name).blobs[i].view(np.uint32), x.view(np.uint32))
+
+
 def test_nan_weights_fall_back_to_lossless_with_warning():
     m = tiny_model()
     m.layer("conv1").blobs[0][0, 0, 0, 0] = np.nan

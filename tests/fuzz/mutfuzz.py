@@ -3,7 +3,8 @@
 Seeds are small files built here (and the zoo's MTCNN det1 when present):
 binary caffemodels V0/V1/V2, prototxt, binaryproto, Caffe's
 ``.caffemodel.h5`` and the project's own ``.ccz.h5`` (formats 1.0, 1.1
-with ``grid`` blobs, and 1.2 with dependent quantisation and rANS streams). Each case is
+with ``grid`` blobs, 1.2 with dependent quantisation and rANS streams, and
+1.3 with packed float fields). Each case is
 ``(kind, seed, case_seed)``: the worker rebuilds the mutated file from those
 numbers alone (so any case can be replayed with :func:`replay`), calls the
 library entry point for the kind and classifies what happened.
@@ -22,7 +23,8 @@ Mutation families:
             and the ``grid`` method's own meta (``step``, ``qmin``, ``nsym``,
             label counts; 1.2's ``dq_seg``, ``coder``, ``seg`` and ``tok``
             switched on, off or hostile) and its label and rANS streams
-            forged (op ``grid_*``);
+            forged (op ``grid_*``); 1.3's ``fpack`` codec of ``lossless``
+            records switched on, off or given hostile meta (op ``lossless_*``);
 ``stream``  ``.ccz.h5`` only: a stream's bytes rewritten with a valid CRC.
 
 Outcomes: ``ok`` (a result), ``error`` (a CaffeCompressError naming the
@@ -660,12 +662,39 @@ def _mutate_grid(ix, rng) -> str:
     return "grid_method"
 
 
+_FPACK_KEYS = ("ebase", "ebits", "mbits")
+
+
+def _mutate_lossless(ix, rng) -> str:
+    """Edit a ``lossless`` record's codec: 1.3's ``fpack`` switched on over an
+    LZMA stream (or off, over packed fields), its meta hostile or off by one."""
+    pool = [b for b in ix["blobs"] if b.get("method") == "lossless" and isinstance(b.get("meta"), dict)]
+    if not pool:
+        return "lossless_none"
+    b = _pick(rng, pool)
+    meta = b["meta"]
+    if meta.get("codec") != "fpack" or rng.random() < 0.2:
+        if meta.get("codec") == "fpack":
+            meta.clear()
+            meta.update(codec=_pick(rng, ["lzma", "zlib"]), shuffle=4)
+            return "lossless_fpack_off"
+        meta["codec"] = "fpack"
+        meta.update(ebase=int(_pick(rng, [0, 100, 127, 255])), ebits=int(_pick(rng, [0, 3, 8])),
+                    mbits=int(_pick(rng, [0, 12, 23])))
+        return "lossless_fpack_on"
+    key = str(_pick(rng, _FPACK_KEYS))
+    v = meta.get(key, 0)
+    n = v if type(v) is int else 0  # noqa: E721
+    meta[key] = _pick(rng, [n + 1, n - 1, -1, 0, 8, 9, 23, 24, 255, 256, 2**31, float(n), str(n), True, None])
+    return f"lossless_{key}"
+
+
 def mutate_index(path: str, rng) -> str:
     """Rewrite the JSON index of a ``.ccz.h5`` with a hostile edit (its CRC recomputed)."""
     attrs, payload, ix = read_ccz(path)
     payload = payload[: int(attrs["index"][0])]
     op = str(_pick(rng, ["set", "set", "set", "delete", "dup", "swap", "drop_blob", "dup_blob", "targeted",
-                         "targeted", "deep", "grid", "grid"]))
+                         "targeted", "deep", "grid", "grid", "grid", "lossless"]))
     nodes = [p for p, _ in _nodes(ix) if p]
     if op == "set":
         _set(ix, nodes[int(rng.integers(0, len(nodes)))], _HOSTILE[int(rng.integers(0, len(_HOSTILE)))])
@@ -717,6 +746,8 @@ def mutate_index(path: str, rng) -> str:
             ix["layers"][int(rng.integers(0, len(ix["layers"])))][0] = "renamed"
     elif op == "grid":
         op = _mutate_grid(ix, rng)
+    elif op == "lossless":
+        op = _mutate_lossless(ix, rng)
     elif op == "deep":
         _set(ix, nodes[int(rng.integers(0, len(nodes)))], _DEEP)
     text = json.dumps(ix, sort_keys=True)

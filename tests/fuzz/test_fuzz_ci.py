@@ -35,6 +35,12 @@ def test_fuzz_every_reader():
         if label.startswith(("index:grid_set_", "index:grid_no_")):
             switched[outcome] += n
     assert switched["error"] > 0, switched
+    # format 1.3: the fpack codec of lossless records switched on, off or hostile
+    packed = Counter()
+    for (kind, label, outcome), n in rep.ops.items():
+        if label.startswith("index:lossless_") and label != "index:lossless_none":
+            packed[outcome] += n
+    assert packed["error"] > 0 and packed["ok"] + packed["error"] >= 10, packed
 
 
 def test_harness_sees_violations(tmp_path, monkeypatch):

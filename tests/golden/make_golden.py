@@ -6,6 +6,7 @@ files are what old caffecompress versions wrote, and must be read forever):
     .venv/bin/python tests/golden/make_golden.py --version 1.0   # the 1.0 files (2026)
     .venv/bin/python tests/golden/make_golden.py --version 1.1   # the grid method's files
     .venv/bin/python tests/golden/make_golden.py --version 1.2   # dependent quantisation and rANS (needs numba)
+    .venv/bin/python tests/golden/make_golden.py --version 1.3   # packed float fields (fpack)
 
 Each version writes only its own presets and refuses to overwrite a file
 that exists (``--force`` to regenerate on purpose, which is never right for
@@ -52,7 +53,14 @@ PRESETS_1_2 = {
     "dq-rans": {"preset": "default", "data_free": True},
     "rans-step": {"preset": "default", "data_free": True, "step": 0.003},
 }
-VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2}
+#: Format 1.3: ``lossless`` blobs as packed float32 fields (codec ``fpack``):
+#: the data-free rule's biases, rounded to 12 mantissa bits, and the exact
+#: small blobs of the lossless preset.
+PRESETS_1_3 = {
+    "fpack": {"preset": "default", "data_free": True},
+    "fpack-lossless": {"preset": "lossless"},
+}
+VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3}
 
 
 def manifest(model) -> dict:
