@@ -435,7 +435,9 @@ def cmd_info(args) -> int:
             f"prototxt {'stored' if cm.prototxt is not None else 'absent'}",
             report.format_table(rows, tot),
             f"file {fi['file_bytes']:,} B = streams {fi['payload_bytes'] - fi['index_bytes']:,} B"
-            f" + index {fi['index_bytes']:,} B + HDF5 overhead "
+            f" + index {fi['index_bytes']:,} B"
+            f"{' (with the skeleton and prototxt)' if not fi['format_version'].startswith('1.') else ''}"
+            f" + HDF5 overhead "
             f"{fi['overhead_bytes']:,} B ({fi['overhead']:.1%}); dense weights "
             f"{tot['weights_bytes']:,} B ({tot['weights_bytes'] / fi['file_bytes']:.2f}x the file)",
             *_fidelity_lines(cm.settings),

@@ -90,6 +90,15 @@ def _stream(e, what, size) -> None:
         raise _Bad(f"{what}: length does not match dtype and count")
 
 
+def _part2(e, what) -> int:
+    """A 2.x part entry ``[length, dtype]``; its length."""
+    ln, dt = _list(e, what, 2)
+    _int(ln, f"{what} length")
+    if ln % _dtype(dt, f"{what} dtype", "biuf").itemsize:
+        raise _Bad(f"{what}: length is not a whole number of {dt} values")
+    return ln
+
+
 def _layers(ix) -> list:
     out = []
     for i, entry in enumerate(_list(ix["layers"], "layers")):
@@ -142,7 +151,7 @@ def _grid_meta(meta, what) -> None:
             raise _Bad(f"{what}: grid blob meta {key} = {v} is out of range")
 
 
-def _blob(b, i, blobs, nlayers, size) -> tuple:
+def _blob(b, i, blobs, nlayers, size, compact=False) -> tuple:
     what = f"blob record {i}"
     b = _dict(b, what)
     for key in ("layer", "blob", "method", "kind", "dtype", "shape", "crc32", "shared", "bits", "sparsity",
@@ -170,8 +179,12 @@ def _blob(b, i, blobs, nlayers, size) -> tuple:
         if not isinstance(v, (int, float, str, bool)) or v is None:
             raise _Bad(f"{what}: meta {k!r} is not a plain scalar")
     parts = _dict(b["parts"], f"{what} parts")
+    stored = 0
     for k, e in parts.items():
-        _stream(e, f"{what} part {k!r}", size)
+        if compact:
+            stored += _part2(e, f"{what} part {k!r}")
+        else:
+            _stream(e, f"{what} part {k!r}", size)
     if method == "ref":
         if not 0 <= shared < i:
             raise _Bad(f"{what}: a shared blob must point at an earlier record, not {shared}")
@@ -193,10 +206,10 @@ def _blob(b, i, blobs, nlayers, size) -> tuple:
             _int(meta["nlab"], f"{what} label count", 0, math.prod(shape))
         if method == "grid":
             _grid_meta(meta, what)
-    return layer, b["blob"], shape
+    return layer, b["blob"], shape, stored
 
 
-def check_index(ix, size: int, path) -> list:
+def check_index(ix, size: int, path, *, data_bytes: int | None = None) -> list:
     """Validate a decoded index against the schema; return its layer names.
 
     Parameters
@@ -207,14 +220,20 @@ def check_index(ix, size: int, path) -> list:
         Bytes in ``/payload`` (every stream must lie inside).
     path : str
         The file, for messages.
+    data_bytes : int, optional
+        A 2.x index (compact part entries ``[length, dtype]``, no ``streams``):
+        the bytes before the index block, which the parts must fill exactly.
 
     Raises
     ------
     CorruptDataError
     """
+    compact = data_bytes is not None
     try:
         ix = _dict(ix, "the index")
-        for key in ("model", "streams", "layers", "blobs"):
+        if compact and "streams" in ix:
+            raise _Bad("a 2.x index keeps its skeleton and prototxt in the index block, not in 'streams'")
+        for key in ("model", "layers", "blobs") if compact else ("model", "streams", "layers", "blobs"):
             if key not in ix:
                 raise _Bad(f"the index lacks {key!r}")
         model = _dict(ix["model"], "model")
@@ -227,19 +246,24 @@ def check_index(ix, size: int, path) -> list:
         _dict(model.get("settings", {}), "model settings")
         if "seconds" in model:
             _real(model["seconds"], "model seconds")
-        streams = _dict(ix["streams"], "streams")
-        if "skeleton" not in streams:
-            raise _Bad("the index has no skeleton stream")
-        for k, e in streams.items():
-            _stream(e, f"stream {k!r}", size)
+        if not compact:
+            streams = _dict(ix["streams"], "streams")
+            if "skeleton" not in streams:
+                raise _Bad("the index has no skeleton stream")
+            for k, e in streams.items():
+                _stream(e, f"stream {k!r}", size)
         names = _layers(ix)
         blobs = _list(ix["blobs"], "blobs")
         nexts = [0] * len(names)
+        stored = 0
         for i, b in enumerate(blobs):
-            layer, index, _ = _blob(b, i, blobs, len(names), size)
+            layer, index, _, n = _blob(b, i, blobs, len(names), size, compact)
+            stored += n
             if index != nexts[layer]:
                 raise _Bad(f"blob record {i}: blob {index} of layer {names[layer]!r} out of order")
             nexts[layer] += 1
+        if compact and stored != data_bytes:
+            raise _Bad(f"the parts hold {stored} bytes where the payload has {data_bytes} before the index")
         return names
     except _Bad as exc:
         raise CorruptDataError(f"index damaged: {exc}", path=path) from None

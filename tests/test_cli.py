@@ -132,8 +132,8 @@ def test_info_on_both_kinds(capsys, model, tmp_path):
     assert t["file_bytes"] == h5.stat().st_size
     assert t["overhead_bytes"] == t["file_bytes"] - t["dataset_bytes"]
     # the default (data-free here: no prototxt) stores grid blobs and its
-    # biases rounded and packed (1.3)
-    assert rep["format_version"] == "1.3"
+    # biases rounded and packed, in the 2.x layout
+    assert rep["format_version"] == "2.0"
     assert "grid" in {lay["method"] for lay in rep["layers"]}
 
 

@@ -68,6 +68,15 @@ def lossless_file(tmp_path):
     return m, p
 
 
+@pytest.fixture
+def lossless_file_v1(tmp_path):
+    """The same in the 1.x layout (forged below as 1.x files are)."""
+    m = tiny_model()
+    p = tmp_path / "tiny.v1.ccz.h5"
+    cc.save(cc.compress(m, preset="lossless"), p, format_major=1)
+    return m, p
+
+
 def test_lossless_roundtrip_bit_exact(lossless_file):
     m, p = lossless_file
     assert_same_model(m, cc.decompress(p))
@@ -81,9 +90,7 @@ def test_layout_is_few_objects_and_versioned(lossless_file):
         assert list(f.keys()) == ["payload"]
         assert sorted(f.attrs) == ["format", "format_version", "index"]
         assert f.attrs["format"] == b"caffecompress"
-        # the lowest version its blobs need: 1.3 for the packed float fields of its small blobs
-        packed = any(r.meta.get("codec") == "fpack" for r in cc.open_compressed(p).records)
-        assert f.attrs["format_version"] == (b"1.3" if packed else b"1.0")
+        assert f.attrs["format_version"] == b"2.0"
         assert f["payload"].dtype == np.uint8 and f["payload"].chunks is None
         # v110 superblock (version >= 2): HDF5 checksums every metadata object
         assert f.id.get_create_plist().get_version()[0] >= 2
@@ -122,16 +129,43 @@ def test_random_access_one_layer(lossless_file):
 def test_refuses_newer_major_version(lossless_file):
     _, p = lossless_file
     with h5py.File(p, "r+") as f:
-        f.attrs["format_version"] = np.bytes_("2.0")
+        f.attrs["format_version"] = np.bytes_("3.0")
     with pytest.raises(UnsupportedVersionError, match="upgrade"):
         cc.open_compressed(p)
 
 
-def test_accepts_newer_minor_version(lossless_file):
-    m, p = lossless_file
+@pytest.mark.parametrize("fixture, ver", [("lossless_file", "2.9"), ("lossless_file_v1", "1.7")])
+def test_accepts_newer_minor_version(request, fixture, ver):
+    m, p = request.getfixturevalue(fixture)
     with h5py.File(p, "r+") as f:
-        f.attrs["format_version"] = np.bytes_("1.7")
+        f.attrs["format_version"] = np.bytes_(ver)
     assert_same_model(m, cc.decompress(p))
+
+
+def test_the_two_layouts_hold_the_same_model_and_2_is_smaller(lossless_file, lossless_file_v1):
+    m, p2 = lossless_file
+    _, p1 = lossless_file_v1
+    assert container.file_info(p1)["format_version"] == "1.3"  # its small float blobs packed
+    for p in (p1, p2):
+        assert_same_model(m, cc.decompress(p))
+    assert p2.stat().st_size < p1.stat().st_size
+    with pytest.raises(ValueError, match="format_major"):
+        cc.save(cc.compress(m, preset="lossless"), p1.with_name("x.h5"), format_major=3)
+
+
+def test_a_1x_layout_index_in_a_2x_file_is_refused(lossless_file, lossless_file_v1, tmp_path):
+    """The index block decides the layout: a 1.x index under a 2.0 version (and
+    the reverse) is a damaged file, typed and named."""
+    _, p2 = lossless_file
+    _, p1 = lossless_file_v1
+    for src, ver in ((p1, "2.0"), (p2, "1.3")):
+        q = tmp_path / ("swapped-" + src.name)
+        q.write_bytes(src.read_bytes())
+        with h5py.File(q, "r+") as f:
+            f.attrs["format_version"] = np.bytes_(ver)
+        with pytest.raises(CorruptDataError, match="index damaged") as ei:
+            cc.open_compressed(q)
+        assert str(q) in str(ei.value)
 
 
 def test_other_hdf5_is_format_error(tmp_path):
@@ -252,7 +286,7 @@ def test_file_info_overhead(lossless_file):
     assert fi["overhead_bytes"] == fi["file_bytes"] - fi["dataset_bytes"]
     assert 0 < fi["overhead_bytes"] < 1024
     assert 0 < fi["index_bytes"] < fi["payload_bytes"]
-    assert fi["format_version"] == "1.3"  # the tiny model's small float blobs are packed fields
+    assert fi["format_version"] == "2.0"
 
 
 def test_caffemodel_bytes_in_memory(zoo):
@@ -305,7 +339,7 @@ GOLDEN_1_0_SHA256 = {
 }
 
 
-#: The 1.1, 1.2 and 1.3 golden files, byte for byte, likewise.
+#: The 1.1, 1.2, 1.3 and 2.0 golden files, byte for byte, likewise.
 GOLDEN_LATER_SHA256 = {
     "example.grid.ccz.h5": ("1.1", "9ffaac42c160796698b11db03ff44d93e82555484cf262ff014fcadf74413253"),
     "example.grid-step.ccz.h5": ("1.1", "8936f22bee44bc11daa95dcfa7ce72d5be5694c347e5ead92db8d98686732de7"),
@@ -314,6 +348,9 @@ GOLDEN_LATER_SHA256 = {
     "example.rans-step.ccz.h5": ("1.2", "4ccdfaba0e21e434a667063b35865b1c9d3dc9b9524dbfce9775fc2da463ec24"),
     "example.fpack.ccz.h5": ("1.3", "78738613983765842ed37a29387bfe0ca535fea600a1a4a0dbe395e8cf4252d8"),
     "example.fpack-lossless.ccz.h5": ("1.3", "0b6eaa6b38211438e62a573e67a2aa1497e209578213da49dbce9c2ad81e7b50"),
+    "example.v2-data-free.ccz.h5": ("2.0", "97fb870f8527396f051ee791a19ee2b6ba0a12fdc0d639ad305474e14cc81404"),
+    "example.v2-lossless.ccz.h5": ("2.0", "793412a775b24f04763f4eecf637b06396acff48fdcfe164781af8f3e163dd52"),
+    "example.v2-bits4-prune.ccz.h5": ("2.0", "c64461b0b8a5e47b62c7b0725bd22c3f3e455846c62cf77929a6fe0452b0c049"),
 }
 
 
@@ -370,6 +407,27 @@ def test_golden_1_2_files_hold_every_new_stream():
     assert {"plain", "rans", "rans-tok", "huffman"} <= step and "dq" not in step
 
 
+def test_golden_2_0_files_hold_the_block_layout():
+    """The 2.0 goldens hold the block layout: the texts in the index block, no
+    ``streams``, parts as [length, dtype] filling the payload up to the block."""
+    import json
+
+    for name in ("example.v2-data-free.ccz.h5", "example.v2-lossless.ccz.h5", "example.v2-bits4-prune.ccz.h5"):
+        p = GOLDEN / name
+        with h5py.File(p, "r") as f:
+            off, ln, _ = (int(v) for v in f.attrs["index"])
+            payload = f["payload"][()].tobytes()
+        text, skel, proto = container.read_index_block(payload[off : off + ln])
+        ix = json.loads(text)
+        assert "streams" not in ix and skel and proto
+        assert all(len(e) == 2 for b in ix["blobs"] for e in b["parts"].values())
+        assert sum(e[0] for b in ix["blobs"] for e in b["parts"].values()) == off
+    methods = {r.method for r in cc.open_compressed(GOLDEN / "example.v2-bits4-prune.ccz.h5").records}
+    assert "shared+sparse" in methods
+    recs = cc.open_compressed(GOLDEN / "example.v2-data-free.ccz.h5").records
+    assert {"grid", "lossless"} <= {r.method for r in recs} and any(r.meta.get("codec") == "fpack" for r in recs)
+
+
 def test_golden_1_3_files_hold_packed_fields_rounded_and_exact():
     rounded = [r for r in cc.open_compressed(GOLDEN / "example.fpack.ccz.h5").records
                if r.method == "lossless" and r.meta.get("codec") == "fpack"]
@@ -415,11 +473,78 @@ def test_opencv_net_straight_from_compressed_file(tmp_path):
     assert cc.caffemodel_bytes(m) == (data / "example.caffemodel").read_bytes()
 
 
-def test_crafted_index_claiming_a_huge_blob_is_refused(lossless_file, tmp_path):
+def _forge_v2(src, dst, edit_ix=None, edit_raw=None):
+    """Rewrite a 2.x file's index block (CRC recomputed, as a crafted file would)."""
+    import json as _json
+    import lzma
+    import struct
+
+    with h5py.File(src, "r") as f:
+        attrs = {k: f.attrs[k] for k in f.attrs}
+        payload = f["payload"][()].tobytes()
+    off, ln, _ = (int(v) for v in attrs["index"])
+    text, skel, proto = container.read_index_block(payload[off : off + ln])
+    ix = _json.loads(text)
+    if edit_ix is not None:
+        edit_ix(ix)
+    j = _json.dumps(ix).encode()
+    raw = struct.pack("<III", len(proto), len(skel), len(j)) + proto + skel + j
+    if edit_raw is not None:
+        raw = edit_raw(raw)
+    z = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=container._BLOCK_FILTERS)
+    with h5py.File(dst, "w", libver=("v110", "v110")) as f:
+        f.attrs["format"], f.attrs["format_version"] = attrs["format"], attrs["format_version"]
+        f.attrs["index"] = np.array([off, len(z), zlib.crc32(z)], np.uint64)
+        f["payload"] = np.frombuffer(payload[:off] + z, np.uint8)
+    return dst
+
+
+def _grow_first_part(ix):
+    e = next(e for b in ix["blobs"] for e in b["parts"].values())
+    e[0] += 4
+
+
+@pytest.mark.parametrize("case, edit_ix, edit_raw, match", [
+    ("parts-overrun", _grow_first_part, None, "parts hold"),
+    ("streams-key", lambda ix: ix.update(streams={}), None, "not in 'streams'"),
+    ("1x-part-entry", lambda ix: next(b for b in ix["blobs"] if b["parts"])["parts"].update(
+        data=[0, 4, "|u1", 4, 0]), None, "not a list of 2"),
+    ("odd-length", lambda ix: next(e for b in ix["blobs"] for e in b["parts"].values()).__setitem__(
+        slice(None), [3, "<u2"]), None, "whole number"),
+    ("header-lengths", None, lambda raw: raw[:8] + (len(raw)).to_bytes(4, "little") + raw[12:], "do not fill"),
+    ("short-block", None, lambda raw: raw[:7], "shorter than its header"),
+    ("no-header", None, lambda raw: b"", "shorter than its header"),
+])
+def test_forged_2x_index_blocks_are_refused(lossless_file, tmp_path, case, edit_ix, edit_raw, match):
+    _, p = lossless_file
+    q = _forge_v2(p, tmp_path / f"{case}.ccz.h5", edit_ix, edit_raw)
+    with pytest.raises(CorruptDataError, match=match) as ei:
+        cc.decompress(q)
+    assert str(q) in str(ei.value)
+
+
+def test_a_2x_block_with_bytes_after_its_stream_is_refused(lossless_file, tmp_path):
+    _, p = lossless_file
+    with h5py.File(p, "r") as f:
+        attrs = {k: f.attrs[k] for k in f.attrs}
+        payload = f["payload"][()].tobytes()
+    off, ln, _ = (int(v) for v in attrs["index"])
+    z = payload[off : off + ln] + b"\0\0\0\0"
+    q = tmp_path / "tail.ccz.h5"
+    with h5py.File(q, "w", libver=("v110", "v110")) as f:
+        f.attrs["format"], f.attrs["format_version"] = attrs["format"], attrs["format_version"]
+        f.attrs["index"] = np.array([off, len(z), zlib.crc32(z)], np.uint64)
+        f["payload"] = np.frombuffer(payload[:off] + z, np.uint8)
+    with pytest.raises(CorruptDataError, match="after the block") as ei:
+        cc.open_compressed(q)
+    assert str(q) in str(ei.value)
+
+
+def test_crafted_index_claiming_a_huge_blob_is_refused(lossless_file_v1, tmp_path):
     """A well-formed file (valid CRCs) whose index claims 10**15 elements: refused, nothing allocated."""
     import json as _json
 
-    _, p = lossless_file
+    _, p = lossless_file_v1
     with h5py.File(p, "r") as f:
         off, ln, _ = (int(v) for v in f.attrs["index"])
         payload = f["payload"][()]

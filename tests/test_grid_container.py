@@ -68,20 +68,26 @@ def test_grid_file_reads_and_saves_at_the_version_it_needs(tmp_path):
     assert not any("dq_seg" in r.meta for r in cm.records)
     rans = any(r.meta.get("coder") == "rans" for r in cm.records)
     packed = any(r.meta.get("codec") == "fpack" for r in cm.records)
-    p = cc.save(cm, tmp_path / "g.ccz.h5")
+    p = cc.save(cm, tmp_path / "g.ccz.h5", format_major=1)
     with h5py.File(p, "r") as f:
         assert f.attrs["format_version"] == (b"1.3" if packed else b"1.2" if rans else b"1.1")
     # and without the packed fields (the biases kept as LZMA streams): 1.2 or 1.1
     cm2 = dataclasses.replace(cm, records=[_as_lzma(r) for r in cm.records])
-    p2 = cc.save(cm2, tmp_path / "g2.ccz.h5")
+    p2 = cc.save(cm2, tmp_path / "g2.ccz.h5", format_major=1)
     with h5py.File(p2, "r") as f:
         assert f.attrs["format_version"] == (b"1.2" if rans else b"1.1")
-    r = cc.decompress(p)
-    assert [b.tobytes() for lay in r.layers for b in lay.blobs] == \
-        [b.tobytes() for lay in cc.decompress(cm).layers for b in lay.blobs]
+    # the 2.x layout (the default) holds the same blobs
+    p3 = cc.save(cm, tmp_path / "g3.ccz.h5")
+    with h5py.File(p3, "r") as f:
+        assert f.attrs["format_version"] == b"2.0"
+    for q in (p, p3):
+        r = cc.decompress(q)
+        assert [b.tobytes() for lay in r.layers for b in lay.blobs] == \
+            [b.tobytes() for lay in cc.decompress(cm).layers for b in lay.blobs]
     # the same model without a grid blob or packed fields is still written as 1.0
     cm0 = cc.compress(m, preset="lossless")
-    p0 = cc.save(dataclasses.replace(cm0, records=[_as_lzma(r) for r in cm0.records]), tmp_path / "l.ccz.h5")
+    p0 = cc.save(dataclasses.replace(cm0, records=[_as_lzma(r) for r in cm0.records]), tmp_path / "l.ccz.h5",
+                 format_major=1)
     with h5py.File(p0, "r") as f:
         assert f.attrs["format_version"] == b"1.0"
 
@@ -270,7 +276,7 @@ _CONST_PROBE = textwrap.dedent("""
         cm = cc.compress(m, preset="default", step=2.0 ** -9)
     else:  # a one-entry codebook, format 1.0
         cm = cc.compress(m, preset="default", bits=4)
-    cc.save(cm, src)
+    cc.save(cm, src, format_major=1)  # forged below in the 1.x layout (test_regressions: both)
     with h5py.File(src, "r") as f:
         attrs = {k: f.attrs[k] for k in f.attrs}
         payload = f["payload"][()].tobytes()

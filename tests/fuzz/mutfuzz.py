@@ -3,8 +3,9 @@
 Seeds are small files built here (and the zoo's MTCNN det1 when present):
 binary caffemodels V0/V1/V2, prototxt, binaryproto, Caffe's
 ``.caffemodel.h5`` and the project's own ``.ccz.h5`` (formats 1.0, 1.1
-with ``grid`` blobs, 1.2 with dependent quantisation and rANS streams, and
-1.3 with packed float fields). Each case is
+with ``grid`` blobs, 1.2 with dependent quantisation and rANS streams, 1.3
+with packed float fields, and 2.0: the LZMA index block holding the
+skeleton and prototxt, parts without offsets or CRCs). Each case is
 ``(kind, seed, case_seed)``: the worker rebuilds the mutated file from those
 numbers alone (so any case can be replayed with :func:`replay`), calls the
 library entry point for the kind and classifies what happened.
@@ -25,7 +26,8 @@ Mutation families:
             switched on, off or hostile) and its label and rANS streams
             forged (op ``grid_*``); 1.3's ``fpack`` codec of ``lossless``
             records switched on, off or given hostile meta (op ``lossless_*``);
-``stream``  ``.ccz.h5`` only: a stream's bytes rewritten with a valid CRC.
+``stream``  ``.ccz.h5`` only: a stream's bytes rewritten with a valid CRC
+            (2.x: a part's bytes, or the skeleton or prototxt in the block).
 
 Outcomes: ``ok`` (a result), ``error`` (a CaffeCompressError naming the
 file), and the contract violations ``unnamed`` (typed but without the file
@@ -240,11 +242,18 @@ def build_seeds(folder) -> dict:
                      ("grid", {"preset": "default", "data_free": True}),
                      ("grid-step", {"preset": "default", "data_free": True, "step": 0.02})):
         p = folder / f"seed.{name}.ccz.h5"
-        cc.save(cc.compress(src, **kw), p)
+        cm = cc.compress(src, **kw)
+        cc.save(cm, p)
         seeds["ccz"].append({"path": str(p), "prototxt": None})
+        if name in ("default", "bits4-prune"):  # and the 1.x layout the same writer still makes
+            p = folder / f"seed.{name}.v1.ccz.h5"
+            cc.save(cm, p, format_major=1)
+            seeds["ccz"].append({"path": str(p), "prototxt": None})
     # the golden files of the example model: 1.1's five grid blobs (alphabets
-    # up to 3116), 1.2's DQ and rANS blobs (token mode and a 241-symbol alphabet)
-    for name in ("example.grid.ccz.h5", "example.dq-rans.ccz.h5", "example.rans-step.ccz.h5"):
+    # up to 3116), 1.2's DQ and rANS blobs (token mode and a 241-symbol alphabet),
+    # 1.3's packed float fields
+    for name in ("example.grid.ccz.h5", "example.dq-rans.ccz.h5", "example.rans-step.ccz.h5",
+                 "example.fpack.ccz.h5"):
         golden = GOLDEN / name
         if golden.exists():
             p = folder / f"golden.{name.removeprefix('example.')}"
@@ -534,14 +543,30 @@ def mutate_h5(path: str, rng, kind: str) -> str:
 # ------------------------------------------------------------------ the .ccz.h5 index
 
 
+def _major(attrs) -> int:
+    v = attrs.get("format_version", b"1.0")
+    v = v.decode() if isinstance(v, bytes) else str(v)
+    return 2 if v.startswith("2.") else 1
+
+
 def read_ccz(path):
-    """``(attrs dict, payload bytes, index dict)`` of a ``.ccz.h5``."""
+    """``(attrs dict, payload bytes, index dict)`` of a ``.ccz.h5``.
+
+    A 2.x file's skeleton and prototxt (inside its index block) come back as
+    ``attrs["_texts"]`` (``(skeleton, prototxt or None)``), which
+    :func:`write_ccz` puts back into the block."""
     import h5py
+
+    from caffecompress import container
 
     with h5py.File(path, "r") as f:
         attrs = {k: f.attrs[k] for k in f.attrs}
         payload = f["payload"][()].tobytes()
     off, ln, _ = (int(v) for v in attrs["index"])
+    if _major(attrs) >= 2:
+        text, skel, proto = container.read_index_block(payload[off : off + ln])
+        attrs["_texts"] = (skel, proto)
+        return attrs, payload, json.loads(text)
     return attrs, payload, json.loads(zlib.decompress(payload[off : off + ln]))
 
 
@@ -549,12 +574,18 @@ def write_ccz(path, attrs, payload: bytes, index_text: str, extra: bytes = b""):
     """Rewrite a ``.ccz.h5`` with ``payload + extra`` and a new index (CRC recomputed)."""
     import h5py
 
-    z = zlib.compress(index_text.encode("utf-8"), 6)
+    from caffecompress import container
+
+    if "_texts" in attrs:
+        skel, proto = attrs["_texts"]
+        z = container.index_block(index_text.encode("utf-8"), skel, proto)
+    else:
+        z = zlib.compress(index_text.encode("utf-8"), 6)
     body = payload + extra
     idx = [len(body), len(z), zlib.crc32(z) & 0xFFFFFFFF]
     with h5py.File(path, "w", libver=("v110", "v110")) as f:
         for k, v in attrs.items():
-            if k != "index":
+            if k != "index" and not k.startswith("_"):
                 f.attrs[k] = v
         f.attrs["index"] = np.array(idx, np.uint64)
         f.create_dataset("payload", data=np.frombuffer(body + z, np.uint8))
@@ -758,10 +789,60 @@ def mutate_index(path: str, rng) -> str:
     return op
 
 
+def _mutate_stream_2(path, attrs, payload, ix, rng) -> str:
+    """:func:`mutate_stream` for a 2.x file: a part's bytes (offsets follow from
+    the order, no CRC a part) or the skeleton or prototxt in the index block."""
+    order = [(i, k) for i, b in enumerate(ix["blobs"]) for k in sorted(b["parts"])]
+    where, off = {}, 0
+    for i, k in order:
+        ln = ix["blobs"][i]["parts"][k][0]
+        where[(i, k)] = (off, ln)
+        off += ln
+    skel, proto = attrs["_texts"]
+    entries = order + [("texts", "skeleton")] + ([("texts", "prototxt")] if proto is not None else [])
+    i, k = entries[int(rng.integers(0, len(entries)))]
+    op = str(_pick(rng, ["bytes", "bytes", "bomb", "other_stream", "resize"]))
+    if i == "texts":
+        data = skel if k == "skeleton" else proto
+        if op == "bomb":
+            data = bytes(int(_pick(rng, [1 << 24, 1 << 25])))
+        elif op == "other_stream" and order:
+            o, ln = where[order[int(rng.integers(0, len(order)))]]
+            data = payload[o : o + ln]
+        elif op == "resize":
+            data = data[: len(data) // 2] if rng.random() < 0.5 else data + data
+        else:
+            op, data = mutate_bytes(data, rng)
+            op = "bytes_" + op
+        attrs["_texts"] = (data, proto) if k == "skeleton" else (skel, data)
+        write_ccz(path, attrs, payload, json.dumps(ix, sort_keys=True))
+        return f"model_{op}"
+    o, ln = where[(i, k)]
+    data = payload[o : o + ln]
+    dt = ix["blobs"][i]["parts"][k][1]
+    itemsize = np.dtype(dt).itemsize
+    if op == "other_stream":
+        o2, ln2 = where[order[int(rng.integers(0, len(order)))]]
+        data = payload[o2 : o2 + ln2]
+    elif op == "resize" or op == "bomb":
+        u = int(rng.integers(0, 3))
+        data = data[: len(data) // 2] if u == 0 else data + data if u == 1 else b""
+    else:
+        op, data = mutate_bytes(data, rng)
+        op = "bytes_" + op
+    if len(data) % itemsize:
+        data = data[: len(data) - len(data) % itemsize]
+    ix["blobs"][i]["parts"][k] = [len(data), dt]
+    write_ccz(path, attrs, payload[:o] + data + payload[o + ln :], json.dumps(ix, sort_keys=True))
+    return f"part_{op}"
+
+
 def mutate_stream(path: str, rng) -> str:
     """Rewrite one stream of a ``.ccz.h5`` with bad contents and a valid CRC."""
     attrs, payload, ix = read_ccz(path)
     payload = payload[: int(attrs["index"][0])]
+    if "_texts" in attrs:
+        return _mutate_stream_2(path, attrs, payload, ix, rng)
     entries = [("streams", k, e) for k, e in ix["streams"].items()]
     entries += [(i, k, e) for i, b in enumerate(ix["blobs"]) for k, e in b["parts"].items()]
     where, name, e = entries[int(rng.integers(0, len(entries)))]

@@ -7,6 +7,7 @@ files are what old caffecompress versions wrote, and must be read forever):
     .venv/bin/python tests/golden/make_golden.py --version 1.1   # the grid method's files
     .venv/bin/python tests/golden/make_golden.py --version 1.2   # dependent quantisation and rANS (needs numba)
     .venv/bin/python tests/golden/make_golden.py --version 1.3   # packed float fields (fpack)
+    .venv/bin/python tests/golden/make_golden.py --version 2.0   # the 2.x layout (index block)
 
 Each version writes only its own presets and refuses to overwrite a file
 that exists (``--force`` to regenerate on purpose, which is never right for
@@ -60,7 +61,15 @@ PRESETS_1_3 = {
     "fpack": {"preset": "default", "data_free": True},
     "fpack-lossless": {"preset": "lossless"},
 }
-VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3}
+#: Format 2.0: the index block (LZMA2 of the prototxt, the skeleton and the
+#: compact JSON index): a data-free file (grids, DQ, rANS, packed fields), a
+#: lossless one and a pruned fixed-width one (k-means codebooks, sparse positions).
+PRESETS_2_0 = {
+    "v2-data-free": {"preset": "default", "data_free": True},
+    "v2-lossless": {"preset": "lossless"},
+    "v2-bits4-prune": {"preset": "default", "bits": 4, "prune": 0.5},
+}
+VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3, "2.0": PRESETS_2_0}
 
 
 def manifest(model) -> dict:
@@ -91,7 +100,7 @@ def main(argv=None) -> int:
     for name, kw in presets.items():
         out, man = outs[name]
         cm = cc.compress(model, **kw)
-        cc.save(cm, out, force=True)
+        cc.save(cm, out, force=True, format_major=int(args.version.split(".")[0]))
         with h5py.File(out, "r") as f:
             got = f.attrs["format_version"].decode()
         if got != args.version:
