@@ -225,20 +225,31 @@ def _sq(a: np.ndarray) -> float:
     return float(np.einsum("i,i->", f, f))
 
 
-def _coded_bytes(labels: np.ndarray, k: int) -> float:
+def _levels(cb: np.ndarray, bits: int) -> np.ndarray:
+    """A k-means codebook's levels (float32) rounded to ``bits`` +
+    :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa bits: the pipeline then
+    stores them as packed fields of ~``bits + 15`` bits a level instead of 32
+    (their rounding moves a level by < 2**-(bits + 11) of its magnitude,
+    ~1/1000 of the level spacing). The labels are made on the rounded levels."""
+    return round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
+
+
+def _coded_bytes(labels: np.ndarray, k: int, book: np.ndarray | None = None) -> float:
     """Bytes of the labels under the container's length-limited Huffman code, plus the codebook.
 
     The real code, not the entropy: at low rates (a few levels, one of them
     most of the weights) Huffman's whole-bit codes cost up to 1 bit a label
     more than the entropy says, which would favour fine uniform grids wrongly.
     """
-    return _counts_bytes(np.bincount(labels.reshape(-1), minlength=k))
+    return _counts_bytes(np.bincount(labels.reshape(-1), minlength=k), book=book)
 
 
-def _counts_bytes(counts: np.ndarray, codebook: bool = True) -> float:
+def _counts_bytes(counts: np.ndarray, codebook: bool = True, book: np.ndarray | None = None) -> float:
     """:func:`_coded_bytes` from the label counts; ``codebook=False`` for the
     ``grid`` method, which stores a step instead of 4 bytes a level (its
-    code-length table, ~half a byte a symbol of the index range, it keeps)."""
+    code-length table, ~half a byte a symbol of the index range, it keeps);
+    ``book``: the levels, whose used ones are stored as packed fields
+    (4 bytes a level without it)."""
     from .engine import huffman_code as HC  # noqa: PLC0415
 
     used = int(np.count_nonzero(counts))
@@ -247,6 +258,10 @@ def _counts_bytes(counts: np.ndarray, codebook: bool = True) -> float:
         nz = np.flatnonzero(counts)
         span = int(nz[-1] - nz[0] + 1) if nz.size else 0
         return bits / 8.0 + 0.5 * span + 48.0
+    if book is not None:
+        from .engine.floatpack import pack_nbytes  # noqa: PLC0415
+
+        return bits / 8.0 + pack_nbytes(np.unique(book[counts > 0])) + 48.0
     return bits / 8.0 + 4.0 * used + 48.0
 
 
@@ -280,7 +295,7 @@ def _candidates_big(b: _Blob, xp, widths, heavy: bool = True) -> None:
         widths = [w for w in widths if w == PROBE_BITS]
     for bits in widths:
         sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp, labels=False)
-        cb = np.asarray(sw.codebook, np.float32)
+        cb = np.asarray(sw.codebook, np.float32) if sw.exact else _levels(np.asarray(sw.codebook, np.float32), bits)
         del sw
         c, sse = _levels_big(b, M, cb, "nearest", bits=bits)
         b.cands[("k", bits)] = c
@@ -347,7 +362,7 @@ def _levels_big(b: _Blob, M: np.ndarray, cb: np.ndarray, tech: str, *, bits: int
     sig = b.sig
     name, dist, sh = min(variants, key=lambda v: v[1])
     if step is None:
-        return _Cand(bits, name, _counts_bytes(counts), dist, cb, None, sh, _sqnr(sig, sse)), sse
+        return _Cand(bits, name, _counts_bytes(counts, book=cb), dist, cb, None, sh, _sqnr(sig, sse)), sse
     used = np.flatnonzero(counts)
     bits = max(1, int(math.ceil(math.log2(max(used.size, 2)))))
     if bits > 12:
@@ -374,7 +389,7 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, g
     sig = _sq(W64)
     for bits in widths:
         sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp)
-        cb = np.asarray(sw.codebook, np.float32)
+        cb = np.asarray(sw.codebook, np.float32) if sw.exact else _levels(np.asarray(sw.codebook, np.float32), bits)
         cb64 = cb.astype(np.float64)
         if sw.exact:  # the levels hold the weights exactly: nothing to round or correct
             lab = _matrix(np.asarray(to_host(sw.labels)).reshape(b.shape).astype(np.int32), b.node)
@@ -389,7 +404,7 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, g
         for key, (name, dist, shift, delta, lab) in [(("k", bits), best), *(_variants(b, options, best, bits)
                                                                             if variants else [])]:
             b.cands[key] = _Cand(
-                bits, name, _coded_bytes(lab, cb.size), dist, cb, _kept(b, lab, cb.size), shift,
+                bits, name, _coded_bytes(lab, cb.size, cb), dist, cb, _kept(b, lab, cb.size), shift,
                 _sqnr(sig, _sq(delta)))
         if sw.exact:
             return

@@ -1,9 +1,10 @@
-"""The compressed file: versioned HDF5, format ``caffecompress`` 2.0 (1.x read forever).
+"""The compressed file: versioned HDF5, format ``caffecompress`` 2.1 (1.x read forever).
 
 Layout: one dataset, three root attributes, nothing else::
 
     /          attrs: format = "caffecompress"   (fixed-length string)
-                      format_version = "2.0"      (fixed-length string)
+                      format_version = "2.1"      (fixed-length string: the
+                                                   lowest 2.x its blobs need)
                       index = uint64[3]           (offset, length, CRC32 of the index block)
     /payload   uint8[N], contiguous: every blob's streams, concatenated
                (records in order, each record's parts by name), then the
@@ -100,9 +101,18 @@ it where it is shorter than LZMA, which is most small blobs, and all of
 those whose mantissas were rounded (the lossy presets round the blobs of
 kind ``other`` to :data:`caffecompress.config.OTHER_MANTISSA_BITS` bits).
 
-A 1.x file is written with the lowest version its blobs need (1.0 without
-``grid``, 1.1 with plain ``grid`` blobs only, 1.2 without ``fpack``), so
-older readers keep reading what they can. 2.0 holds every method above.
+Since 2.1 (1.4 in the 1.x layout) the codebook of an ``exact``, ``shared``
+or ``shared+sparse`` blob may be stored as packed fields: meta ``cb_n``
+(1..4096 levels), ``cb_ebase``, ``cb_ebits``, ``cb_mbits`` as ``fpack``'s,
+the ``codebook`` part a uint8 ``fpack`` stream of the levels. The writer
+takes it where it is shorter than the floats; the fidelity-targeted
+default rounds its k-means levels to ``bits + 10`` mantissa bits
+(:data:`caffecompress.config.CODEBOOK_MANTISSA_EXTRA`), where it always is.
+
+A file is written with the lowest version its blobs need (1.x: 1.0 without
+``grid``, 1.1 with plain ``grid`` blobs only, 1.2 without ``fpack``, 1.3
+without packed codebooks; 2.x: 2.0 without packed codebooks), so older
+readers keep reading what they can. 2.0 holds every method of 1.3.
 
 A reader accepts any 1.x and 2.x file and refuses a newer major version.
 """
@@ -151,14 +161,19 @@ __all__ = [
 ]
 
 FORMAT = "caffecompress"
-FORMAT_VERSION = (2, 0)
+FORMAT_VERSION = (2, 1)
 #: The minor version each method first appeared in (a file is written with
 #: the lowest version its blobs need).
 _METHOD_MINOR = {"grid": 1}
 
 
-def _record_minor(r) -> int:
-    """The format minor version a record needs."""
+def _record_minor(r, major: int = 1) -> int:
+    """The format minor version a record needs (in a file of ``major``)."""
+    packed_book = "cb_n" in r.meta
+    if major >= 2:
+        return 1 if packed_book else 0
+    if packed_book:
+        return 4
     if r.method == "lossless" and r.meta.get("codec") == "fpack":
         return 3
     if r.method == "grid" and ("dq_seg" in r.meta or r.meta.get("coder") == "rans"):
@@ -350,7 +365,7 @@ def save(cm: CompressedModel, path, *, force: bool = False, inputs=(), format_ma
         raise ValueError(f"format_major {format_major!r}: 1 or {FORMAT_VERSION[0]}")
     path = check_output_path(path, inputs=[cm.source, *inputs], force=force)
     payload, idx = _build(cm, major)
-    minor = max((_record_minor(r) for r in cm.records), default=0) if major == 1 else FORMAT_VERSION[1]
+    minor = max((_record_minor(r, major) for r in cm.records), default=0)
 
     def write(fobj):
         # meta_block_size=0: no 2 KiB metadata block reserved ahead of the data.

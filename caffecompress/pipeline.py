@@ -349,7 +349,7 @@ def _one_level(rec: BlobRecord, size: int):
         return None  # (a rANS stream spends bits on every value, bounded by its check)
     eng = _engine()
     if rec.method == "shared+sparse":
-        if meta.get("p_method") != "all" or np.asarray(parts.get("codebook", ())).size != 1:
+        if meta.get("p_method") != "all" or eng.codebook_of(meta, parts).size != 1:
             return None
         try:
             if int(meta["p_count"]) != size or int(meta.get("nlab", -1)) != size:

@@ -95,6 +95,7 @@ def report_data(path, *, original=None, prototxt=None, top: int = 4) -> dict:
         How many of the largest compressed layers get a histogram.
     """
     from . import container, report  # noqa: PLC0415
+    from .engine.blob import codebook_of  # noqa: PLC0415
     from .pipeline import decode_record  # noqa: PLC0415
 
     fi = container.file_info(path)
@@ -108,9 +109,13 @@ def report_data(path, *, original=None, prototxt=None, top: int = 4) -> dict:
             sizes[cat] = sizes.get(cat, 0) + int(part.nbytes)
     streams = sum(sizes.values())
     sizes["container"] = fi["file_bytes"] - streams
-    container_detail = {"index": fi["index_bytes"],
-                        "net skeleton + prototxt": fi["payload_bytes"] - fi["index_bytes"] - streams,
-                        "HDF5 metadata": fi["overhead_bytes"]}
+    texts = fi["payload_bytes"] - fi["index_bytes"] - streams
+    if fi["format_version"].startswith("1."):
+        container_detail = {"index": fi["index_bytes"], "net skeleton + prototxt": texts,
+                            "HDF5 metadata": fi["overhead_bytes"]}
+    else:  # 2.x: one block holds the index, the skeleton and the prototxt
+        container_detail = {"index, net skeleton + prototxt": fi["index_bytes"] + texts,
+                            "HDF5 metadata": fi["overhead_bytes"]}
     # the largest lossy blobs that carry a codebook
     cands = [(rec.orig_nbytes, i) for i, rec in enumerate(cm.records)
              if rec.index == 0 and "codebook" in rec.parts]
@@ -132,7 +137,7 @@ def report_data(path, *, original=None, prototxt=None, top: int = 4) -> dict:
         if w is None:
             w = decode_record(rec, where={"path": str(path), "layer": name})
         hists.append({"layer": name, "type": cm.layers[rec.layer][1], "values": np.asarray(w, np.float32).reshape(-1),
-                      "source": source, "codebook": np.asarray(rec.parts["codebook"], np.float32),
+                      "source": source, "codebook": codebook_of(rec.meta, rec.parts),
                       "bits": int(rec.bits), "sparsity": float(rec.sparsity), "method": rec.method})
     return {"path": str(path), "name": cm.name, "settings": cm.settings, "rows": rows, "totals": tot,
             "sizes": {k: v for k, v in sizes.items() if v or k in _CATEGORIES},

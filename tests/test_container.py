@@ -339,7 +339,7 @@ GOLDEN_1_0_SHA256 = {
 }
 
 
-#: The 1.1, 1.2, 1.3 and 2.0 golden files, byte for byte, likewise.
+#: The 1.1, 1.2, 1.3, 2.0 and 2.1 golden files, byte for byte, likewise.
 GOLDEN_LATER_SHA256 = {
     "example.grid.ccz.h5": ("1.1", "9ffaac42c160796698b11db03ff44d93e82555484cf262ff014fcadf74413253"),
     "example.grid-step.ccz.h5": ("1.1", "8936f22bee44bc11daa95dcfa7ce72d5be5694c347e5ead92db8d98686732de7"),
@@ -351,6 +351,8 @@ GOLDEN_LATER_SHA256 = {
     "example.v2-data-free.ccz.h5": ("2.0", "97fb870f8527396f051ee791a19ee2b6ba0a12fdc0d639ad305474e14cc81404"),
     "example.v2-lossless.ccz.h5": ("2.0", "793412a775b24f04763f4eecf637b06396acff48fdcfe164781af8f3e163dd52"),
     "example.v2-bits4-prune.ccz.h5": ("2.0", "c64461b0b8a5e47b62c7b0725bd22c3f3e455846c62cf77929a6fe0452b0c049"),
+    "example.v21-bits6.ccz.h5": ("2.1", "b6e072028277bc916cbe709a184f02eb5c444fdc87378e18db2a7f2acabc72ae"),
+    "example.v21-fidelity.ccz.h5": ("2.1", "1f5c8c40fe41381c518079311cc9cf1296d5894de41011040c18e5e8a4956a1a"),
 }
 
 
@@ -426,6 +428,15 @@ def test_golden_2_0_files_hold_the_block_layout():
     assert "shared+sparse" in methods
     recs = cc.open_compressed(GOLDEN / "example.v2-data-free.ccz.h5").records
     assert {"grid", "lossless"} <= {r.method for r in recs} and any(r.meta.get("codec") == "fpack" for r in recs)
+
+
+def test_golden_2_1_files_hold_packed_codebooks_as_found_and_rounded():
+    from caffecompress.config import CODEBOOK_MANTISSA_EXTRA
+
+    found = [r for r in cc.open_compressed(GOLDEN / "example.v21-bits6.ccz.h5").records if "cb_n" in r.meta]
+    rounded = [r for r in cc.open_compressed(GOLDEN / "example.v21-fidelity.ccz.h5").records if "cb_n" in r.meta]
+    assert found and {r.method for r in found} == {"shared"} and max(r.meta["cb_mbits"] for r in found) > 16
+    assert rounded and all(r.meta["cb_mbits"] <= r.bits + CODEBOOK_MANTISSA_EXTRA for r in rounded)
 
 
 def test_golden_1_3_files_hold_packed_fields_rounded_and_exact():

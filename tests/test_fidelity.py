@@ -244,6 +244,11 @@ def test_default_targets_the_output_error_and_holds_on_held_out_images(zoo, tmp_
                 moved += not np.array_equal(x, b)
     corrected = [n for n, v in fid["layers"].items() if v["technique"].endswith("+bc")]
     assert moved == len(corrected) > 0
+    # the chosen codebooks' levels were rounded before the weights were (packed short)
+    from caffecompress.config import CODEBOOK_MANTISSA_EXTRA
+
+    books = [r for r in back.records if "cb_n" in r.meta]
+    assert books and all(r.meta["cb_mbits"] <= r.bits + CODEBOOK_MANTISSA_EXTRA for r in books)
 
 
 def test_the_dependent_quantisation_ladder_is_measured_and_stored_as_chosen(zoo, monkeypatch):

@@ -325,8 +325,8 @@ def _probe(tmp_path, mode, n):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS probe")
-@pytest.mark.parametrize("mode, version", [("grid", "1.1"), ("grid_dq", "1.1"), ("exact", "1.0"),
-                                           ("shared_all", "1.0")])
+@pytest.mark.parametrize("mode, version", [("grid", "1.1"), ("grid_dq", "1.1"), ("exact", "1.4"),
+                                           ("shared_all", "1.4")])  # 1.4: the one level packed
 def test_one_level_blob_claiming_a_huge_size(tmp_path, mode, version):
     """2**31-1 values (8 GiB) claimed by a record of no bytes: refused on the CRC32
     of its one level, typed, naming the file and layer, with nothing large allocated."""

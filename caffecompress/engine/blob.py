@@ -149,6 +149,48 @@ def _kept_labels(labels: np.ndarray, m: PackedMask) -> np.ndarray:
     return out
 
 
+def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
+    """Store a codebook (float32): as packed fields
+    (:mod:`~caffecompress.engine.floatpack`, meta ``cb_n``, ``cb_ebase``,
+    ``cb_ebits``, ``cb_mbits``; format 2.1) where that is shorter than the
+    floats, which it is for the sorted levels of one blob (few exponents),
+    and much shorter where the levels were rounded (the fidelity pass's)."""
+    from . import floatpack as F  # noqa: PLC0415
+
+    book = np.ascontiguousarray(book, np.float32).reshape(-1)
+    if 0 < book.size <= EXACT_MAX and F.pack_nbytes(book) < book.nbytes:
+        m, stream = F.pack(book)
+        meta.update(cb_n=int(book.size), cb_ebase=m["ebase"], cb_ebits=m["ebits"], cb_mbits=m["mbits"])
+        parts["codebook"] = stream
+    else:
+        parts["codebook"] = book
+
+
+def codebook_of(meta: dict, parts: dict) -> np.ndarray:
+    """A codebook blob's levels (float32, 1-D), unpacked where stored packed.
+
+    Raises
+    ------
+    CorruptDataError
+        Packed fields that do not decode (meta out of range, wrong length).
+    """
+    book = parts.get("codebook", np.zeros(0, np.float32))
+    if "cb_n" not in meta:
+        return np.asarray(book)
+    from . import floatpack as F  # noqa: PLC0415
+
+    n = meta["cb_n"]
+    if type(n) is not int or not 1 <= n <= EXACT_MAX:  # noqa: E721  (bool is an int subclass)
+        raise CorruptDataError(f"blob codebook count {n!r} is not an integer in 1..{EXACT_MAX}")
+    b = np.asarray(book)
+    if b.dtype != np.uint8 or b.ndim != 1:
+        raise CorruptDataError("a packed codebook is a uint8 stream")
+    try:
+        return F.unpack({k: meta.get("cb_" + k) for k in ("ebase", "ebits", "mbits")}, b, n)
+    except ValueError as exc:
+        raise CorruptDataError(f"packed codebook damaged: {exc}") from None
+
+
 def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
     """Codebook of distinct bit patterns (<= EXACT_MAX) + coded indices, else None."""
     keys = x32.reshape(-1).view(np.uint32)
@@ -159,7 +201,8 @@ def _exact_lossless(x32: np.ndarray, shape, xp) -> EncodedBlob | None:
         return None
     dt = np.uint8 if book.size <= 256 else np.uint16
     meta = {"shape": _shape_str(shape)}
-    parts = {"codebook": book.view(np.float32)}
+    parts: dict = {}
+    _put_codebook(book.view(np.float32), meta, parts)
     _labels_parts(xp.asarray(inv.astype(dt).reshape(-1)), int(book.size), xp, meta, parts)
     return EncodedBlob("exact", meta, parts)
 
@@ -406,7 +449,8 @@ def encode_blob(x, *, bits=None, prune: float = 0.0, init: str = "linear", keep_
     sw, lazy = kmeans._share(xd, k, init, kz, mask, 0, kmeans.DEFAULT_MAX_ITER, None, "auto", xp,
                              lazy=xp is np)
     meta = {"shape": _shape_str(shape), "bits": bits}
-    parts = {"codebook": np.ascontiguousarray(sw.codebook, np.float32)}
+    parts: dict = {}
+    _put_codebook(_host(sw.codebook), meta, parts)
     nsym = int(sw.codebook.size)
     packed = isinstance(mask, PackedMask)
     mflat = None if mask is None else mask if packed else mask.reshape(-1)
@@ -485,7 +529,7 @@ def _checked_codebook(method: str, meta: dict, parts: dict, size: int) -> np.nda
         return book
     if "coder" in meta:
         raise CorruptDataError(f"a {method} blob takes no label coder (meta coder {meta['coder']!r})")
-    book = np.asarray(parts.get("codebook", np.zeros(0, np.float32)))
+    book = codebook_of(meta, parts)
     if book.dtype != np.float32 or book.ndim != 1 or not 1 <= book.size <= EXACT_MAX:
         raise CorruptDataError(f"blob codebook must be 1..{EXACT_MAX} float32 values")
     if method in ("exact", "shared", "grid") and int(meta.get("nlab", -1)) != size:

@@ -75,7 +75,7 @@ def test_lossy_restores_onto_the_codebook(x, bits, prune, init):
     if enc.method == "raw":
         np.testing.assert_array_equal(y.view(np.uint32), x.view(np.uint32))
         return
-    book = enc.parts["codebook"]
+    book = B.codebook_of(enc.meta, enc.parts)
     assert book.size <= 1 << bits
     mask = prune_mask(x, sparsity=prune) if prune else np.ones(x.shape, bool)
     if enc.method == "shared+sparse":
@@ -160,7 +160,7 @@ def test_zoo_blobs_every_method(zoo):
                 np.testing.assert_array_equal(y.view(np.uint32), w.view(np.uint32))
             else:
                 assert enc.nbytes < w.nbytes
-                book = B.grid_codebook(enc.meta) if enc.method == "grid" else enc.parts["codebook"]
+                book = B.grid_codebook(enc.meta) if enc.method == "grid" else B.codebook_of(enc.meta, enc.parts)
                 assert np.isin(y, book).all() or enc.method == "shared+sparse"
     assert seen == set(B.METHODS) - {"exact"} or seen == set(B.METHODS)
 
@@ -184,7 +184,8 @@ def test_sparse_spends_no_code_on_zero(zoo):
     assert (y[~mask] == 0).all()
     sse = float(((y[mask].astype(np.float64) - x[mask]) ** 2).sum())
     kz = share_weights(x, k=16, keep_zero=True, mask=mask)
-    assert enc.parts["codebook"].size == 16 and 0.0 not in enc.parts["codebook"]
+    book = B.codebook_of(enc.meta, enc.parts)
+    assert book.size == 16 and 0.0 not in book
     assert sse < 0.95 * kz.sse
 
 
@@ -204,3 +205,32 @@ def test_device_branches_encode_the_host_bytes(n, bits, prune):
         pa, pb = np.asarray(a.parts[k]), np.asarray(b.parts[k])
         assert pa.dtype == pb.dtype and pa.tobytes() == pb.tobytes(), k
 
+
+
+def test_codebooks_are_stored_packed_where_shorter_and_forged_ones_refused():
+    """A shared/exact codebook as packed float32 fields (format 2.1): exact,
+    shorter than the floats, and a forged count, width or length is a typed error."""
+    from caffecompress.engine.floatpack import round_mantissa
+    from caffecompress.errors import CorruptDataError
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(4096) * 0.05).astype(np.float32)
+    enc = B.encode_blob(x, bits=6)
+    book = B.codebook_of(enc.meta, enc.parts)
+    assert enc.meta["cb_n"] == book.size and enc.parts["codebook"].dtype == np.uint8
+    assert enc.parts["codebook"].nbytes < 4 * book.size
+    y = B.decode_blob(enc.method, enc.meta, enc.parts)
+    assert np.isin(y, book).all()
+    # levels already rounded (the fidelity pass's): the packed levels are short
+    q = round_mantissa(book, 12)[rng.integers(0, book.size, 4096)]
+    ex = B.encode_blob(q, bits=6)
+    assert ex.method == "exact" and ex.meta["cb_mbits"] <= 12
+    assert ex.parts["codebook"].nbytes <= (1 + 8 + 12) * ex.meta["cb_n"] / 8 + 1
+    assert np.array_equal(B.decode_blob(ex.method, ex.meta, ex.parts).view(np.uint32), q.view(np.uint32))
+    for meta, parts in [({**ex.meta, "cb_n": ex.meta["cb_n"] + 1}, ex.parts),
+                        ({**ex.meta, "cb_n": 0}, ex.parts), ({**ex.meta, "cb_n": True}, ex.parts),
+                        ({**ex.meta, "cb_mbits": 24}, ex.parts), ({**ex.meta, "cb_ebits": -1}, ex.parts),
+                        (ex.meta, {**ex.parts, "codebook": ex.parts["codebook"][:-1]}),
+                        (ex.meta, {**ex.parts, "codebook": B.codebook_of(ex.meta, ex.parts)})]:
+        with pytest.raises(CorruptDataError):
+            B.decode_blob(ex.method, meta, parts)

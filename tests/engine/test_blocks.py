@@ -49,7 +49,7 @@ def test_counts_match_bincount_across_blocks(monkeypatch):
 def _decoded_whole(enc):
     """The blob from its whole label stream decoded at once (the device
     path's way; the host decodes in pieces)."""
-    book = np.asarray(enc.parts["codebook"])
+    book = B.codebook_of(enc.meta, enc.parts)
     _, st = B._label_stream(enc.meta, enc.parts, book.size)
     lab = H.decode(st, engine="numpy")
     if enc.method != "shared+sparse":
@@ -150,7 +150,7 @@ def test_streamed_labels_equal_materialised(monkeypatch, bits, prune):
     lab = lab if mask is None else lab[mask.reshape(-1)]
     ref = H.encode(lab, nsym=sw.codebook.size)
     assert enc.parts["l_payload"].tobytes() == ref.payload.tobytes()
-    np.testing.assert_array_equal(enc.parts["codebook"], sw.codebook)
+    np.testing.assert_array_equal(B.codebook_of(enc.meta, enc.parts), sw.codebook)
 
 
 @pytest.mark.parametrize("block", [4096, 12288, 50000])

@@ -698,7 +698,16 @@ _FPACK_KEYS = ("ebase", "ebits", "mbits")
 
 def _mutate_lossless(ix, rng) -> str:
     """Edit a ``lossless`` record's codec: 1.3's ``fpack`` switched on over an
-    LZMA stream (or off, over packed fields), its meta hostile or off by one."""
+    LZMA stream (or off, over packed fields), its meta hostile or off by one;
+    or a packed codebook's meta (2.1)."""
+    books = [b for b in ix["blobs"] if isinstance(b.get("meta"), dict) and "cb_n" in b["meta"]]
+    if books and rng.random() < 0.4:  # 2.1's packed codebook: its count and widths
+        meta = _pick(rng, books)["meta"]
+        key = str(_pick(rng, ["cb_n", "cb_ebase", "cb_ebits", "cb_mbits"]))
+        v = meta.get(key, 0)
+        n = v if type(v) is int else 0  # noqa: E721
+        meta[key] = _pick(rng, [n + 1, n - 1, -1, 0, 8, 24, 256, 4097, 2**31, float(n), str(n), True, None])
+        return f"lossless_codebook_{key}"
     pool = [b for b in ix["blobs"] if b.get("method") == "lossless" and isinstance(b.get("meta"), dict)]
     if not pool:
         return "lossless_none"

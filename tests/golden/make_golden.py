@@ -8,6 +8,7 @@ files are what old caffecompress versions wrote, and must be read forever):
     .venv/bin/python tests/golden/make_golden.py --version 1.2   # dependent quantisation and rANS (needs numba)
     .venv/bin/python tests/golden/make_golden.py --version 1.3   # packed float fields (fpack)
     .venv/bin/python tests/golden/make_golden.py --version 2.0   # the 2.x layout (index block)
+    .venv/bin/python tests/golden/make_golden.py --version 2.1   # packed codebooks (needs OpenCV)
 
 Each version writes only its own presets and refuses to overwrite a file
 that exists (``--force`` to regenerate on purpose, which is never right for
@@ -69,7 +70,15 @@ PRESETS_2_0 = {
     "v2-lossless": {"preset": "lossless"},
     "v2-bits4-prune": {"preset": "default", "bits": 4, "prune": 0.5},
 }
-VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3, "2.0": PRESETS_2_0}
+#: Format 2.1: codebooks as packed fields: k-means levels as found (a fixed
+#: width, data-free) and rounded to bits + 10 mantissa bits (the
+#: fidelity-targeted default; needs OpenCV).
+PRESETS_2_1 = {
+    "v21-bits6": {"preset": "default", "bits": 6, "data_free": True},
+    "v21-fidelity": {"preset": "default"},
+}
+VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3, "2.0": PRESETS_2_0,
+            "2.1": PRESETS_2_1}
 
 
 def manifest(model) -> dict:
