@@ -798,6 +798,18 @@ def mutate_index(path: str, rng) -> str:
     return op
 
 
+def _resize_or_flip(op: str, data: bytes, rng, itemsize: int = 1) -> tuple[str, bytes]:
+    """``op`` "resize": halved, doubled or emptied; else bytes mutated
+    (``"bytes_<how>"``); trimmed to whole items of ``itemsize``."""
+    if op == "resize":
+        u = int(rng.integers(0, 3))
+        data = data[: len(data) // 2] if u == 0 else data + data if u == 1 else b""
+    else:
+        op, data = mutate_bytes(data, rng)
+        op = "bytes_" + op
+    return op, data[: len(data) - len(data) % itemsize]
+
+
 def _mutate_stream_2(path, attrs, payload, ix, rng) -> str:
     """:func:`mutate_stream` for a 2.x file: a part's bytes (offsets follow from
     the order, no CRC a part) or the skeleton or prototxt in the index block."""
@@ -818,11 +830,8 @@ def _mutate_stream_2(path, attrs, payload, ix, rng) -> str:
         elif op == "other_stream" and order:
             o, ln = where[order[int(rng.integers(0, len(order)))]]
             data = payload[o : o + ln]
-        elif op == "resize":
-            data = data[: len(data) // 2] if rng.random() < 0.5 else data + data
         else:
-            op, data = mutate_bytes(data, rng)
-            op = "bytes_" + op
+            op, data = _resize_or_flip(op, data, rng)
         attrs["_texts"] = (data, proto) if k == "skeleton" else (skel, data)
         write_ccz(path, attrs, payload, json.dumps(ix, sort_keys=True))
         return f"model_{op}"
@@ -833,14 +842,8 @@ def _mutate_stream_2(path, attrs, payload, ix, rng) -> str:
     if op == "other_stream":
         o2, ln2 = where[order[int(rng.integers(0, len(order)))]]
         data = payload[o2 : o2 + ln2]
-    elif op == "resize" or op == "bomb":
-        u = int(rng.integers(0, 3))
-        data = data[: len(data) // 2] if u == 0 else data + data if u == 1 else b""
-    else:
-        op, data = mutate_bytes(data, rng)
-        op = "bytes_" + op
-    if len(data) % itemsize:
-        data = data[: len(data) - len(data) % itemsize]
+    else:  # (a part has no inflated form: "bomb" resizes it)
+        op, data = _resize_or_flip("resize" if op == "bomb" else op, data, rng, itemsize)
     ix["blobs"][i]["parts"][k] = [len(data), dt]
     write_ccz(path, attrs, payload[:o] + data + payload[o + ln :], json.dumps(ix, sort_keys=True))
     return f"part_{op}"
@@ -870,12 +873,8 @@ def mutate_stream(path: str, rng) -> str:
     elif op == "other_stream":
         _, _, o = entries[int(rng.integers(0, len(entries)))]
         data = payload[o[0] : o[0] + o[1]]
-    elif op == "resize":
-        k = int(rng.integers(0, 3))
-        data = data[: len(data) // 2] if k == 0 else data + data if k == 1 else b""
     else:
-        op, data = mutate_bytes(data, rng)
-        op = "bytes_" + op
+        op, data = _resize_or_flip(op, data, rng, itemsize)
     if len(data) % itemsize:
         data = data[: len(data) - len(data) % itemsize]
     new = [len(payload), len(data), dt, len(data) // itemsize, zlib.crc32(data) & 0xFFFFFFFF]
