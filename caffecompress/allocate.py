@@ -225,13 +225,15 @@ def _sq(a: np.ndarray) -> float:
     return float(np.einsum("i,i->", f, f))
 
 
-def _levels(cb: np.ndarray, bits: int) -> np.ndarray:
-    """A k-means codebook's levels (float32) rounded to ``bits`` +
-    :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa bits: the pipeline then
-    stores them as packed fields of ~``bits + 15`` bits a level instead of 32
-    (their rounding moves a level by < 2**-(bits + 11) of its magnitude,
-    ~1/1000 of the level spacing). The labels are made on the rounded levels."""
-    return round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
+def _levels(sw, bits: int) -> np.ndarray:
+    """A k-means result's levels (float32): exact ones as found, the others
+    rounded to ``bits`` + :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa
+    bits, so the pipeline stores them as packed fields of ~``bits + 15`` bits
+    a level instead of 32 (their rounding moves a level by < 2**-(bits + 11)
+    of its magnitude, ~1/1000 of the level spacing). The labels are made on
+    the rounded levels."""
+    cb = np.asarray(sw.codebook, np.float32)
+    return cb if sw.exact else round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
 
 
 def _coded_bytes(labels: np.ndarray, k: int, book: np.ndarray | None = None) -> float:
@@ -295,7 +297,7 @@ def _candidates_big(b: _Blob, xp, widths, heavy: bool = True) -> None:
         widths = [w for w in widths if w == PROBE_BITS]
     for bits in widths:
         sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp, labels=False)
-        cb = np.asarray(sw.codebook, np.float32) if sw.exact else _levels(np.asarray(sw.codebook, np.float32), bits)
+        cb = _levels(sw, bits)
         del sw
         c, sse = _levels_big(b, M, cb, "nearest", bits=bits)
         b.cands[("k", bits)] = c
@@ -389,7 +391,7 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, g
     sig = _sq(W64)
     for bits in widths:
         sw = kmeans.share_weights(xp.asarray(b.w) if xp is not np else b.w, k=1 << bits, xp=xp)
-        cb = np.asarray(sw.codebook, np.float32) if sw.exact else _levels(np.asarray(sw.codebook, np.float32), bits)
+        cb = _levels(sw, bits)
         cb64 = cb.astype(np.float64)
         if sw.exact:  # the levels hold the weights exactly: nothing to round or correct
             lab = _matrix(np.asarray(to_host(sw.labels)).reshape(b.shape).astype(np.int32), b.node)

@@ -284,20 +284,14 @@ def _build(cm: CompressedModel, major: int = FORMAT_VERSION[0]) -> np.ndarray:
         nonlocal offset
         arr = np.ascontiguousarray(np.asarray(arr).reshape(-1))
         b = arr.view(np.uint8)
-        entry = [offset, int(b.size), arr.dtype.str, int(arr.size), _crc(b)]
+        # 2.x: the offset follows from the order, and no CRC32 a part
+        entry = [int(b.size), arr.dtype.str] if major >= 2 else \
+            [offset, int(b.size), arr.dtype.str, int(arr.size), _crc(b)]
         pieces.append(b)
         offset += b.size
         return entry
 
     if major >= 2:
-        def add(arr) -> list:  # noqa: F811  (2.x: offsets follow from the order, no CRC a part)
-            nonlocal offset
-            arr = np.ascontiguousarray(np.asarray(arr).reshape(-1))
-            b = arr.view(np.uint8)
-            pieces.append(b)
-            offset += b.size
-            return [int(b.size), arr.dtype.str]
-
         streams = None
     else:
         streams = {"skeleton": add(np.frombuffer(zlib.compress(bytes(cm.skeleton), 9), np.uint8))}
