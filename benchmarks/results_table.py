@@ -103,6 +103,8 @@ def table(rows: list, base: dict, peer: dict | None = None) -> str:
             return None, None
         b = best(peer[n], r["max_rel_l2"], robust)
         return (b, r["ratio"] / b["ratio"]) if b else (None, None)
+    def size(n):  # source bytes, from the baselines or any preset's row
+        return (base.get(n) or next(iter(by[n].values())))["input_bytes"]
     L = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
 
     def cell(r):
@@ -114,8 +116,7 @@ def table(rows: list, base: dict, peer: dict | None = None) -> str:
 
     for n in names:
         b = base.get(n, {})
-        size = b.get("input_bytes") or next(iter(by[n].values()))["input_bytes"]
-        cells = [n, f"{size / 1e3:.0f} KB"] + [cell(by[n].get(p)) for p in PRESETS]
+        cells = [n, f"{size(n) / 1e3:.0f} KB"] + [cell(by[n].get(p)) for p in PRESETS]
         cells.append(f"{b['fp16_ratio']:.2f}x ({b['fp16_err']:.1e})" if b else "n/a")
         cells.append(f"{b['zstd19_ratio']:.3f}x" if b else "n/a")
         if peer:
@@ -124,7 +125,7 @@ def table(rows: list, base: dict, peer: dict | None = None) -> str:
                 cells.append(f"{pb['ratio']:.2f}x (QP {pb['qp']}; {v:.2f})" if pb else "n/a")
         L.append("| " + " | ".join(cells) + " |")
     for label, keep in (("geometric mean, all", lambda s: True), ("geometric mean, >= 100 KB", lambda s: s >= 100_000)):
-        sel = [n for n in names if keep((base.get(n) or next(iter(by[n].values())))["input_bytes"])]
+        sel = [n for n in names if keep(size(n))]
         cells = [f"**{label}** ({len(sel)} models)", ""]
         for p in PRESETS:
             rs = [by[n][p] for n in sel if p in by[n]]
@@ -146,7 +147,7 @@ def table(rows: list, base: dict, peer: dict | None = None) -> str:
         # NNCodec's held-out error is not monotone in its QP (a coarser QP can
         # measure lower): its best point at our error is also given among the
         # QPs whose finer QPs all hold that error, as issue 14 quotes its sweep
-        big = [n for n in names if (base.get(n) or next(iter(by[n].values())))["input_bytes"] >= 100_000]
+        big = [n for n in names if size(n) >= 100_000]
         parts = []
         for p in PEER_PRESETS:
             got = [(n, *peer_best(n, p, robust=True)) for n in big]
