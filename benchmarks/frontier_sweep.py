@@ -6,10 +6,13 @@ chances at each model's held-out images, our preset one. This script gives
 our data-free rule the same treatment, so the two *coding cores* are
 compared on equal terms: the rule's step (``config.DEFAULT_STEP``, the
 small-blob divisors and dependent quantisation as shipped) is scaled by
-``2**(j/4)`` (NNCodec's QP spacing) for each ``j`` of ``--js``; each point is
+``2**(j/4)`` (NNCodec's QP spacing) for each ``j`` of ``--js``, and its SQNR
+floor (``config.DEFAULT_GRID_MIN_SQNR_DB``) lowered by as many dB; each point is
 compressed ``--data-free``, saved, restored and measured through OpenCV on
 ``verify.HELDOUT_IMAGES``, exactly as ``results_table.py`` measures the
 presets. Nothing here chooses a setting: the shipped rule stays ``j = 0``.
+``--family default`` sweeps the fidelity-targeted default instead, its
+target ``max_error = 0.02 * 2**(j/4)`` (on the calibration rows, as shipped).
 
 Prints, per model and error level E, our best ratio at error <= E over
 NNCodec's best at error <= E (both with hindsight; and both "robust", only
@@ -17,7 +20,7 @@ points whose finer neighbours all hold E), their geometric means, and the
 issue's pairing of each of our sweep points against NNCodec's sweep (the
 shipped point's, and the median over points with error <= 0.03).
 
-    .venv/bin/python benchmarks/frontier_sweep.py [--js -4:13] [--only NAME] [--json OUT]
+    .venv/bin/python benchmarks/frontier_sweep.py [--js=-4:17] [--family data-free|default] [--only NAME] [--json OUT]
     .venv/bin/python benchmarks/frontier_sweep.py --from-json OUT     # the comparison again
 """
 
@@ -41,13 +44,13 @@ from peer_nncodec import best, gmean  # noqa: E402
 LEVELS = (0.005, 0.01, 0.02, 0.03)
 
 
-def sweep(js, only=None, min_bytes=100_000):
+def sweep(js, only=None, min_bytes=100_000, family="data-free"):
     import caffecompress as cc  # noqa: PLC0415
     from caffecompress import config, verify  # noqa: PLC0415
     from caffecompress.caffe import caffemodel_bytes  # noqa: PLC0415
 
     held = verify.sample_images(verify.HELDOUT_IMAGES)
-    base = config.DEFAULT_STEP
+    base, floor = config.DEFAULT_STEP, config.DEFAULT_GRID_MIN_SQNR_DB
     points = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -57,10 +60,15 @@ def sweep(js, only=None, min_bytes=100_000):
                     continue
                 text = proto.read_text()
                 for j in js:
-                    config.DEFAULT_STEP = base * 2.0 ** (j / 4)
                     model = cc.read_caffemodel(path, prototxt=proto)
                     t0 = time.perf_counter()
-                    cm = cc.compress(model, preset="default", data_free=True)
+                    if family == "default":
+                        cm = cc.compress(model, preset="default", max_error=config.DEFAULT_MAX_ERROR * 2.0 ** (j / 4))
+                    else:
+                        # the whole rule scaled: its step, and its SQNR floor by the same factor
+                        config.DEFAULT_STEP = base * 2.0 ** (j / 4)
+                        config.DEFAULT_GRID_MIN_SQNR_DB = floor - 20 * math.log10(2.0 ** (j / 4))
+                        cm = cc.compress(model, preset="default", data_free=True)
                     out = Path(tmp) / "m.ccz.h5"
                     cc.save(cm, out, force=True)
                     secs = time.perf_counter() - t0
@@ -71,7 +79,7 @@ def sweep(js, only=None, min_bytes=100_000):
                     points.append(pt)
                     print(f"{name:<42} j {j:3d}  {pt['ratio']:6.2f}x  err {err:.4f}", flush=True)
     finally:
-        config.DEFAULT_STEP = base
+        config.DEFAULT_STEP, config.DEFAULT_GRID_MIN_SQNR_DB = base, floor
     return points
 
 
@@ -126,7 +134,10 @@ def report(ours, peer):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--js", default="-4:13", help="START:STOP of j (step x 2**(j/4)), STOP excluded")
+    ap.add_argument("--js", default="-4:17", help="START:STOP of j (x 2**(j/4)), STOP excluded")
+    ap.add_argument("--family", choices=("data-free", "default"), default="data-free",
+                    help="data-free: the rule's step x 2**(j/4); default: the fidelity-targeted default at "
+                         "max_error 0.02 x 2**(j/4) (its target on the calibration rows)")
     ap.add_argument("--only")
     ap.add_argument("--json")
     ap.add_argument("--from-json")
@@ -136,9 +147,9 @@ def main(argv=None):
         ours = json.loads(Path(a.from_json).read_text())["points"]
     else:
         lo, hi = (int(v) for v in a.js.split(":"))
-        ours = sweep(list(range(lo, hi)), a.only)
+        ours = sweep(list(range(lo, hi)), a.only, family=a.family)
         if a.json:
-            Path(a.json).write_text(json.dumps({"js": a.js, "points": ours}, indent=1) + "\n")
+            Path(a.json).write_text(json.dumps({"js": a.js, "family": a.family, "points": ours}, indent=1) + "\n")
     report(ours, json.loads(Path(a.peer).read_text())["points"])
     return 0
 
