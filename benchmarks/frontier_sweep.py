@@ -59,8 +59,8 @@ def sweep(js, only=None, min_bytes=100_000, family="data-free"):
                 if len(src) < min_bytes or (only and only not in name):
                     continue
                 text = proto.read_text()
+                model = cc.read_caffemodel(path, prototxt=proto)  # one read a model, as results_table's presets
                 for j in js:
-                    model = cc.read_caffemodel(path, prototxt=proto)
                     t0 = time.perf_counter()
                     if family == "default":
                         cm = cc.compress(model, preset="default", max_error=config.DEFAULT_MAX_ERROR * 2.0 ** (j / 4))
