@@ -10,6 +10,7 @@ inside the functions that need it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -451,13 +452,26 @@ def model_net(model, prototxt: str | bytes | None = None, *, fuse: bool = True):
         Deploy net text; default ``model.prototxt``.
     fuse : bool
         See :func:`load_net`.
-    """
-    from .caffe import caffemodel_chunks  # noqa: PLC0415
 
+    Returns
+    -------
+    cv2.dnn.Net, or an object with the methods :func:`run_net` and
+    :func:`compared_outputs` use: where the net ends in a large fully
+    connected tail (:mod:`caffecompress.headnet`), OpenCV runs the layers
+    before it and NumPy the tail.
+    """
     text = model.prototxt if prototxt is None else prototxt
     if not text:
         raise ValueError("running a net needs its deploy prototxt; this model carries none")
     proto = text if isinstance(text, bytes) else text.encode("utf-8")
+    split = _split_net(model, proto, fuse)
+    return split if split is not None else _plain_net(model, proto, fuse)
+
+
+def _plain_net(model, proto: bytes, fuse: bool):
+    """The whole net in OpenCV (see :func:`model_net`)."""
+    from .caffe import caffemodel_chunks  # noqa: PLC0415
+
     chunks = caffemodel_chunks(model)
     # through a private temporary folder: OpenCV 4.x reads a caffemodel file
     # twice as fast as the same bytes in memory (VGG-16: 0.85 s against
@@ -473,3 +487,82 @@ def model_net(model, prototxt: str | bytes | None = None, *, fuse: bool = True):
             return load_net(pp, pw, fuse=fuse)
     except OSError:  # no writable temporary folder: through memory
         return load_net(proto, b"".join(chunks), fuse=fuse)
+
+
+def _split_net(model, proto: bytes, fuse: bool):
+    """OpenCV for the trunk and NumPy for a large fully connected tail, or None."""
+    from . import headnet  # noqa: PLC0415
+    from .caffe.graph import net_graph, prefix_prototxt  # noqa: PLC0415
+    from .errors import FormatError  # noqa: PLC0415
+
+    try:
+        graph = net_graph(proto, path=getattr(model, "source", None))
+    except FormatError:
+        return None  # OpenCV gives its own reason
+    start = headnet.tail_start(graph, model)
+    if start is None:
+        return None
+    tail = headnet.Tail(graph, start, model)
+    feeder = None
+    for lay in reversed(graph.layers[:start]):
+        if tail.feed in lay.tops:
+            if lay.type != "Input":
+                if lay.tops.index(tail.feed) != 0:
+                    return None  # OpenCV hands out a layer's first output only
+                feeder = lay.name
+            break
+    if feeder is None and any(lay.type != "Input" for lay in graph.layers[:start]):
+        return None  # layers beside the tail that it does not read: keep them all in OpenCV
+    trunk = None
+    if feeder is not None:
+        text = prefix_prototxt(proto, start)
+        if text is None:
+            return None
+        names = set(tail.names)
+        sub = dataclasses.replace(model, layers=[lay for lay in model.layers if lay.name not in names],
+                                  skeleton=b"")
+        trunk = _plain_net(sub, text.encode("utf-8"), fuse)
+    return _SplitNet(trunk, tail, feeder)
+
+
+class _SplitNet:
+    """A trunk ``cv2.dnn.Net`` (or none: the tail reads a net input) and its NumPy tail.
+
+    It answers what :func:`run_net` and :func:`compared_outputs` ask of a net.
+    """
+
+    def __init__(self, trunk, tail, feeder: str | None):
+        self.trunk, self.tail, self.feeder = trunk, tail, feeder
+        self._inputs: dict = {}
+
+    def setInput(self, blob, name: str = "") -> None:  # noqa: N802 (OpenCV's name)
+        self._inputs[name] = blob
+        if self.trunk is not None:
+            self.trunk.setInput(blob, name)
+
+    def forward(self, names) -> list:
+        from .errors import SchemaMismatchError  # noqa: PLC0415
+
+        names = list(names)
+        own = set(self.tail.names)
+        head = [n for n in names if n in own]
+        body = [n for n in names if n not in own]
+        got: dict = {}
+        if self.trunk is None:
+            if body:
+                raise SchemaMismatchError(f"this net has no layer {body[0]!r}")
+            x = self._inputs.get(self.tail.feed)
+        else:
+            fetch = body + ([self.feeder] if head and self.feeder not in body else [])
+            got = dict(zip(fetch, self.trunk.forward(fetch))) if fetch else {}
+            x = got.get(self.feeder)
+        if head:
+            got.update(self.tail.run(x, head))
+        return [got[n] for n in names]
+
+    def getLayerNames(self) -> list:  # noqa: N802
+        return (list(self.trunk.getLayerNames()) if self.trunk is not None else []) + list(self.tail.names)
+
+    def getUnconnectedOutLayersNames(self) -> list:  # noqa: N802
+        outs = list(self.trunk.getUnconnectedOutLayersNames()) if self.trunk is not None else []
+        return [n for n in outs if n != self.feeder] + list(self.tail.outputs)

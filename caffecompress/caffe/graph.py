@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import FormatError
 
-__all__ = ["ConvGeometry", "LayerNode", "NetGraph", "net_graph", "crossing", "suffix_prototxts"]
+__all__ = ["ConvGeometry", "LayerNode", "NetGraph", "net_graph", "crossing", "prefix_prototxt", "suffix_prototxts"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class LayerNode:
         InnerProduct stores its weights transposed (K x N).
     bias_term : bool or None
         Whether a Convolution/InnerProduct layer has a bias blob.
+    slope : float
+        ReLU's ``negative_slope``.
     """
 
     name: str
@@ -52,6 +54,7 @@ class LayerNode:
     axis: int = 1
     transpose: bool = False
     bias_term: bool | None = None
+    slope: float = 0.0
 
     @property
     def softmax_axis(self) -> int:
@@ -144,6 +147,8 @@ def net_graph(prototxt: str | bytes, *, path=None) -> NetGraph:
             node.bias_term = bool(ip.bias_term)
         elif lp.type == "Softmax":
             node.axis = int(lp.softmax_param.axis)
+        elif lp.type == "ReLU":
+            node.slope = float(lp.relu_param.negative_slope)
         g.layers.append(node)
     if not g.layers:
         raise FormatError("the prototxt defines no layers", path=path)
@@ -165,6 +170,26 @@ def crossing(graph: NetGraph, start: int) -> list[str]:
                 out.append(b)
         written.update(lay.tops)
     return out
+
+
+def prefix_prototxt(prototxt: str | bytes, stop: int, *, path=None) -> str | None:
+    """Prototxt of a deploy net's inputs and its layers before ``stop`` (V2 text).
+
+    ``stop`` indexes the V2 layers as :func:`net_graph` numbers them. None
+    when the text needed a lenient parse (see :func:`suffix_prototxts`).
+    """
+    from .proto import pb  # noqa: PLC0415
+    from .prototxt import net_text, parse_prototxt  # noqa: PLC0415
+
+    if isinstance(prototxt, bytes):
+        prototxt = prototxt.decode("utf-8", errors="replace")
+    nd = parse_prototxt(prototxt, path=path)
+    if nd.skipped:
+        return None
+    net = pb.NetParameter()
+    net.CopyFrom(nd.net)
+    del net.layer[stop:]
+    return net_text(net)
 
 
 def suffix_prototxts(prototxt: str | bytes, cuts: dict, *, path=None) -> dict:

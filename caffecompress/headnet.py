@@ -1,0 +1,157 @@
+"""A net's fully connected tail run in NumPy, beside OpenCV running the rest.
+
+OpenCV's Caffe importer holds about 2.7 times a net's weights while it
+loads them (the parsed message, its own blobs and the file's bytes), so a
+net whose weights sit mostly in a few InnerProduct layers (VGG-16: 124M of
+its 138M weights in fc6-fc8) peaks at several times its file on every
+load. The fidelity-targeted default loads tens of such nets. Those tail
+layers are plain matrix products and elementwise functions: here they run
+in NumPy on the model's own arrays (no copy), and OpenCV loads only the
+layers before them. Only tails that hold :data:`MIN_WEIGHTS` weights or more
+are split off; smaller nets run wholly in OpenCV.
+
+The layers a tail may hold are those whose OpenCV 4.x semantics are a
+line of NumPy: InnerProduct (``axis``, ``transpose``, bias), ReLU (with
+``negative_slope``), Dropout (the identity in a deploy net) and Softmax
+(``axis``), all in float32 as OpenCV computes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["MIN_WEIGHTS", "TAIL_TYPES", "tail_start", "Tail"]
+
+#: Weights a tail must hold to be run here (64 MiB of float32): below it
+#: OpenCV's load is no burden and the whole net stays OpenCV's.
+MIN_WEIGHTS = 1 << 24
+
+#: Layer types a tail may consist of.
+TAIL_TYPES = frozenset({"InnerProduct", "ReLU", "Dropout", "Softmax"})
+
+
+def tail_start(graph, model) -> int | None:
+    """Where the net's splittable fully connected tail starts, or None.
+
+    The tail is the longest run of :data:`TAIL_TYPES` layers that ends the
+    net, holds an InnerProduct, reads one blob from the layers before it
+    (:func:`caffecompress.caffe.graph.crossing`), uses layer names found once
+    in the net, and whose InnerProduct weights in ``model`` number at least
+    :data:`MIN_WEIGHTS`.
+
+    Parameters
+    ----------
+    graph : NetGraph
+    model : Model
+        Where the weights are (layers paired by name).
+    """
+    from .caffe.graph import crossing  # noqa: PLC0415
+
+    layers = graph.layers
+    i = len(layers)
+    while i > 0 and layers[i - 1].type in TAIL_TYPES:
+        i -= 1
+    while i < len(layers) and layers[i].type != "InnerProduct":
+        i += 1  # an activation ahead of the first product stays with the trunk
+    if i >= len(layers) or len(crossing(graph, i)) != 1:
+        return None
+    names = [lay.name for lay in layers]
+    if any(names.count(lay.name) != 1 for lay in layers[i:]):
+        return None
+    blobs = _blobs(model)
+    n = 0
+    for lay in layers[i:]:
+        if lay.type == "InnerProduct":
+            got = blobs.get(lay.name)
+            if not got:
+                return None
+            n += int(np.asarray(got[0]).size)
+    return i if n >= MIN_WEIGHTS else None
+
+
+def _blobs(model) -> dict:
+    # the last layer of a name that has blobs, as Caffe pairs weights
+    out = {}
+    for lay in model.layers:
+        if lay.blobs:
+            out[lay.name] = lay.blobs
+    return out
+
+
+class Tail:
+    """The layers ``graph.layers[start:]`` as NumPy functions of the one blob fed to them.
+
+    Parameters
+    ----------
+    graph : NetGraph
+    start : int
+        As :func:`tail_start` returns it.
+    model : Model
+        The weights (referenced, not copied).
+    """
+
+    def __init__(self, graph, start: int, model):
+        from .caffe.graph import crossing  # noqa: PLC0415
+
+        self.layers = graph.layers[start:]
+        self.feed = crossing(graph, start)[0]
+        blobs = _blobs(model)
+        self.params = {}
+        for lay in self.layers:
+            if lay.type != "InnerProduct":
+                continue
+            got = blobs[lay.name]
+            w = np.asarray(got[0], dtype=np.float32)
+            b = np.asarray(got[1], dtype=np.float32).reshape(-1) if lay.bias_term is not False and len(got) > 1 \
+                else None
+            self.params[lay.name] = (w, b)
+        self.names = [lay.name for lay in self.layers]
+        # a layer is an output where nothing after it reads what it wrote
+        # (an in-place layer takes over its blob from the writer before it)
+        last, read = {}, set()
+        for lay in self.layers:
+            for b in lay.bottoms:
+                if b in last:
+                    read.add(last[b])
+            for t in lay.tops:
+                last[t] = lay.name
+        self.outputs = [n for n in self.names if n not in read]
+
+    def run(self, x: np.ndarray, want) -> dict:
+        """The first top of each layer in ``want``, for one batch ``x`` of the fed blob."""
+        want = set(want)
+        vals = {self.feed: np.asarray(x, dtype=np.float32)}
+        out = {}
+        for lay in self.layers:
+            v = vals[lay.bottoms[0]]
+            if lay.type == "InnerProduct":
+                try:
+                    v = self._product(lay, v)
+                except ValueError as exc:  # the prototxt's shapes do not fit the weights
+                    from .errors import SchemaMismatchError  # noqa: PLC0415
+
+                    raise SchemaMismatchError(f"layer {lay.name!r} (InnerProduct) cannot run on its "
+                                              f"input of shape {tuple(v.shape)}: {exc}") from None
+            elif lay.type == "ReLU":
+                v = np.where(v > 0, v, v * np.float32(lay.slope)) if lay.slope else np.maximum(v, np.float32(0))
+            elif lay.type == "Softmax":
+                ax = lay.axis % v.ndim
+                e = np.exp(v - v.max(axis=ax, keepdims=True))
+                v = e / e.sum(axis=ax, keepdims=True)
+            # Dropout: the identity at deploy time
+            vals[lay.tops[0]] = v
+            if lay.name in want:
+                out[lay.name] = v
+        return out
+
+    def _product(self, lay, x: np.ndarray) -> np.ndarray:
+        w, b = self.params[lay.name]
+        axis = lay.axis % x.ndim
+        lead = x.shape[:axis]
+        k = int(np.prod(x.shape[axis:]))
+        x2 = x.reshape(int(np.prod(lead)), k)
+        # (num_output, K) as stored, or (K, num_output) with transpose
+        y = x2 @ (w.reshape(k, -1) if lay.transpose else w.reshape(-1, k).T)
+        if b is not None:
+            y += b
+        return y.reshape(lead + (y.shape[1],))

@@ -1,0 +1,167 @@
+"""A net's large fully connected tail run in NumPy beside OpenCV (``caffecompress.headnet``).
+
+``runtime.model_net`` splits such a net; every layer's output, the net's
+outputs and its layer names must be what the whole net in OpenCV gives,
+and the allocator's probes on a split net must measure what they measure
+on the whole one. The zoo's tails are below the size that splits, so the
+threshold is lowered here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import caffecompress as cc
+from caffecompress import allocate as A
+from caffecompress import calibrate, headnet, runtime
+from caffecompress.caffe.graph import LayerNode, NetGraph, net_graph, prefix_prototxt
+from caffecompress.errors import SchemaMismatchError
+from caffecompress.model import Layer, Model
+
+CASES = [
+    ("lenet-mnist/lenet_iter_10000", "lenet-mnist/mnist_deploy", 5),  # ip1 relu1 ip2 Softmax
+    ("cifar10-quick/cifar10_quick_iter_5000", "cifar10-quick/cifar10_quick", 10),
+    ("mtcnn/det3", "mtcnn/det3", 15),  # three products of one blob: three outputs
+]
+
+
+def _model(zoo, w, p):
+    return cc.read_caffemodel(zoo / (w + ".caffemodel"), prototxt=zoo / (p + ".prototxt"))
+
+
+def test_zoo_tails_stay_in_opencv_at_the_shipped_threshold(zoo):
+    # the zoo's largest tail (lenet-mnist's ip1+ip2, 405K weights) is far below it
+    for w, p, _ in CASES:
+        m = _model(zoo, w, p)
+        assert headnet.tail_start(net_graph(m.prototxt), m) is None
+
+
+@pytest.mark.parametrize(("w", "p", "start"), CASES)
+def test_split_net_gives_every_layer_as_opencv(zoo, monkeypatch, w, p, start):
+    pytest.importorskip("cv2")
+    m = _model(zoo, w, p)
+    g = net_graph(m.prototxt)
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 0)
+    assert headnet.tail_start(g, m) == start
+    split = runtime.model_net(m)
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 1 << 60)
+    whole = runtime.model_net(m)
+    assert type(split).__name__ == "_SplitNet" and type(whole).__name__ != "_SplitNet"
+    assert set(split.getLayerNames()) == set(whole.getLayerNames())
+    assert sorted(split.getUnconnectedOutLayersNames()) == sorted(whole.getUnconnectedOutLayersNames())
+    rng = np.random.default_rng(1)
+    feeds = {k: rng.standard_normal((3,) + tuple(v[1:])).astype(np.float32) for k, v in g.inputs.items()}
+    names = [lay.name for lay in g.layers if lay.type != "Input"]
+    a = runtime.run_net(split, feeds, names)
+    b = runtime.run_net(whole, feeds, names)
+    for name, x, y in zip(names, a, b):
+        assert x.shape == y.shape, name
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-6 * float(np.abs(y).max()), err_msg=name)
+    # the compared outputs, as the allocator and verify pick them
+    assert ([(t.name, t.layer, t.kind) for t in runtime.compared_outputs(g.layers, g.inputs, split)]
+            == [(t.name, t.layer, t.kind) for t in runtime.compared_outputs(g.layers, g.inputs, whole)])
+
+
+def test_probes_on_a_split_net_measure_as_on_the_whole_net(zoo, monkeypatch):
+    # the cut at ip1 feeds the tail straight from the suffix's Input layer (no trunk net)
+    pytest.importorskip("cv2")
+    m = _model(zoo, "lenet-mnist/lenet_iter_10000", "lenet-mnist/mnist_deploy")
+    g = net_graph(m.prototxt)
+    cal = calibrate.calibration_inputs(g.inputs, rows=6)
+    rng = np.random.default_rng(0)
+    got = {}
+    for label, floor in (("split", 0), ("whole", 1 << 60)):
+        monkeypatch.setattr(headnet, "MIN_WEIGHTS", floor)
+        probe = A._Meter(m, g, cal.feeds).rows(np.array([0, 3, 5]))
+        probe.cut_at(m, g, ["conv2", "ip1", "ip2"])
+        errs = []
+        for name in ("conv2", "ip1", "ip2"):
+            li = next(i for i, lay in enumerate(m.layers) if lay.name == name)
+            lay = m.layers[li]
+            w = lay.blobs[0]
+            noisy = (w + 0.05 * np.abs(w).max() * rng.standard_normal(w.shape)).astype(np.float32)
+            layers = list(m.layers)
+            layers[li] = dataclasses.replace(lay, blobs=[noisy, *lay.blobs[1:]])
+            qm = dataclasses.replace(m, layers=layers)
+            errs.append((probe.sq_errors(qm), probe.sq_errors(qm, at=name)))
+        got[label] = errs
+        rng = np.random.default_rng(0)  # the same noise for the other net
+    for (ws, cs), (ww, cw) in zip(got["split"], got["whole"]):
+        assert ww.max() > 0
+        np.testing.assert_allclose(ws, ww, rtol=1e-3)
+        np.testing.assert_allclose(cs, cw, rtol=1e-3)
+        np.testing.assert_allclose(cs, ws, rtol=1e-3)
+
+
+def _fc_net(slope=0.0, transpose=False, bias=True):
+    g = NetGraph(layers=[
+        LayerNode("input", "Input", [], ["data"]),
+        LayerNode("fc", "InnerProduct", ["data"], ["fc"], transpose=transpose, bias_term=bias),
+        LayerNode("act", "ReLU", ["fc"], ["fc"], slope=slope),
+        LayerNode("drop", "Dropout", ["fc"], ["fc"]),
+        LayerNode("fc2", "InnerProduct", ["fc"], ["out"]),
+        LayerNode("prob", "Softmax", ["out"], ["prob"]),
+    ], inputs={"data": (1, 2, 3, 2)})
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((5, 12)).astype(np.float32)
+    blobs = [w.T.copy() if transpose else w] + ([rng.standard_normal(5).astype(np.float32)] if bias else [])
+    w2 = rng.standard_normal((4, 5)).astype(np.float32)
+    m = Model(layers=[Layer("fc", "InnerProduct", blobs), Layer("fc2", "InnerProduct", [w2, np.zeros(4, np.float32)])])
+    return g, m, w, (blobs[1] if bias else 0.0), w2
+
+
+@pytest.mark.parametrize(("slope", "transpose", "bias"), [(0.0, False, True), (0.25, True, False)])
+def test_tail_is_the_layers_arithmetic(monkeypatch, slope, transpose, bias):
+    g, m, w, b, w2 = _fc_net(slope, transpose, bias)
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 60)
+    assert headnet.tail_start(g, m) == 1
+    t = headnet.Tail(g, 1, m)
+    assert t.feed == "data" and t.outputs == ["prob"]
+    x = np.random.default_rng(3).standard_normal((2, 2, 3, 2)).astype(np.float32)
+    out = t.run(x, ["fc", "act", "prob"])
+    y = x.reshape(2, 12) @ w.T + b
+    np.testing.assert_allclose(out["fc"], y, rtol=1e-6, atol=1e-6)
+    a = np.where(y > 0, y, slope * y)
+    np.testing.assert_allclose(out["act"], a, rtol=1e-6, atol=1e-6)
+    z = a @ w2.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(out["prob"], p / p.sum(1, keepdims=True), rtol=1e-5)
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 81)  # the two products hold 60 + 20 weights
+    assert headnet.tail_start(g, m) is None
+
+
+def test_a_tail_that_does_not_fit_its_weights_is_a_typed_error(monkeypatch):
+    g, m, *_ = _fc_net()
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 0)
+    t = headnet.Tail(g, 1, m)
+    with pytest.raises(SchemaMismatchError, match="'fc'.*InnerProduct"):
+        t.run(np.zeros((1, 2, 3, 3), np.float32), ["prob"])
+
+
+def test_no_tail_where_the_products_read_two_blobs_or_none_exist():
+    g = NetGraph(layers=[
+        LayerNode("input", "Input", [], ["a", "b"]),
+        LayerNode("fa", "InnerProduct", ["a"], ["fa"]),
+        LayerNode("fb", "InnerProduct", ["b"], ["fb"]),
+    ], inputs={"a": (1, 4), "b": (1, 4)})
+    m = Model(layers=[Layer("fa", "InnerProduct", [np.zeros((2, 4), np.float32)]),
+                      Layer("fb", "InnerProduct", [np.zeros((2, 4), np.float32)])])
+    assert headnet.tail_start(g, m) is None  # two blobs cross into the tail
+    g2 = NetGraph(layers=[LayerNode("input", "Input", [], ["a"]), LayerNode("r", "ReLU", ["a"], ["a"])],
+                  inputs={"a": (1, 4)})
+    assert headnet.tail_start(g2, Model(layers=[])) is None  # no product
+
+
+def test_prefix_prototxt_keeps_the_inputs_and_the_layers_before():
+    text = ('input: "data" input_shape { dim: 1 dim: 1 dim: 4 dim: 4 }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+            '  convolution_param { num_output: 1 kernel_size: 1 } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "c" top: "c" relu_param { negative_slope: 0.5 } }\n'
+            'layer { name: "f" type: "InnerProduct" bottom: "c" top: "f" inner_product_param { num_output: 2 } }\n')
+    # the input declaration is the V2 net's first layer, as net_graph numbers them
+    g = net_graph(prefix_prototxt(text, 3))
+    assert [lay.type for lay in g.layers] == ["Input", "Convolution", "ReLU"]
+    assert g.inputs == {"data": (1, 1, 4, 4)} and g.layers[2].slope == 0.5
