@@ -1092,6 +1092,10 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         meter, probe = ready.result()
         for f in probes:
             f.result()
+        for b in blobs:
+            # the probes' roundings are not measured again: their copies of
+            # the weights (as large as the model) go before the joint ones
+            b.memo = None
     finally:  # an error or an interrupt leaves no queued forwards behind
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

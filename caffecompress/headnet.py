@@ -116,6 +116,9 @@ class Tail:
             for t in lay.tops:
                 last[t] = lay.name
         self.outputs = [n for n in self.names if n not in read]
+        #: rows are independent (no product or Softmax over the image axis):
+        #: the tail may run every row of a batch at once
+        self.batchable = all(lay.axis != 0 for lay in self.layers if lay.type in ("InnerProduct", "Softmax"))
 
     def run(self, x: np.ndarray, want) -> dict:
         """The first top of each layer in ``want``, for one batch ``x`` of the fed blob."""

@@ -671,6 +671,21 @@ def _fidelity(model: Model, settings: Settings, positions: dict, xp, calib_opts:
                         mantissa=OTHER_MANTISSA_BITS)
 
 
+def _release_replaced(model: Model, kept: Model) -> None:
+    """Drop ``model``'s arrays that ``kept`` (its fidelity-pass copy) replaced.
+
+    With ``release`` the caller gave ``model`` up; what is coded from here on
+    is the copy, so the float weights it replaced (as large as the model)
+    need not stay alive beside it.
+    """
+    for old, new in zip(model.layers, kept.layers):
+        if old is new or old.blobs is new.blobs:
+            continue  # the same arrays: released as they are coded
+        for i, arr in enumerate(old.blobs):
+            if i < len(new.blobs) and new.blobs[i] is not arr:
+                old.blobs[i] = None
+
+
 def _resolve_backend(name: str):
     """Array module for lossy blobs; ``auto`` falls back to NumPy."""
     if name == "auto":
@@ -743,6 +758,8 @@ def compress(
     fid_warn: list[str] = []
     fidelity = _fidelity(model, settings, positions, xp, calib_opts, fid_warn)
     if fidelity is not None:
+        if release:
+            _release_replaced(model, fidelity.model)
         model = fidelity.model
         chosen = {n: ({"step": fidelity.steps[n], "dq": n in fidelity.dq} if n in fidelity.steps else {"bits": b})
                   for n, b in fidelity.bits.items()}

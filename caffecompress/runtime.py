@@ -270,7 +270,8 @@ def _opencv(what: str):
         log.setLogLevel(level)
 
 
-def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike, *, fuse: bool = True):
+def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike, *, fuse: bool = True,
+             winograd: bool = True):
     """Load a ``cv2.dnn.Net`` from prototxt text and caffemodel bytes, in memory.
 
     Parameters
@@ -285,6 +286,9 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike, *,
         own output can be fetched: OpenCV 4.14 hands out a stale blob for an
         in-place PReLU fused into its convolution when a Concat takes that
         blob (mtcnn det4's ``prelu3_1``).
+    winograd : bool
+        Let OpenCV run 3x3 convolutions by Winograd's transform (its
+        default; it keeps a transformed copy of their weights, 64/9 their size).
 
     Returns
     -------
@@ -309,6 +313,8 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike, *,
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     if not fuse:
         net.enableFusion(False)
+    if not winograd:
+        net.enableWinograd(False)
     return net
 
 
@@ -331,6 +337,8 @@ def run_net(net, blobs: dict[str, np.ndarray], layers: Sequence[str]) -> list[np
         (``(N,) + output shape``). One image per forward pass, because many
         deploy nets hard-code batch 1 in Reshape/Flatten layers.
     """
+    if isinstance(net, _SplitNet) and net.tail.batchable:
+        return net.run_batch(blobs, layers)
     n = next(iter(blobs.values())).shape[0]
     per_layer: list[list[np.ndarray]] = [[] for _ in layers]
     for i in range(n):
@@ -464,11 +472,41 @@ def model_net(model, prototxt: str | bytes | None = None, *, fuse: bool = True):
     if not text:
         raise ValueError("running a net needs its deploy prototxt; this model carries none")
     proto = text if isinstance(text, bytes) else text.encode("utf-8")
-    split = _split_net(model, proto, fuse)
-    return split if split is not None else _plain_net(model, proto, fuse)
+    from .caffe.graph import net_graph  # noqa: PLC0415
+    from .errors import FormatError  # noqa: PLC0415
+
+    try:
+        graph = net_graph(proto, path=getattr(model, "source", None))
+    except FormatError:
+        graph = None  # OpenCV gives its own reason
+    split = _split_net(model, proto, fuse, graph) if graph is not None else None
+    if split is not None:
+        return split
+    return _plain_net(model, proto, fuse, graph is None or _winograd_ok(graph, model, len(graph.layers)))
 
 
-def _plain_net(model, proto: bytes, fuse: bool):
+#: Most bytes of Winograd-transformed 3x3 convolution weights a net loaded
+#: for the fidelity pass may hold: OpenCV 4.x keeps 64/9 times those weights
+#: in every net it loads (VGG-16's: 350 MB, 0.63x its file, on each of the
+#: pass's tens of loads). Above it the nets run without Winograd: VGG-16's
+#: forwards take 0.32 s an image instead of 0.19 s.
+WINOGRAD_MAX_BYTES = 64 << 20
+
+
+def _winograd_ok(graph, model, stop: int) -> bool:
+    """Whether the 3x3 convolutions among ``graph.layers[:stop]`` are small enough for Winograd."""
+    sizes = {lay.name: int(np.asarray(lay.blobs[0]).size) for lay in model.layers
+             if lay.blobs and lay.blobs[0] is not None}
+    n = 0
+    for lay in graph.layers[:stop]:
+        g = lay.conv
+        if (lay.type == "Convolution" and g is not None and g.kernel == (3, 3) and g.stride == (1, 1)
+                and g.dilation == (1, 1) and g.group == 1):
+            n += sizes.get(lay.name, 0)
+    return n * 4 * 64 / 9 <= WINOGRAD_MAX_BYTES
+
+
+def _plain_net(model, proto: bytes, fuse: bool, winograd: bool = True):
     """The whole net in OpenCV (see :func:`model_net`)."""
     from .caffe import caffemodel_chunks  # noqa: PLC0415
 
@@ -484,21 +522,16 @@ def _plain_net(model, proto: bytes, fuse: bool):
             with open(pw, "wb") as f:
                 for c in chunks:
                     f.write(c)
-            return load_net(pp, pw, fuse=fuse)
+            return load_net(pp, pw, fuse=fuse, winograd=winograd)
     except OSError:  # no writable temporary folder: through memory
-        return load_net(proto, b"".join(chunks), fuse=fuse)
+        return load_net(proto, b"".join(chunks), fuse=fuse, winograd=winograd)
 
 
-def _split_net(model, proto: bytes, fuse: bool):
+def _split_net(model, proto: bytes, fuse: bool, graph):
     """OpenCV for the trunk and NumPy for a large fully connected tail, or None."""
     from . import headnet  # noqa: PLC0415
-    from .caffe.graph import net_graph, prefix_prototxt  # noqa: PLC0415
-    from .errors import FormatError  # noqa: PLC0415
+    from .caffe.graph import prefix_prototxt  # noqa: PLC0415
 
-    try:
-        graph = net_graph(proto, path=getattr(model, "source", None))
-    except FormatError:
-        return None  # OpenCV gives its own reason
     start = headnet.tail_start(graph, model)
     if start is None:
         return None
@@ -521,7 +554,7 @@ def _split_net(model, proto: bytes, fuse: bool):
         names = set(tail.names)
         sub = dataclasses.replace(model, layers=[lay for lay in model.layers if lay.name not in names],
                                   skeleton=b"")
-        trunk = _plain_net(sub, text.encode("utf-8"), fuse)
+        trunk = _plain_net(sub, text.encode("utf-8"), fuse, _winograd_ok(graph, model, start))
     return _SplitNet(trunk, tail, feeder)
 
 
@@ -559,6 +592,31 @@ class _SplitNet:
         if head:
             got.update(self.tail.run(x, head))
         return [got[n] for n in names]
+
+    def run_batch(self, blobs: dict, layers) -> list:
+        """:func:`run_net` with the tail run once on every row (one product, not one a row)."""
+        from .errors import SchemaMismatchError  # noqa: PLC0415
+
+        layers = list(layers)
+        n = next(iter(blobs.values())).shape[0]
+        own = set(self.tail.names)
+        head = [name for name in layers if name in own]
+        body = [name for name in layers if name not in own]
+        got: dict = {}
+        if self.trunk is None:
+            if body:
+                raise SchemaMismatchError(f"this net has no layer {body[0]!r}")
+            x = blobs.get(self.tail.feed)
+        else:
+            fetch = body + ([self.feeder] if head and self.feeder not in body else [])
+            got = dict(zip(fetch, run_net(self.trunk, blobs, fetch))) if fetch else {}
+            x = got.get(self.feeder)
+            if x is not None:  # (n, b, ...) a row's forwards -> (n * b, ...) rows of one batch
+                x = x.reshape((-1,) + x.shape[2:])
+        if head:
+            for name, v in self.tail.run(x, head).items():
+                got[name] = v.reshape((n, -1) + v.shape[1:])  # as one forward a row stacks them
+        return [got[name] for name in layers]
 
     def getLayerNames(self) -> list:  # noqa: N802
         return (list(self.trunk.getLayerNames()) if self.trunk is not None else []) + list(self.tail.names)

@@ -60,6 +60,11 @@ def test_split_net_gives_every_layer_as_opencv(zoo, monkeypatch, w, p, start):
     for name, x, y in zip(names, a, b):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(x, y, rtol=0, atol=2e-6 * float(np.abs(y).max()), err_msg=name)
+    # one image through the per-image interface gives the batch's first row
+    for k, v in feeds.items():
+        split.setInput(np.ascontiguousarray(v[:1]), k)
+    for name, x, y in zip(names, split.forward(names), a):
+        np.testing.assert_allclose(x, y[0], rtol=0, atol=2e-6 * float(np.abs(y).max()), err_msg=name)
     # the compared outputs, as the allocator and verify pick them
     assert ([(t.name, t.layer, t.kind) for t in runtime.compared_outputs(g.layers, g.inputs, split)]
             == [(t.name, t.layer, t.kind) for t in runtime.compared_outputs(g.layers, g.inputs, whole)])
@@ -165,3 +170,24 @@ def test_prefix_prototxt_keeps_the_inputs_and_the_layers_before():
     g = net_graph(prefix_prototxt(text, 3))
     assert [lay.type for lay in g.layers] == ["Input", "Convolution", "ReLU"]
     assert g.inputs == {"data": (1, 1, 4, 4)} and g.layers[2].slope == 0.5
+
+
+def test_nets_with_large_3x3_convolutions_load_without_winograd(zoo, monkeypatch):
+    pytest.importorskip("cv2")
+    m = _model(zoo, "mtcnn/det4", "mtcnn/det4")
+    g = net_graph(m.prototxt)
+    assert runtime._winograd_ok(g, m, len(g.layers))  # the zoo's are far below the limit
+    monkeypatch.setattr(runtime, "WINOGRAD_MAX_BYTES", 0)
+    assert not runtime._winograd_ok(g, m, len(g.layers))
+    seen = []
+    load = runtime.load_net
+    monkeypatch.setattr(runtime, "load_net", lambda *a, **k: seen.append(k.get("winograd")) or load(*a, **k))
+    slow = runtime.model_net(m)
+    monkeypatch.setattr(runtime, "WINOGRAD_MAX_BYTES", 1 << 60)
+    fast = runtime.model_net(m)
+    assert seen == [False, True]
+    feeds = {k: np.random.default_rng(4).standard_normal((2,) + tuple(v[1:])).astype(np.float32)
+             for k, v in g.inputs.items()}
+    outs = [t.layer for t in runtime.compared_outputs(g.layers, g.inputs, fast)]
+    for x, y in zip(runtime.run_net(slow, feeds, outs), runtime.run_net(fast, feeds, outs)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * float(np.abs(y).max()))
