@@ -393,6 +393,17 @@ def test_fixed_bits_still_compensate_and_never_allocate(zoo):
     assert techs - {"nearest", "nearest+bc", "gptq", "gptq+bc"} == set()
 
 
+def test_release_drops_the_float_weights_the_pass_replaced_and_writes_the_same_file(zoo):
+    pytest.importorskip("cv2")
+    kept = cc.compress(_zoo_model(zoo, "mtcnn/det2"), bits=4)
+    m = _zoo_model(zoo, "mtcnn/det2")
+    lossy = [i for i, lay in enumerate(m.layers) if lay.type in ("Convolution", "InnerProduct") and lay.blobs]
+    let_go = cc.compress(m, bits=4, release=True)
+    assert lossy and all(m.layers[i].blobs[0] is None for i in lossy)
+    assert [(r.method, r.crc32, {k: bytes(v) for k, v in r.parts.items()}) for r in let_go.records] == \
+        [(r.method, r.crc32, {k: bytes(v) for k, v in r.parts.items()}) for r in kept.records]
+
+
 @pytest.mark.parametrize("name", ["mtcnn/det2", "lenet-mnist/lenet_iter_10000"])
 def test_fixed_bits_keep_the_rounding_with_the_lowest_net_error(zoo, name):
     """Per-layer compensation, nearest rounding and no compensation are each
