@@ -41,6 +41,8 @@ from .backend import to_host
 from .engine import compensate as C
 from .engine import uniform as U
 from .engine.floatpack import round_mantissa
+from .engine.grid import max_abs
+from .headnet import Levels
 from .engine.kmeans import _sqnr  # the engine's SQNR from signal and error sums
 from .model import Model
 
@@ -190,6 +192,9 @@ class FidelityResult:
     model : Model
         A copy of the input whose lossy weight blobs hold the chosen levels
         (at most ``2**bits`` distinct values) and whose biases are corrected.
+        Fully connected blobs of more than 2M weights are
+        :class:`~caffecompress.headnet.Levels` (``numpy.asarray`` gives the
+        float32 array), made dense one at a time as they are coded.
     bits : dict of str -> int
         Layer name -> width of its weight blob.
     record : dict
@@ -314,7 +319,7 @@ def _candidates_big(b: _Blob, xp, widths, heavy: bool = True) -> None:
             return
     if b.df_step is None or b.fixed_bits is not None:
         return
-    amax = float(np.max(np.abs(b.w))) if b.w.size else 0.0
+    amax = max_abs(b.w)  # block by block: no |w| copy of the blob
     if amax == 0.0:
         return
     for key, u, step in _grids(b, amax):
@@ -521,7 +526,7 @@ def _gptq_near(b: _Blob, key) -> None:
         c0 = b.cands[min(grid_keys, key=lambda k: abs(b.cands[k].nbytes - c0.nbytes))]
     if big:  # no GPTQ there (_candidates_big): the grids the first pass skipped, nearest levels
         M = _matrix(b.w, b.node)
-        amax = float(np.max(np.abs(b.w)))
+        amax = max_abs(b.w)
         for k, u, step in _grids(b, amax):
             if k not in b.cands and -GPTQ_WINDOW[1] <= math.log2(step / c0.step) <= GPTQ_WINDOW[0]:
                 _grid_big(b, M, amax, k, u, step)
@@ -674,10 +679,21 @@ def _kept(b: _Blob, lab: np.ndarray, k: int):
     return lab.astype(np.uint8 if k <= 256 else np.uint16)
 
 
-def _quantised(b: _Blob, c: _Cand, key=None) -> np.ndarray:
-    """The candidate's weights (float32, the blob's shape); the last one is kept per blob."""
+def _quantised(b: _Blob, c: _Cand, key=None, compact: bool = False):
+    """The candidate's weights (float32, the blob's shape); the last one is kept per blob.
+
+    ``compact``: a large fully connected blob's nearest or dependent
+    quantisation comes as :class:`~caffecompress.headnet.Levels` (the same
+    values, a byte or two a weight), for the measurements only.
+    """
     if key is not None and b.memo is not None and b.memo[0] == key:
-        return b.memo[1]
+        q = b.memo[1]
+        return q if compact or not isinstance(q, Levels) else np.asarray(q)
+    if compact and _compactable(b, c):
+        q = _levels_of(b, c)
+        if key is not None:
+            b.memo = (key, q)
+        return q
     if c.dq:
         q = _dq_values(b.w, c.step)[0].reshape(b.shape)
     elif c.labels is not None:
@@ -698,7 +714,43 @@ def _quantised(b: _Blob, c: _Cand, key=None) -> np.ndarray:
     return q
 
 
-def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None) -> Model:
+def _compactable(b: _Blob, c: _Cand) -> bool:
+    node = b.node
+    return (b.w.size > _KEEP_LABELS and node is not None and node.type == "InnerProduct" and not node.transpose
+            and (c.dq or (c.labels is None and "gptq" not in c.technique)))
+
+
+def _levels_of(b: _Blob, c: _Cand) -> Levels:
+    """:func:`_quantised`'s values of a big blob as level indices, piece by piece."""
+    flat = b.w.reshape(-1)
+    if c.dq:
+        from .engine import trellis as TR  # noqa: PLC0415
+
+        s = TR.grid_step_for(b.w, c.step)
+        k = TR.quantize(b.w, s)
+        m = np.empty(flat.size, np.int16)  # |multiple| <= 2 * MAX_LEVEL + 1
+        piece = TR.SEGMENT * max(1, (1 << 22) // TR.SEGMENT)
+        for s0 in range(0, flat.size, piece):  # float32(m * step), as the restore walks them
+            v = TR.values(k[s0:s0 + piece], 0, s, start=s0)
+            m[s0:s0 + v.size] = np.rint(v.astype(np.float64) / s)
+        del k
+        top = int(np.abs(m).max(initial=0))
+        levels = (np.arange(-top, top + 1, dtype=np.float64) * s).astype(np.float32)
+        idx = np.empty(flat.size, np.uint8 if levels.size <= 256 else np.uint16)
+        np.add(m, top, out=idx, casting="unsafe")
+        return Levels(idx, levels, b.shape)
+    grid = c.codebook if c.grid is None else c.grid
+    g64 = grid.astype(np.float64)
+    M = _matrix(b.w, b.node)
+    idx = np.empty(flat.size, np.uint8 if grid.size <= 256 else np.uint16)
+    cols = M.shape[2]
+    for g, rs in _row_blocks(M):
+        o = (g * M.shape[1] + rs.start) * cols
+        idx[o:o + (rs.stop - rs.start) * cols] = C.nearest_labels(M[g, rs].astype(np.float64), g64).reshape(-1)
+    return Levels(idx, grid, b.shape)
+
+
+def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None, compact: bool = False) -> Model:
     """A shallow copy of ``model`` with the chosen candidates' weights and biases
     (a corrected bias rounded to ``mantissa`` bits, as it will be stored)."""
     layers = list(model.layers)
@@ -706,7 +758,7 @@ def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None) -> Mo
         c = b.cands[choice[b.name]]
         lay = layers[b.li]
         arrs = list(lay.blobs)
-        arrs[0] = _quantised(b, c, choice[b.name])
+        arrs[0] = _quantised(b, c, choice[b.name], compact)
         if c.shift is not None and len(arrs) > 1:
             bias = arrs[1]
             arrs[1] = (bias.astype(np.float64) - c.shift.reshape(bias.shape)).astype(np.float32)
@@ -1056,7 +1108,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         if dist <= 0:
             e = np.zeros(len(probe.layers))
         else:
-            e = probe.sq_errors(_apply(model, group, choice), at=group[0].name)
+            e = probe.sq_errors(_apply(model, group, choice, compact=True), at=group[0].name)
             e = np.where(np.isfinite(e), e, 1e6) / dist
         for b, en in zip(group, energy):
             b.sens = e / en
@@ -1117,12 +1169,13 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             if choice in seen:
                 continue
             seen.append(choice)
-            m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa)).max(initial=0.0)))
+            m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa, compact=True)).max(initial=0.0)))
             points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": kind})
             if best is None or m < best[0]:
                 best = (m, choice, len(points) - 1)
         m, choice, idx = best
-        return _result(_apply(base, blobs, choice, mantissa), blobs, choice, points, idx, None, m, cal, meter.count, t0)
+        return _result(_apply(base, blobs, choice, mantissa, compact=True), blobs, choice, points, idx, None, m, cal,
+                       meter.count, t0)
 
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s"
         + (" after the candidates" if overlap else "")
@@ -1150,7 +1203,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         key = tuple(sorted(choice.items()))
         if key in tried:
             return tried[key]
-        m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa)).max(initial=0.0)))
+        m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa, compact=True)).max(initial=0.0)))
         points.append({"bytes": _nbytes(blobs, choice), "predicted": _predicted(blobs, choice),
                        "measured": m, "kind": kind})
         tried[key] = (m, len(points) - 1, choice)
@@ -1283,7 +1336,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         key = [k for k, v in tried.items() if v[1] == idx][0]
         best = (points[idx]["bytes"], idx, dict(key), points[idx]["measured"])
     _, idx, choice, m = best
-    qm = _apply(base, blobs, choice, mantissa)
+    qm = _apply(base, blobs, choice, mantissa, compact=True)
     say(f"allocation: {meter.count} joint forwards of {cal.n} rows; error {m:.4f} on the calibration rows")
     return _result(qm, blobs, choice, points, idx, target, m, cal,
                    probe.count + meter.count, t0, aim=max_error)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MIN_WEIGHTS", "TAIL_TYPES", "tail_start", "Tail"]
+__all__ = ["MIN_WEIGHTS", "TAIL_TYPES", "tail_start", "Tail", "Levels"]
 
 #: Weights a tail must hold to be run here (64 MiB of float32): below it
 #: OpenCV's load is no burden and the whole net stays OpenCV's.
@@ -28,6 +28,46 @@ MIN_WEIGHTS = 1 << 24
 
 #: Layer types a tail may consist of.
 TAIL_TYPES = frozenset({"InnerProduct", "ReLU", "Dropout", "Softmax"})
+
+
+#: Weights a block of a product's rows holds (16 MiB of float32).
+_BLOCK = 1 << 22
+
+
+class Levels:
+    """A weight blob held as indices into its float32 levels (an unsigned
+    integer a weight, 1-2 bytes, instead of 4).
+
+    The fidelity pass measures quantised candidates of VGG-16's fc6 (102M
+    weights) many times; a tail runs their products block by block from
+    this form (:meth:`rows`), and ``numpy.asarray`` gives the float32 array
+    wherever one is needed (OpenCV's caffemodel). Both give the same values.
+
+    Parameters
+    ----------
+    idx : numpy.ndarray
+        Flat indices, C order of ``shape``.
+    levels : numpy.ndarray
+        float32 values the indices select.
+    shape : tuple of int
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, idx: np.ndarray, levels: np.ndarray, shape):
+        self.idx = idx.reshape(-1)
+        self.levels = np.asarray(levels, np.float32)
+        self.shape = tuple(int(d) for d in shape)
+        self.size = int(self.idx.size)
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.levels[self.idx].reshape(self.shape)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def rows(self, r0: int, r1: int, k: int) -> np.ndarray:
+        """Rows ``r0:r1`` of the blob seen as ``(size // k, k)``."""
+        return self.levels[self.idx[r0 * k:r1 * k]].reshape(r1 - r0, k)
 
 
 def tail_start(graph, model) -> int | None:
@@ -65,7 +105,7 @@ def tail_start(graph, model) -> int | None:
             got = blobs.get(lay.name)
             if not got:
                 return None
-            n += int(np.asarray(got[0]).size)
+            n += int(got[0].size)
     return i if n >= MIN_WEIGHTS else None
 
 
@@ -101,7 +141,7 @@ class Tail:
             if lay.type != "InnerProduct":
                 continue
             got = blobs[lay.name]
-            w = np.asarray(got[0], dtype=np.float32)
+            w = got[0] if isinstance(got[0], Levels) else np.asarray(got[0], dtype=np.float32)
             b = np.asarray(got[1], dtype=np.float32).reshape(-1) if lay.bias_term is not False and len(got) > 1 \
                 else None
             self.params[lay.name] = (w, b)
@@ -153,8 +193,18 @@ class Tail:
         lead = x.shape[:axis]
         k = int(np.prod(x.shape[axis:]))
         x2 = x.reshape(int(np.prod(lead)), k)
-        # (num_output, K) as stored, or (K, num_output) with transpose
-        y = x2 @ (w.reshape(k, -1) if lay.transpose else w.reshape(-1, k).T)
+        if lay.transpose:  # (K, num_output)
+            y = x2 @ np.asarray(w).reshape(k, -1)
+        else:
+            # (num_output, K) as stored, by blocks of rows: the same sums for a
+            # float array and for its Levels (the reference and a candidate)
+            nout = w.size // k
+            y = np.empty((x2.shape[0], nout), np.float32)
+            step = max(1, _BLOCK // k)
+            for r0 in range(0, nout, step):
+                r1 = min(r0 + step, nout)
+                blk = w.rows(r0, r1, k) if isinstance(w, Levels) else w.reshape(nout, k)[r0:r1]
+                y[:, r0:r1] = x2 @ blk.T
         if b is not None:
             y += b
         return y.reshape(lead + (y.shape[1],))

@@ -34,6 +34,7 @@ from .errors import (
     FormatError,
     NonFiniteWeightsError,
 )
+from .headnet import Levels
 from .model import Layer, Model
 
 __all__ = [
@@ -774,7 +775,8 @@ def compress(
     for li, lay in enumerate(model.layers):
         layers.append((lay.name, lay.type, _layer_extra(lay)))
         for bi, arr in enumerate(lay.blobs):
-            arr = np.asarray(arr)
+            if not isinstance(arr, Levels):  # (the fidelity pass's; dense when coded)
+                arr = np.asarray(arr)
             pname = lay.param_names[bi] if bi < len(lay.param_names) else ""
             slot = len(records)
             records.append(None)

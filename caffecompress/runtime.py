@@ -495,7 +495,7 @@ WINOGRAD_MAX_BYTES = 64 << 20
 
 def _winograd_ok(graph, model, stop: int) -> bool:
     """Whether the 3x3 convolutions among ``graph.layers[:stop]`` are small enough for Winograd."""
-    sizes = {lay.name: int(np.asarray(lay.blobs[0]).size) for lay in model.layers
+    sizes = {lay.name: int(lay.blobs[0].size) for lay in model.layers
              if lay.blobs and lay.blobs[0] is not None}
     n = 0
     for lay in graph.layers[:stop]:

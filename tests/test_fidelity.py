@@ -404,6 +404,27 @@ def test_release_drops_the_float_weights_the_pass_replaced_and_writes_the_same_f
         [(r.method, r.crc32, {k: bytes(v) for k, v in r.parts.items()}) for r in kept.records]
 
 
+def test_big_fc_blobs_measured_and_handed_over_as_levels_write_the_same_file(zoo, monkeypatch):
+    # lenet-mnist's ip1 (400K weights) treated as a big blob: the measurements
+    # and the pipeline take it as level indices, and nothing the file holds changes
+    pytest.importorskip("cv2")
+    from caffecompress import allocate as A  # noqa: PLC0415
+
+    w = zoo / "lenet-mnist/lenet_iter_10000.caffemodel"
+    proto = w.parent / "mnist_deploy.prototxt"
+    monkeypatch.setattr(A, "_KEEP_LABELS", 1 << 16)
+    seen = []
+    made = A._levels_of
+    monkeypatch.setattr(A, "_levels_of", lambda b, c: seen.append(b.name) or made(b, c))
+    cms = [cc.compress(cc.read_caffemodel(w, prototxt=proto))]
+    assert "ip1" in seen
+    monkeypatch.setattr(A, "_compactable", lambda b, c: False)
+    cms.append(cc.compress(cc.read_caffemodel(w, prototxt=proto)))
+    a, b = ([(r.method, r.crc32, {k: bytes(v) for k, v in r.parts.items()}) for r in cm.records] for cm in cms)
+    assert a == b
+    assert cms[0].settings["fidelity"]["calib_error"] == cms[1].settings["fidelity"]["calib_error"]
+
+
 @pytest.mark.parametrize("name", ["mtcnn/det2", "lenet-mnist/lenet_iter_10000"])
 def test_fixed_bits_keep_the_rounding_with_the_lowest_net_error(zoo, name):
     """Per-layer compensation, nearest rounding and no compensation are each

@@ -191,3 +191,43 @@ def test_nets_with_large_3x3_convolutions_load_without_winograd(zoo, monkeypatch
     outs = [t.layer for t in runtime.compared_outputs(g.layers, g.inputs, fast)]
     for x, y in zip(runtime.run_net(slow, feeds, outs), runtime.run_net(fast, feeds, outs)):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * float(np.abs(y).max()))
+
+
+def _big_fc_blob(shape=(600, 4000)):
+    w = (np.random.default_rng(0).standard_normal(shape) * 0.02).astype(np.float32)
+    node = LayerNode("fc", "InnerProduct", ["x"], ["fc"], bias_term=True)
+    return A._Blob(0, "fc", w.shape, w, node, None, False, None, None, 0.004, 0.005)
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_a_big_blobs_levels_are_its_quantised_values(dq):
+    # 2.4M weights: over _KEEP_LABELS, so measured in the compact form
+    b = _big_fc_blob()
+    if dq:
+        c = A._Cand(4, "dq", 0, 0, None, None, None, 0, step=0.005, dq=True)
+    else:
+        c = A._Cand(4, "uniform", 0, 0, None, None, None, 0, grid=(np.arange(-20, 21) * 0.004).astype(np.float32),
+                    step=0.004)
+    assert A._compactable(b, c)
+    lv = A._quantised(b, c, ("x", 1), compact=True)
+    assert isinstance(lv, headnet.Levels) and lv.idx.dtype == np.uint8 and lv.shape == b.shape
+    dense = A._quantised(b, c)  # not the memo's key: made again, dense
+    assert dense.dtype == np.float32 and np.array_equal(np.asarray(lv), dense)
+    assert np.array_equal(A._quantised(b, c, ("x", 1)), dense)  # the memo, made dense for a caller that asks so
+    assert np.array_equal(lv.rows(5, 9, 4000), dense[5:9])
+
+
+def test_a_tail_gives_the_same_outputs_from_levels_and_from_their_floats(monkeypatch):
+    g = NetGraph(layers=[LayerNode("input", "Input", [], ["data"]),
+                         LayerNode("fc", "InnerProduct", ["data"], ["fc"], bias_term=True),
+                         LayerNode("prob", "Softmax", ["fc"], ["prob"])], inputs={"data": (1, 4000)})
+    b = _big_fc_blob()
+    c = A._Cand(4, "dq", 0, 0, None, None, None, 0, step=0.005, dq=True)
+    lv = A._levels_of(b, c)
+    bias = np.linspace(-1, 1, 600).astype(np.float32)
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 0)
+    x = np.random.default_rng(5).standard_normal((3, 4000)).astype(np.float32)
+    outs = [headnet.Tail(g, 1, Model(layers=[Layer("fc", "InnerProduct", [w, bias])])).run(x, ["fc", "prob"])
+            for w in (lv, np.asarray(lv))]
+    for name in ("fc", "prob"):
+        assert np.array_equal(outs[0][name], outs[1][name]), name
