@@ -313,7 +313,7 @@ def load_net(prototxt: str | bytes | os.PathLike, model: bytes | os.PathLike, *,
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     if not fuse:
         net.enableFusion(False)
-    if not winograd:
+    if not winograd and hasattr(net, "enableWinograd"):  # (OpenCV 4.7 on; before it there was none)
         net.enableWinograd(False)
     return net
 
