@@ -574,24 +574,8 @@ class _SplitNet:
             self.trunk.setInput(blob, name)
 
     def forward(self, names) -> list:
-        from .errors import SchemaMismatchError  # noqa: PLC0415
-
-        names = list(names)
-        own = set(self.tail.names)
-        head = [n for n in names if n in own]
-        body = [n for n in names if n not in own]
-        got: dict = {}
-        if self.trunk is None:
-            if body:
-                raise SchemaMismatchError(f"this net has no layer {body[0]!r}")
-            x = self._inputs.get(self.tail.feed)
-        else:
-            fetch = body + ([self.feeder] if head and self.feeder not in body else [])
-            got = dict(zip(fetch, self.trunk.forward(fetch))) if fetch else {}
-            x = got.get(self.feeder)
-        if head:
-            got.update(self.tail.run(x, head))
-        return [got[n] for n in names]
+        # the inputs set are one image (OpenCV's blobs): a batch of one row
+        return [v[0] for v in self.run_batch(self._inputs, names)]
 
     def run_batch(self, blobs: dict, layers) -> list:
         """:func:`run_net` with the tail run once on every row (one product, not one a row)."""

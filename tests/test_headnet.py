@@ -9,7 +9,6 @@ threshold is lowered here.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from caffecompress import calibrate, headnet, runtime
 from caffecompress.caffe.graph import LayerNode, NetGraph, net_graph, prefix_prototxt
 from caffecompress.errors import SchemaMismatchError
 from caffecompress.model import Layer, Model
+from zoofiles import with_noisy_weights
 
 CASES = [
     ("lenet-mnist/lenet_iter_10000", "lenet-mnist/mnist_deploy", 5),  # ip1 relu1 ip2 Softmax
@@ -84,13 +84,7 @@ def test_probes_on_a_split_net_measure_as_on_the_whole_net(zoo, monkeypatch):
         probe.cut_at(m, g, ["conv2", "ip1", "ip2"])
         errs = []
         for name in ("conv2", "ip1", "ip2"):
-            li = next(i for i, lay in enumerate(m.layers) if lay.name == name)
-            lay = m.layers[li]
-            w = lay.blobs[0]
-            noisy = (w + 0.05 * np.abs(w).max() * rng.standard_normal(w.shape)).astype(np.float32)
-            layers = list(m.layers)
-            layers[li] = dataclasses.replace(lay, blobs=[noisy, *lay.blobs[1:]])
-            qm = dataclasses.replace(m, layers=layers)
+            qm = with_noisy_weights(m, name, rng)
             errs.append((probe.sq_errors(qm), probe.sq_errors(qm, at=name)))
         got[label] = errs
         rng = np.random.default_rng(0)  # the same noise for the other net

@@ -6,7 +6,6 @@ blobs where it starts, must measure what the whole net measures.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import caffecompress as cc
 from caffecompress import allocate as A
 from caffecompress import calibrate
 from caffecompress.caffe.graph import LayerNode, NetGraph, crossing, net_graph, suffix_prototxts
+from zoofiles import with_noisy_weights
 
 _BRANCHY = NetGraph(layers=[
     LayerNode("input", "Input", [], ["data"]),
@@ -73,13 +73,7 @@ def test_suffix_probes_measure_what_the_whole_net_measures(zoo, rel, min_cuts):
     assert len(probe.cuts) >= min_cuts
     rng = np.random.default_rng(0)
     for name in list(probe.cuts)[::3]:
-        li = next(i for i, lay in enumerate(m.layers) if lay.name == name)
-        lay = m.layers[li]
-        w = lay.blobs[0]
-        noisy = (w + 0.05 * np.abs(w).max() * rng.standard_normal(w.shape)).astype(np.float32)
-        layers = list(m.layers)
-        layers[li] = dataclasses.replace(lay, blobs=[noisy, *lay.blobs[1:]])
-        qm = dataclasses.replace(m, layers=layers)
+        qm = with_noisy_weights(m, name, rng)
         whole, cut = probe.sq_errors(qm), probe.sq_errors(qm, at=name)
         assert whole.max() > 0, name
         np.testing.assert_allclose(cut, whole, rtol=1e-3, atol=1e-9 * whole.max(), err_msg=name)
