@@ -1148,6 +1148,8 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             # the probes' roundings are not measured again: their copies of
             # the weights (as large as the model) go before the joint ones
             b.memo = None
+        if probe is not None:
+            probe.cuts = {}  # nor are the probes: their cached blobs go too
     finally:  # an error or an interrupt leaves no queued forwards behind
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
