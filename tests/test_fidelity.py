@@ -745,6 +745,30 @@ def test_hybrid_overlap_of_forwards_and_candidates_gives_the_serial_result(zoo, 
     _assert_same_allocation(serial, both)
 
 
+def test_hybrid_overlap_on_a_split_net_with_level_candidates_gives_the_serial_result(zoo, monkeypatch):
+    """The same with lenet-mnist's tail run in NumPy and ip1 measured as
+    level indices (both thresholds lowered to reach it): the worker
+    thread's probes run the split nets beside the candidates."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fakedevice import NumpyAsDevice
+
+    from caffecompress import allocate, headnet
+
+    monkeypatch.setattr(headnet, "MIN_WEIGHTS", 0)
+    monkeypatch.setattr(allocate, "_KEEP_LABELS", 1 << 16)
+    w = zoo / "lenet-mnist/lenet_iter_10000.caffemodel"
+    m = cc.read_caffemodel(w, prototxt=w.parent / "mnist_deploy.prototxt")
+    lossy = _default_lossy(m)
+    assert type(runtime.model_net(m)).__name__ == "_SplitNet"
+    serial = allocate.allocate(m, lossy, 0.02, xp=np)
+    both = allocate.allocate(m, lossy, 0.02, xp=NumpyAsDevice(), overlap=True)
+    _assert_same_allocation(serial, both)
+    assert any(isinstance(lay.blobs[0], headnet.Levels) for lay in serial.model.layers if lay.blobs)
+
+
 def test_recomputed_labels_give_the_kept_ones(zoo, monkeypatch):
     """Blobs over _KEEP_LABELS_ALL keep no candidate labels; the chosen ones are
     recomputed (GPTQ with the cached factor, nearest in pieces) to the same weights."""
