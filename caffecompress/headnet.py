@@ -193,12 +193,17 @@ class Tail:
         lead = x.shape[:axis]
         k = int(np.prod(x.shape[axis:]))
         x2 = x.reshape(int(np.prod(lead)), k)
+        # OpenCV's check: the weights hold num_output x K values, whatever
+        # their shape ((N, K), (1, 1, N, K), (N, C, H, W)); K alone dividing
+        # their size is not enough
+        nout = lay.num_output or w.size // max(k, 1)
+        if nout * k != w.size:
+            raise ValueError(f"{w.size} weights are not num_output {nout} x {k} inputs")
         if lay.transpose:  # (K, num_output)
             y = x2 @ np.asarray(w).reshape(k, -1)
         else:
             # (num_output, K) as stored, by blocks of rows: the same sums for a
             # float array and for its Levels (the reference and a candidate)
-            nout = w.size // k
             y = np.empty((x2.shape[0], nout), np.float32)
             step = max(1, _BLOCK // k)
             for r0 in range(0, nout, step):

@@ -100,10 +100,10 @@ def test_probes_on_a_split_net_measure_as_on_the_whole_net(zoo, monkeypatch):
 def _fc_net(slope=0.0, transpose=False, bias=True):
     g = NetGraph(layers=[
         LayerNode("input", "Input", [], ["data"]),
-        LayerNode("fc", "InnerProduct", ["data"], ["fc"], transpose=transpose, bias_term=bias),
+        LayerNode("fc", "InnerProduct", ["data"], ["fc"], transpose=transpose, bias_term=bias, num_output=5),
         LayerNode("act", "ReLU", ["fc"], ["fc"], slope=slope),
         LayerNode("drop", "Dropout", ["fc"], ["fc"]),
-        LayerNode("fc2", "InnerProduct", ["fc"], ["out"]),
+        LayerNode("fc2", "InnerProduct", ["fc"], ["out"], num_output=4),
         LayerNode("prob", "Softmax", ["out"], ["prob"]),
     ], inputs={"data": (1, 2, 3, 2)})
     rng = np.random.default_rng(2)
@@ -140,6 +140,9 @@ def test_a_tail_that_does_not_fit_its_weights_is_a_typed_error(monkeypatch):
     t = headnet.Tail(g, 1, m)
     with pytest.raises(SchemaMismatchError, match="'fc'.*InnerProduct"):
         t.run(np.zeros((1, 2, 3, 3), np.float32), ["prob"])
+    # 6 inputs divide the 60 weights but num_output is 5: still an error, not 10 outputs
+    with pytest.raises(SchemaMismatchError, match="60 weights are not num_output 5 x 6 inputs"):
+        t.run(np.zeros((1, 6), np.float32), ["prob"])
 
 
 def test_no_tail_where_the_products_read_two_blobs_or_none_exist():
@@ -227,3 +230,14 @@ def test_a_tail_gives_the_same_outputs_from_levels_and_from_their_floats(monkeyp
             for w in (lv, np.asarray(lv))]
     for name in ("fc", "prob"):
         assert np.array_equal(outs[0][name], outs[1][name]), name
+
+
+def test_a_product_takes_its_weights_in_any_shape_of_num_output_x_inputs(monkeypatch):
+    # as OpenCV does: (N, K), (1, 1, N, K) and (N, C, H, W) hold the same matrix
+    g, m, w, b, _ = _fc_net()
+    x = np.random.default_rng(6).standard_normal((2, 2, 3, 2)).astype(np.float32)
+    want = x.reshape(2, 12) @ w.T + b
+    for shape in ((1, 1, 5, 12), (5, 2, 3, 2)):
+        layers = [Layer("fc", "InnerProduct", [w.reshape(shape), m.layers[0].blobs[1]]), m.layers[1]]
+        got = headnet.Tail(g, 1, Model(layers=layers)).run(x, ["fc"])["fc"]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(shape))

@@ -44,6 +44,8 @@ class LayerNode:
         Whether a Convolution/InnerProduct layer has a bias blob.
     slope : float
         ReLU's ``negative_slope``.
+    num_output : int
+        InnerProduct's ``num_output`` (0 elsewhere).
     """
 
     name: str
@@ -55,6 +57,7 @@ class LayerNode:
     transpose: bool = False
     bias_term: bool | None = None
     slope: float = 0.0
+    num_output: int = 0
 
     @property
     def softmax_axis(self) -> int:
@@ -145,6 +148,7 @@ def net_graph(prototxt: str | bytes, *, path=None) -> NetGraph:
             node.axis = int(ip.axis)
             node.transpose = bool(ip.transpose)
             node.bias_term = bool(ip.bias_term)
+            node.num_output = int(ip.num_output)
         elif lp.type == "Softmax":
             node.axis = int(lp.softmax_param.axis)
         elif lp.type == "ReLU":
