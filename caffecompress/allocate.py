@@ -705,9 +705,8 @@ def _quantised(b: _Blob, c: _Cand, key=None, compact: bool = False):
             q = grid[C.gptq_round(M.astype(np.float64), _factor(b), grid.astype(np.float64))]
         else:  # nearest levels, piece by piece (big blobs never hold a whole float64 copy)
             q = np.empty(M.shape, np.float32)
-            g64 = grid.astype(np.float64)
-            for g, rs in _row_blocks(M):
-                q[g, rs] = grid[C.nearest_labels(M[g, rs].astype(np.float64), g64)]
+            for g, rs, lab in _nearest_pieces(M, grid):
+                q[g, rs] = grid[lab]
         q = _unmatrix(q, b.shape, b.node).astype(np.float32, copy=False)
     if key is not None:
         b.memo = (key, q)
@@ -740,14 +739,20 @@ def _levels_of(b: _Blob, c: _Cand) -> Levels:
         np.add(m, top, out=idx, casting="unsafe")
         return Levels(idx, levels, b.shape)
     grid = c.codebook if c.grid is None else c.grid
-    g64 = grid.astype(np.float64)
-    M = _matrix(b.w, b.node)
+    M = _matrix(b.w, b.node)  # (an untransposed product: a view in the blob's flat order)
     idx = np.empty(flat.size, np.uint8 if grid.size <= 256 else np.uint16)
     cols = M.shape[2]
-    for g, rs in _row_blocks(M):
+    for g, rs, lab in _nearest_pieces(M, grid):
         o = (g * M.shape[1] + rs.start) * cols
-        idx[o:o + (rs.stop - rs.start) * cols] = C.nearest_labels(M[g, rs].astype(np.float64), g64).reshape(-1)
+        idx[o:o + lab.size] = lab.reshape(-1)
     return Levels(idx, grid, b.shape)
+
+
+def _nearest_pieces(M: np.ndarray, grid: np.ndarray):
+    """``(group, row slice, labels)`` of ``M``'s nearest levels on ``grid``, by :func:`_row_blocks`."""
+    g64 = grid.astype(np.float64)
+    for g, rs in _row_blocks(M):
+        yield g, rs, C.nearest_labels(M[g, rs].astype(np.float64), g64)
 
 
 def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None, compact: bool = False) -> Model:

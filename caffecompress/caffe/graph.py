@@ -176,6 +176,17 @@ def crossing(graph: NetGraph, start: int) -> list[str]:
     return out
 
 
+def _strict(prototxt: str | bytes, path):
+    """The parsed net, or None when the text needed a lenient parse: the
+    fields it skipped would be lost, so a part of it would not be the same net."""
+    from .prototxt import parse_prototxt  # noqa: PLC0415
+
+    if isinstance(prototxt, bytes):
+        prototxt = prototxt.decode("utf-8", errors="replace")
+    nd = parse_prototxt(prototxt, path=path)
+    return None if nd.skipped else nd
+
+
 def prefix_prototxt(prototxt: str | bytes, stop: int, *, path=None) -> str | None:
     """Prototxt of a deploy net's inputs and its layers before ``stop`` (V2 text).
 
@@ -183,12 +194,10 @@ def prefix_prototxt(prototxt: str | bytes, stop: int, *, path=None) -> str | Non
     when the text needed a lenient parse (see :func:`suffix_prototxts`).
     """
     from .proto import pb  # noqa: PLC0415
-    from .prototxt import net_text, parse_prototxt  # noqa: PLC0415
+    from .prototxt import net_text  # noqa: PLC0415
 
-    if isinstance(prototxt, bytes):
-        prototxt = prototxt.decode("utf-8", errors="replace")
-    nd = parse_prototxt(prototxt, path=path)
-    if nd.skipped:
+    nd = _strict(prototxt, path)
+    if nd is None:
         return None
     net = pb.NetParameter()
     net.CopyFrom(nd.net)
@@ -214,12 +223,10 @@ def suffix_prototxts(prototxt: str | bytes, cuts: dict, *, path=None) -> dict:
         would be lost, so a suffix would not be the same net.
     """
     from .proto import pb  # noqa: PLC0415
-    from .prototxt import net_text, parse_prototxt  # noqa: PLC0415
+    from .prototxt import net_text  # noqa: PLC0415
 
-    if isinstance(prototxt, bytes):
-        prototxt = prototxt.decode("utf-8", errors="replace")
-    nd = parse_prototxt(prototxt, path=path)
-    if nd.skipped:
+    nd = _strict(prototxt, path)
+    if nd is None:
         return {}
     out = {}
     for start, feeds in cuts.items():
