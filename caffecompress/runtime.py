@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -472,17 +473,32 @@ def model_net(model, prototxt: str | bytes | None = None, *, fuse: bool = True):
     if not text:
         raise ValueError("running a net needs its deploy prototxt; this model carries none")
     proto = text if isinstance(text, bytes) else text.encode("utf-8")
-    from .caffe.graph import net_graph  # noqa: PLC0415
-    from .errors import FormatError  # noqa: PLC0415
+    from . import headnet  # noqa: PLC0415
 
-    try:
-        graph = net_graph(proto, path=getattr(model, "source", None))
-    except FormatError:
-        graph = None  # OpenCV gives its own reason
+    # the fidelity pass loads tens of nets: below both sizes no tail can be
+    # split and Winograd stays on, so the text is not parsed on every load
+    # (ResNet-50's takes 22 ms)
+    weights = sum(int(lay.blobs[0].size) for lay in model.layers if lay.blobs and lay.blobs[0] is not None)
+    if weights < min(headnet.MIN_WEIGHTS, WINOGRAD_MAX_BYTES * 9 // (64 * 4)):
+        return _plain_net(model, proto, fuse)
+    graph = _graph(proto)
     split = _split_net(model, proto, fuse, graph) if graph is not None else None
     if split is not None:
         return split
     return _plain_net(model, proto, fuse, graph is None or _winograd_ok(graph, model, len(graph.layers)))
+
+
+@functools.lru_cache(maxsize=64)
+def _graph(proto: bytes):
+    """The net's wiring (None where it cannot be parsed: OpenCV gives its own
+    reason); cached, as the fidelity pass loads the same texts again and again."""
+    from .caffe.graph import net_graph  # noqa: PLC0415
+    from .errors import FormatError  # noqa: PLC0415
+
+    try:
+        return net_graph(proto)
+    except FormatError:
+        return None
 
 
 #: Most bytes of Winograd-transformed 3x3 convolution weights a net loaded
