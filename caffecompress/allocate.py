@@ -181,6 +181,7 @@ class _Blob:
     memo: tuple | None = None
     memo_gain: float | None = None
     sig: float | None = None  # a big blob's sum of squared weights (set by _candidates_big)
+    xv64: np.ndarray | None = None  # stats.Xval as float64 while _candidates scores this blob
 
 
 @dataclass
@@ -393,13 +394,24 @@ def _candidates(b: _Blob, xp, widths, dq: bool = True, variants: bool = False, g
     also the nearest rounding (key ``"kn"``, with bias correction where it
     scored better) and the uncompensated one (``"k0"``) where they differ
     from the best, for the net-level check of a fixed width."""
-    from .engine import kmeans  # noqa: PLC0415
-
     if KMEANS_SWEEP_MAX < b.w.size <= _KEEP_LABELS and b.df_step is not None and b.fixed_bits is None:
         # this blob gets the grids below, the data-free rule's step (its floor) among them
         widths = [w for w in widths if w == PROBE_BITS]
     if b.w.size > _KEEP_LABELS:
         return _candidates_big(b, xp, [w for w in widths if w <= BIG_MAX_BITS], heavy=not gptq)
+    # every candidate's score is a product with the validation rows in float64:
+    # one copy for all of them, not one a candidate (RFB-320: 1235 conversions)
+    b.xv64 = None if b.stats is None else np.asarray(b.stats.Xval, np.float64)
+    try:
+        _candidates_kept(b, xp, widths, dq, variants, gptq)
+    finally:
+        b.xv64 = None
+
+
+def _candidates_kept(b: _Blob, xp, widths, dq: bool, variants: bool, gptq: bool) -> None:
+    """:func:`_candidates` for a blob of at most ``_KEEP_LABELS`` weights."""
+    from .engine import kmeans  # noqa: PLC0415
+
     W64 = b.w.astype(np.float64)
     M = _matrix(W64, b.node)
     sig = _sq(W64)
@@ -454,7 +466,8 @@ def _score_delta(b: _Blob, delta: np.ndarray, tech: str, bc: bool = True):
     # one stacked product: numpy's matmul runs the same BLAS call per group
     # as a product per group (same values), without a Python loop over the
     # groups of a depthwise layer
-    Y = np.matmul(np.asarray(st.Xval, np.float64), delta.transpose(0, 2, 1))
+    X = b.xv64 if b.xv64 is not None else np.asarray(st.Xval, np.float64)
+    Y = np.matmul(X, delta.transpose(0, 2, 1))
     # one sum over all groups (a depthwise layer has hundreds)
     best = (tech, _sq(Y) / n, None, delta)
     if b.has_bias and bc:

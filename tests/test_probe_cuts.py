@@ -58,6 +58,39 @@ def test_a_leniently_parsed_net_has_no_suffixes():
     assert list(out) == [1] and 'type: "Input"' in out[1] and 'name: "c"' in out[1]
 
 
+def _suffix_as_one_message(text, start, feeds):
+    """The suffix built as one NetParameter and printed whole (the reference)."""
+    from google.protobuf import text_format
+
+    from caffecompress.caffe.proto import pb
+    from caffecompress.caffe.prototxt import parse_prototxt
+
+    nd = parse_prototxt(text)
+    net = pb.NetParameter()
+    if nd.net.name:
+        net.name = nd.net.name
+    if feeds:
+        inp = net.layer.add(name="caffecompress_suffix_input", type="Input")
+        for blob, shape in feeds.items():
+            inp.top.append(blob)
+            inp.input_param.shape.add().dim.extend(shape)
+    for lp in nd.net.layer[start:]:
+        net.layer.add().CopyFrom(lp)
+    return text_format.MessageToString(net)
+
+
+@pytest.mark.parametrize("rel", ["ultraface/RFB-320", "mtcnn/det4", "lenet-mnist-v1/lenet"])
+def test_suffix_texts_are_the_whole_messages_printed(zoo, rel):
+    # the suffixes are joined from each layer's text printed once
+    text = (zoo / (rel + ".prototxt")).read_text()
+    g = net_graph(text)
+    cuts = {i: {b: (2, 3, 4, 5) for b in crossing(g, i)} for i in range(0, len(g.layers), 3)}
+    out = suffix_prototxts(text, cuts)
+    assert sorted(out) == sorted(cuts)
+    for start, feeds in cuts.items():
+        assert out[start] == _suffix_as_one_message(text, start, feeds), start
+
+
 @pytest.mark.parametrize(("rel", "min_cuts"), [
     ("mtcnn/det4", 13),  # Slice's second tops: those branches keep the whole net
     ("ultraface/RFB-320", 52),  # Concat, depthwise, priors fed from the image

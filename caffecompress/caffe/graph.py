@@ -228,18 +228,29 @@ def suffix_prototxts(prototxt: str | bytes, cuts: dict, *, path=None) -> dict:
     nd = _strict(prototxt, path)
     if nd is None:
         return {}
+    # Text format prints a repeated field element by element, so a net's text
+    # is its name's line followed by each layer's own text: every layer is
+    # printed once here, not once per suffix (RFB-320's 51 suffixes took 0.21 s).
+    layer_text: dict[int, str] = {}
+
+    def one_layer(lp) -> str:
+        net = pb.NetParameter()
+        net.layer.add().CopyFrom(lp)
+        return net_text(net)
+
+    head = net_text(pb.NetParameter(name=nd.net.name)) if nd.net.name else ""
     out = {}
     for start, feeds in cuts.items():
-        net = pb.NetParameter()
-        if nd.net.name:
-            net.name = nd.net.name
+        parts = [head]
         if feeds:
-            inp = net.layer.add()
-            inp.name, inp.type = "caffecompress_suffix_input", "Input"
+            inp = pb.LayerParameter(name="caffecompress_suffix_input", type="Input")
             for blob, shape in feeds.items():
                 inp.top.append(blob)
                 inp.input_param.shape.add().dim.extend(int(d) for d in shape)
-        for lp in nd.net.layer[start:]:
-            net.layer.add().CopyFrom(lp)
-        out[start] = net_text(net)
+            parts.append(one_layer(inp))
+        for i in range(start, len(nd.net.layer)):
+            if i not in layer_text:
+                layer_text[i] = one_layer(nd.net.layer[i])
+            parts.append(layer_text[i])
+        out[start] = "".join(parts)
     return out
