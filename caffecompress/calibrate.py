@@ -327,23 +327,29 @@ def im2col(x: np.ndarray, geom, *, positions: int | None = None, seed: int = 0,
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 4:
         x = x[0]
-    c = x.shape[0]
+    c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), g = geom.kernel, geom.stride, geom.pad, geom.dilation, geom.group
-    xp_ = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
     ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if xp_.shape[1] < ekh or xp_.shape[2] < ekw:
+    if h + 2 * ph < ekh or w + 2 * pw < ekw:
         return np.zeros((g, 0, (c // g) * kh * kw), np.float32)
-    v = np.lib.stride_tricks.sliding_window_view(xp_, (ekh, ekw), axis=(1, 2))
-    v = v[:, ::sh, ::sw, ::dh, ::dw]  # (C, Ho, Wo, kh, kw)
-    ho, wo = v.shape[1], v.shape[2]
+    ho, wo = (h + 2 * ph - ekh) // sh + 1, (w + 2 * pw - ekw) // sw + 1
     pos = np.arange(ho * wo)
     if positions is not None and pos.size > positions:
         pos = np.sort(np.random.default_rng(seed).choice(pos.size, positions, replace=False))
     if limit is not None:
         pos = pos[:limit]
-    yi, xi = np.divmod(pos, wo)
+    yo, xo = np.divmod(pos, wo)
+    # input coordinates of each kept window's taps (P, kh, kw), read from the
+    # unpadded input: padding the whole input for every image and layer cost
+    # more than the gather of a sample of its windows (RFB-320: 0.5 s a compress)
+    yi = (yo * sh - ph)[:, None, None] + (np.arange(kh) * dh)[None, :, None]
+    xi = (xo * sw - pw)[:, None, None] + (np.arange(kw) * dw)[None, None, :]
+    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+    flat = np.clip(yi, 0, h - 1) * w + np.clip(xi, 0, w - 1)
+    sel = x.reshape(c, h * w)[:, flat]  # (C, P, kh, kw)
+    if not inside.all():
+        sel[:, ~inside] = 0.0  # the zero padding
     cg = c // g
-    sel = v[:, yi, xi]  # (C, P, kh, kw)
     return np.ascontiguousarray(sel.reshape(g, cg, pos.size, kh * kw).transpose(0, 2, 1, 3)).reshape(
         g, pos.size, cg * kh * kw)
 

@@ -70,6 +70,46 @@ def test_im2col_position_sample_is_a_subset():
     assert np.array_equal(calibrate.im2col(x, geom, limit=100), full)
 
 
+def _im2col_by_loops(x, geom):
+    """Every window of the zero-padded input, one at a time (the reference)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), g = geom.kernel, geom.stride, geom.pad, geom.dilation, geom.group
+    c = x.shape[0]
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    ho = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((g, max(ho, 0) * max(wo, 0), c // g * kh * kw), np.float32)
+    for gi in range(g):
+        for p in range(out.shape[1]):
+            y, x0 = divmod(p, wo)
+            win = xp[gi * (c // g):(gi + 1) * (c // g), y * sh:y * sh + dh * (kh - 1) + 1:dh,
+                     x0 * sw:x0 * sw + dw * (kw - 1) + 1:dw]
+            out[gi, p] = win.reshape(-1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_im2col_is_every_padded_window(seed):
+    # the windows are gathered from the unpadded input, taps outside it zero
+    from caffecompress.caffe.graph import ConvGeometry
+
+    rng = np.random.default_rng(seed)
+    g = int(rng.integers(1, 4))
+    c = g * int(rng.integers(1, 3))
+    x = rng.standard_normal((c, int(rng.integers(1, 10)), int(rng.integers(1, 10)))).astype(np.float32)
+    x[x > 1.2] = -0.0  # signed zeros are copied as they are
+    geom = ConvGeometry((int(rng.integers(1, 5)), int(rng.integers(1, 5))),
+                        (int(rng.integers(1, 4)), int(rng.integers(1, 4))),
+                        (int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+                        (int(rng.integers(1, 3)), int(rng.integers(1, 3))), g)
+    want = _im2col_by_loops(x, geom)
+    got = calibrate.im2col(x, geom)
+    if want.shape[1] == 0:
+        assert got.shape[1] == 0
+        return
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_layer_stats_skip_validation_rows_past_the_cap(zoo, monkeypatch):
     """Validation rows past every layer's cap run no forward, and the
     statistics are those of gathering everything and slicing."""
