@@ -768,15 +768,20 @@ def _nearest_pieces(M: np.ndarray, grid: np.ndarray):
         yield g, rs, C.nearest_labels(M[g, rs].astype(np.float64), g64)
 
 
-def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None, compact: bool = False) -> Model:
+def _apply(model: Model, blobs, choice: dict, mantissa: int | None = None) -> Model:
     """A shallow copy of ``model`` with the chosen candidates' weights and biases
-    (a corrected bias rounded to ``mantissa`` bits, as it will be stored)."""
+    (a corrected bias rounded to ``mantissa`` bits, as it will be stored).
+
+    Big fully connected blobs come as :class:`~caffecompress.headnet.Levels`
+    (``_quantised(..., compact=True)``): every copy is measured through
+    :mod:`caffecompress.runtime` or handed to the pipeline, which both take them.
+    """
     layers = list(model.layers)
     for b in blobs:
         c = b.cands[choice[b.name]]
         lay = layers[b.li]
         arrs = list(lay.blobs)
-        arrs[0] = _quantised(b, c, choice[b.name], compact)
+        arrs[0] = _quantised(b, c, choice[b.name], compact=True)
         if c.shift is not None and len(arrs) > 1:
             bias = arrs[1]
             arrs[1] = (bias.astype(np.float64) - c.shift.reshape(bias.shape)).astype(np.float32)
@@ -1126,7 +1131,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         if dist <= 0:
             e = np.zeros(len(probe.layers))
         else:
-            e = probe.sq_errors(_apply(model, group, choice, compact=True), at=group[0].name)
+            e = probe.sq_errors(_apply(model, group, choice), at=group[0].name)
             e = np.where(np.isfinite(e), e, 1e6) / dist
         for b, en in zip(group, energy):
             b.sens = e / en
@@ -1189,13 +1194,12 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
             if choice in seen:
                 continue
             seen.append(choice)
-            m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa, compact=True)).max(initial=0.0)))
+            m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa)).max(initial=0.0)))
             points.append({"bytes": _nbytes(blobs, choice), "predicted": None, "measured": m, "kind": kind})
             if best is None or m < best[0]:
                 best = (m, choice, len(points) - 1)
         m, choice, idx = best
-        return _result(_apply(base, blobs, choice, mantissa, compact=True), blobs, choice, points, idx, None, m, cal,
-                       meter.count, t0)
+        return _result(_apply(base, blobs, choice, mantissa), blobs, choice, points, idx, None, m, cal, meter.count, t0)
 
     say(f"sensitivity: {probe.count} forwards of {len(sens_rows)} rows, {t_sens:.1f} s"
         + (" after the candidates" if overlap else "")
@@ -1223,7 +1227,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         key = tuple(sorted(choice.items()))
         if key in tried:
             return tried[key]
-        m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa, compact=True)).max(initial=0.0)))
+        m = float(np.sqrt(meter.sq_errors(_apply(base, blobs, choice, mantissa)).max(initial=0.0)))
         points.append({"bytes": _nbytes(blobs, choice), "predicted": _predicted(blobs, choice),
                        "measured": m, "kind": kind})
         tried[key] = (m, len(points) - 1, choice)
@@ -1356,7 +1360,7 @@ def allocate(model: Model, lossy: list, max_error: float | None, *, calib=None, 
         key = [k for k, v in tried.items() if v[1] == idx][0]
         best = (points[idx]["bytes"], idx, dict(key), points[idx]["measured"])
     _, idx, choice, m = best
-    qm = _apply(base, blobs, choice, mantissa, compact=True)
+    qm = _apply(base, blobs, choice, mantissa)
     say(f"allocation: {meter.count} joint forwards of {cal.n} rows; error {m:.4f} on the calibration rows")
     return _result(qm, blobs, choice, points, idx, target, m, cal,
                    probe.count + meter.count, t0, aim=max_error)
