@@ -1,9 +1,9 @@
-"""The compressed file: versioned HDF5, format ``caffecompress`` 2.1 (1.x read forever).
+"""The compressed file: versioned HDF5, format ``caffecompress`` 2.2 (1.x read forever).
 
 Layout: one dataset, three root attributes, nothing else::
 
     /          attrs: format = "caffecompress"   (fixed-length string)
-                      format_version = "2.1"      (fixed-length string: the
+                      format_version = "2.2"      (fixed-length string: the
                                                    lowest 2.x its blobs need)
                       index = uint64[3]           (offset, length, CRC32 of the index block)
     /payload   uint8[N], contiguous: every blob's streams, concatenated
@@ -89,6 +89,13 @@ Since 1.2 a ``grid`` blob may carry, in its meta:
   the indices, their raw bits in ``a_e`` (uint8, each group's bits
   byte-aligned) with ``a_m`` (uint32 bytes per group).
 
+Since 2.2 a rANS-coded ``grid`` blob may carry meta ``ctx = 1``: its
+contexts are the 16 classes of a running magnitude of the indices before
+it in its lane (:mod:`caffecompress.engine.rans` gives the rule and its
+constants), not the class of the index before it (``ctx`` absent or 0).
+A 1.x file never holds it: ``save(..., format_major=1)`` recodes such
+labels with the older rule.
+
 Since 1.3 a ``lossless`` blob of float32 values may use codec ``fpack``
 (:mod:`caffecompress.engine.floatpack`; at most 2**20 values): meta
 ``ebase`` (0..255), ``ebits`` (0..8), ``mbits`` (0..23), stream ``data``:
@@ -111,14 +118,18 @@ default rounds its k-means levels to ``bits + 10`` mantissa bits
 
 A file is written with the lowest version its blobs need (1.x: 1.0 without
 ``grid``, 1.1 with plain ``grid`` blobs only, 1.2 without ``fpack``, 1.3
-without packed codebooks; 2.x: 2.0 without packed codebooks), so older
-readers keep reading what they can. 2.0 holds every method of 1.3.
+without packed codebooks; 2.x: 2.0 without packed codebooks, 2.1 without
+``ctx``), so older readers keep reading what they can. 2.0 holds every
+method of 1.3. A 2.1 reader given a 2.2 file fails on its first ``ctx``
+blob with :class:`~caffecompress.errors.CorruptDataError` (the stream does
+not end in its start state), never with other weights.
 
 A reader accepts any 1.x and 2.x file and refuses a newer major version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import math
@@ -143,6 +154,7 @@ from .errors import (
 )
 from .fileio import atomic_write, same_file
 from .indexschema import check_index, check_layout, check_skeleton, layout_crc
+from .engine.blob import legacy_label_coder
 from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
@@ -161,7 +173,7 @@ __all__ = [
 ]
 
 FORMAT = "caffecompress"
-FORMAT_VERSION = (2, 1)
+FORMAT_VERSION = (2, 2)
 #: The minor version each method first appeared in (a file is written with
 #: the lowest version its blobs need).
 _METHOD_MINOR = {"grid": 1}
@@ -171,6 +183,8 @@ def _record_minor(r, major: int = 1) -> int:
     """The format minor version a record needs (in a file of ``major``)."""
     packed_book = "cb_n" in r.meta
     if major >= 2:
+        if r.method == "grid" and r.meta.get("ctx"):
+            return 2
         return 1 if packed_book else 0
     if packed_book:
         return 4
@@ -299,6 +313,8 @@ def _build(cm: CompressedModel, major: int = FORMAT_VERSION[0]) -> np.ndarray:
             streams["prototxt"] = add(np.frombuffer(zlib.compress(cm.prototxt.encode("utf-8"), 9), np.uint8))
     blobs = []
     for r in cm.records:
+        if major < 2 and r.method == "grid":  # 1.x readers know one rANS context rule
+            r = dataclasses.replace(r, **dict(zip(("meta", "parts"), legacy_label_coder(r.meta, r.parts))))
         blobs.append({
             "layer": r.layer, "blob": r.index, "method": r.method, "kind": r.kind,
             "dtype": r.dtype, "shape": [int(d) for d in r.shape], "crc32": int(r.crc32),

@@ -339,7 +339,7 @@ GOLDEN_1_0_SHA256 = {
 }
 
 
-#: The 1.1, 1.2, 1.3, 2.0 and 2.1 golden files, byte for byte, likewise.
+#: The 1.1, 1.2, 1.3, 2.0, 2.1 and 2.2 golden files, byte for byte, likewise.
 GOLDEN_LATER_SHA256 = {
     "example.grid.ccz.h5": ("1.1", "9ffaac42c160796698b11db03ff44d93e82555484cf262ff014fcadf74413253"),
     "example.grid-step.ccz.h5": ("1.1", "8936f22bee44bc11daa95dcfa7ce72d5be5694c347e5ead92db8d98686732de7"),
@@ -353,6 +353,7 @@ GOLDEN_LATER_SHA256 = {
     "example.v2-bits4-prune.ccz.h5": ("2.0", "c64461b0b8a5e47b62c7b0725bd22c3f3e455846c62cf77929a6fe0452b0c049"),
     "example.v21-bits6.ccz.h5": ("2.1", "b6e072028277bc916cbe709a184f02eb5c444fdc87378e18db2a7f2acabc72ae"),
     "example.v21-fidelity.ccz.h5": ("2.1", "1f5c8c40fe41381c518079311cc9cf1296d5894de41011040c18e5e8a4956a1a"),
+    "example.v22-fidelity.ccz.h5": ("2.2", "33c80719d4c60adeca4c63110bfdee18417374ec965aa98c12a04cd82c0d7891"),
 }
 
 
@@ -409,6 +410,15 @@ def test_golden_1_2_files_hold_every_new_stream():
     assert {"plain", "rans", "rans-tok", "huffman"} <= step and "dq" not in step
 
 
+def test_golden_2_2_files_hold_running_magnitude_contexts():
+    """rANS labels with ``ctx = 1`` (the token mode's are covered by the coder's tests)."""
+    recs = [r for r in cc.open_compressed(GOLDEN / "example.v22-fidelity.ccz.h5").records
+            if r.meta.get("coder") == "rans"]
+    assert recs and any(r.meta.get("ctx") == 1 and not r.meta.get("tok") for r in recs)
+    # the 1.2 files keep the previous-index rule (no ctx), and still read
+    assert not any("ctx" in r.meta for r in cc.open_compressed(GOLDEN / "example.dq-rans.ccz.h5").records)
+
+
 def test_golden_2_0_files_hold_the_block_layout():
     """The 2.0 goldens hold the block layout: the texts in the index block, no
     ``streams``, parts as [length, dtype] filling the payload up to the block."""
@@ -448,7 +458,8 @@ def test_golden_1_3_files_hold_packed_fields_rounded_and_exact():
     assert exact and max(r.meta["mbits"] for r in exact) > 12
 
 
-@pytest.mark.parametrize("name", ["example.dq-rans.ccz.h5", "example.rans-step.ccz.h5"])
+@pytest.mark.parametrize("name", ["example.dq-rans.ccz.h5", "example.rans-step.ccz.h5",
+                                  "example.v22-fidelity.ccz.h5"])
 def test_golden_1_2_files_read_without_numba(name, monkeypatch):
     """The NumPy twins of the trellis and rANS decoders restore what the numba ones did."""
     import json

@@ -78,8 +78,11 @@ def test_grid_file_reads_and_saves_at_the_version_it_needs(tmp_path):
         assert f.attrs["format_version"] == (b"1.2" if rans else b"1.1")
     # the 2.x layout (the default) holds the same blobs
     p3 = cc.save(cm, tmp_path / "g3.ccz.h5")
+    ema = any(r.meta.get("ctx") == 1 for r in cm.records)  # rANS labels with 2.2's contexts
     with h5py.File(p3, "r") as f:
-        assert f.attrs["format_version"] == b"2.0"
+        assert f.attrs["format_version"] == (b"2.2" if ema else b"2.0")
+    # the 1.x files hold such labels recoded with the rule 1.x readers know
+    assert not any("ctx" in r.meta for q in (p, p2) for r in cc.open_compressed(q).records)
     for q in (p, p3):
         r = cc.decompress(q)
         assert [b.tobytes() for lay in r.layers for b in lay.blobs] == \
@@ -416,3 +419,27 @@ def test_grid_codebook_refuses_levels_past_float32_cleanly():
                 grid_codebook({"step": step.hex(), "qmin": qmin, "nsym": 1})
     # the largest level that rounds to a finite float32 is kept
     assert grid_codebook({"step": (2.0**127).hex(), "qmin": 1, "nsym": 1})[0] == 2.0**127
+
+
+def test_1x_files_recode_running_magnitude_contexts(tmp_path):
+    """``save(..., format_major=1)`` of blobs whose labels use 2.2's rANS
+    contexts writes them with the previous-index rule of 1.2 (what 1.x
+    readers decode), and the file restores the same weights."""
+    from caffecompress.engine import rans
+
+    if not rans.have_compiled():
+        pytest.skip("grid blobs keep Huffman without numba")
+    rng = np.random.default_rng(23)
+    w = (rng.laplace(0, 0.02, (300, 400)) * np.exp(rng.uniform(-2, 1.5, (300, 1)))).astype(np.float32)
+    model = cc.Model(name="rows", layers=[cc.Layer("fc", "InnerProduct", [w, np.zeros(300, np.float32)])])
+    cm = cc.compress(model, preset="default", data_free=True, step=2.0 ** -9)
+    assert any(r.meta.get("ctx") == 1 for r in cm.records)
+    p1 = cc.save(cm, tmp_path / "v1.ccz.h5", format_major=1)
+    p2 = cc.save(cm, tmp_path / "v2.ccz.h5")
+    with h5py.File(p1, "r") as f1, h5py.File(p2, "r") as f2:
+        assert f1.attrs["format_version"] == b"1.2" and f2.attrs["format_version"] == b"2.2"
+    recs = [r for r in cc.open_compressed(p1).records if r.meta.get("coder") == "rans"]
+    assert recs and not any("ctx" in r.meta for r in recs)
+    want = cc.decompress(cm).layers[0].blobs[0]
+    for q in (p1, p2):
+        assert cc.decompress(q).layers[0].blobs[0].tobytes() == want.tobytes()

@@ -251,9 +251,9 @@ def build_seeds(folder) -> dict:
             seeds["ccz"].append({"path": str(p), "prototxt": None})
     # the golden files of the example model: 1.1's five grid blobs (alphabets
     # up to 3116), 1.2's DQ and rANS blobs (token mode and a 241-symbol alphabet),
-    # 1.3's packed float fields
+    # 1.3's packed float fields, 2.2's running-magnitude rANS contexts
     for name in ("example.grid.ccz.h5", "example.dq-rans.ccz.h5", "example.rans-step.ccz.h5",
-                 "example.fpack.ccz.h5"):
+                 "example.fpack.ccz.h5", "example.v22-fidelity.ccz.h5"):
         golden = GOLDEN / name
         if golden.exists():
             p = folder / f"golden.{name.removeprefix('example.')}"
@@ -617,7 +617,7 @@ _HOSTILE = ["", None, 0, -1, 1, 3, 2**31, 2**63, 2**64 + 5, -(2**63) - 1, 1e308,
 _GRID_KEYS = ("step", "qmin", "nsym", "nlab", "bits", "l_n", "l_nsym", "l_chunk", "dq_seg", "seg", "tok")
 #: Format 1.2's switches of a grid record: dependent quantisation (dq_seg),
 #: the rANS coder (coder, seg) and its magnitude-token mode (tok).
-_SWITCHES = ("dq_seg", "coder", "tok", "seg")
+_SWITCHES = ("dq_seg", "coder", "tok", "seg", "ctx")
 
 
 def _grid_value(key, v, rng):
@@ -653,7 +653,7 @@ def _mutate_grid(ix, rng) -> str:
     b = _pick(rng, pool)
     meta, parts = b["meta"], b["parts"]
     t = int(rng.integers(0, 10))
-    if t >= 6:  # a 1.2 switch turned on, off or hostile: the streams no longer match the decoder
+    if t >= 6:  # a 1.2 or 2.2 switch turned on, off or hostile: the streams no longer match the decoder
         key = str(_pick(rng, _SWITCHES))
         u = int(rng.integers(0, 3))
         if u == 0:

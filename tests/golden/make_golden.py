@@ -9,6 +9,7 @@ files are what old caffecompress versions wrote, and must be read forever):
     .venv/bin/python tests/golden/make_golden.py --version 1.3   # packed float fields (fpack)
     .venv/bin/python tests/golden/make_golden.py --version 2.0   # the 2.x layout (index block)
     .venv/bin/python tests/golden/make_golden.py --version 2.1   # packed codebooks (needs OpenCV)
+    .venv/bin/python tests/golden/make_golden.py --version 2.2   # running-magnitude rANS contexts (needs OpenCV, numba)
 
 Each version writes only its own presets and refuses to overwrite a file
 that exists (``--force`` to regenerate on purpose, which is never right for
@@ -77,8 +78,15 @@ PRESETS_2_1 = {
     "v21-bits6": {"preset": "default", "bits": 6, "data_free": True},
     "v21-fidelity": {"preset": "default"},
 }
+#: Format 2.2: rANS-coded grid labels with the running-magnitude contexts
+#: (meta ``ctx = 1``): the fidelity-targeted default's coarse grids (needs
+#: OpenCV and numba; on the example model the data-free rule's fine grids
+#: keep the older contexts, which learn faster on its small blobs).
+PRESETS_2_2 = {
+    "v22-fidelity": {"preset": "default"},
+}
 VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3, "2.0": PRESETS_2_0,
-            "2.1": PRESETS_2_1}
+            "2.1": PRESETS_2_1, "2.2": PRESETS_2_2}
 
 
 def manifest(model) -> dict:
