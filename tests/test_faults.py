@@ -130,10 +130,17 @@ def test_disk_full_library_hdf5_writer_no_reservation(files, tiny_disk, monkeypa
 # ------------------------------------------------------------------ killed and interrupted
 
 
+def _sigint_default():
+    """Run in a child before exec: SIGINT at its default, whatever the test
+    process inherited (a shell's background job ignores SIGINT, and an
+    ignored SIGINT is inherited: Python then installs no handler for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _held(args, tmp_path):
     """Start the CLI with the write phase held open; return (process, temporary path)."""
     p = subprocess.Popen([sys.executable, "-c", _HOLD, *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=ENV)
+                         stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=_sigint_default)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = p.stdout.readline()
@@ -191,7 +198,8 @@ def test_signal_during_a_real_compress_leaves_no_output(tmp_path, sig):
     out = tmp_path / "big.ccz.h5"
     for delay in (0.3, 1.5):
         p = subprocess.Popen([sys.executable, "-m", "caffecompress", str(src), "-o", str(out), "--preset",
-                              "lossless", "--quiet", "--force"], env=ENV, stderr=subprocess.PIPE, text=True)
+                              "lossless", "--quiet", "--force"], env=ENV, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_sigint_default)
         time.sleep(delay)
         p.send_signal(sig)
         p.wait(60)
