@@ -81,7 +81,8 @@ Since 1.2 a ``grid`` blob may carry, in its meta:
   meta and streams: the labels are coded by the context-adaptive
   interleaved rANS coder of :mod:`caffecompress.engine.rans` (lanes of
   ``ceil(n / ceil(n / seg))`` values, groups of 256 lanes, each with its own
-  model of 4 contexts and its own word stream; 16-bit frequency tables
+  model (4 contexts, the previous index's class; 16 with ``ctx = 1``, see
+  2.2) and its own word stream; 16-bit frequency tables
   renormalised every 16 steps; the module docstring gives every constant),
   streams ``a_w`` (uint16 words, groups in order), ``a_n`` (uint32 words per
   group) and ``a_x`` (uint32 final state per lane); for alphabets over 256
