@@ -4,7 +4,8 @@ For every weight blob of the zoo models >= 100 KB, the data-free rule's
 dependent-quantisation indices (what ``--data-free`` stores) are coded by:
 
 - the static Huffman code (``engine.huffman``, the table included);
-- our context-adaptive rANS (``engine.rans``), numba twin and NumPy twin;
+- our context-adaptive rANS (``engine.rans``), numba twin and NumPy twin,
+  with each context rule (format 1.2's previous index, 2.2's running magnitude);
 - ``constriction`` (if importable): its ANS coder with one static
   categorical model per blob (order 0; the count table it needs is charged
   at 2 bytes a used symbol), and, on the first ``--ctx-symbols`` values of
@@ -119,22 +120,27 @@ def main(argv=None):
         hb += sum(np.asarray(v).nbytes for v in H.stream_parts(s)[1].values())
         te, td = te + t, td + t2
     rows["huffman (static table)"] = (hb, te, td)
-    for eng in ("numba", "numpy") if R.have_compiled() else ("numpy",):
-        rb = te = td = 0.0
-        for lab, ns, q in blobs:
-            (m, p), t = _timed(R.encode, lab, ns, q, engine=eng)
-            _, t2 = _timed(lambda: list(R.decode_groups(m, p, lab.size, ns, q, engine=eng)))
-            rb += sum(v.nbytes for v in p.values())
-            te, td = te + t, td + t2
-        rows[f"ours: adaptive rANS, 4 contexts ({eng})"] = (rb, te, td)
+    rules = {0: "4 contexts, previous index (format 1.2)", R.CTX_EMA: "16 contexts, running magnitude (2.2)"}
+    for ctx, what in rules.items():
+        for eng in ("numba", "numpy") if R.have_compiled() else ("numpy",):
+            rb = te = td = 0.0
+            for lab, ns, q in blobs:
+                (m, p), t = _timed(R.encode, lab, ns, q, engine=eng, ctx=ctx)
+                _, t2 = _timed(lambda: list(R.decode_groups(m, p, lab.size, ns, q, engine=eng)))
+                rb += sum(v.nbytes for v in p.values())
+                te, td = te + t, td + t2
+            rows[f"ours: adaptive rANS, {what} ({eng})"] = (rb, te, td)
     best = 0.0
-    for lab, ns, q in blobs:
-        m, p = R.encode(lab, ns, q)
+    for lab, ns, q in blobs:  # what the engine stores (blob._rans_parts, without its estimate gate)
+        sizes = [sum(v.nbytes for v in R.encode(lab, ns, q)[1].values())]
+        if lab.size <= B.RANS_BOTH_MAX:
+            sizes.append(sum(v.nbytes for v in R.encode(lab, ns, q, ctx=0)[1].values()))
         counts = np.bincount(lab, minlength=ns)
         lengths = H.code_lengths(counts, H.auto_max_len(int(np.count_nonzero(counts))))
-        rb_, hb_ = sum(v.nbytes for v in p.values()), H.stream_nbytes(counts, lengths, lab.size)
+        rb_, hb_ = min(sizes), H.stream_nbytes(counts, lengths, lab.size)
         best += rb_ if rb_ < B.RANS_MIN_GAIN * hb_ else hb_
-    rows["stored: rANS where >= 1 % smaller, else Huffman"] = (best, float("nan"), float("nan"))
+    rows["stored: the smaller rule's rANS where >= 1 % under Huffman, else Huffman"] = (best, float("nan"),
+                                                                                       float("nan"))
     try:
         import constriction  # noqa: PLC0415  (its submodules are attributes of the extension)
 
