@@ -42,6 +42,7 @@ from .engine import compensate as C
 from .engine import uniform as U
 from .engine.floatpack import round_mantissa
 from .engine.grid import max_abs
+from .engine.levelpack import round_levels
 from .headnet import Levels
 from .engine.kmeans import _sqnr  # the engine's SQNR from signal and error sums
 from .model import Model
@@ -242,13 +243,19 @@ def _sq(a: np.ndarray) -> float:
 
 def _levels(sw, bits: int) -> np.ndarray:
     """A k-means result's levels (float32): exact ones as found, the others
-    rounded to ``bits`` + :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa
-    bits, so the pipeline stores them as packed fields of ~``bits + 15`` bits
-    a level instead of 32 (their rounding moves a level by < 2**-(bits + 11)
-    of its magnitude, ~1/1000 of the level spacing). The labels are made on
-    the rounded levels."""
+    on the grid of ``2**-levelpack.EXTRA`` of their mean spacing
+    (:func:`~caffecompress.engine.levelpack.round_levels`: a level moves by
+    at most 1/2048 of it), which the pipeline stores as Rice-coded gaps of
+    ~11-12 bits a level instead of 32; where that grid does not apply, rounded
+    to ``bits`` + :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa bits
+    (packed fields of ~``bits + 15`` bits a level; a level moves by <
+    2**-(bits + 11) of its magnitude). The labels are made on the rounded
+    levels."""
     cb = np.asarray(sw.codebook, np.float32)
-    return cb if sw.exact else round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
+    if sw.exact:
+        return cb
+    on_grid = round_levels(cb)
+    return on_grid if on_grid is not None else round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
 
 
 def _coded_bytes(labels: np.ndarray, k: int, book: np.ndarray | None = None) -> float:
@@ -276,9 +283,9 @@ def _counts_bytes(counts: np.ndarray, codebook: bool = True, book: np.ndarray | 
         span = int(nz[-1] - nz[0] + 1) if nz.size else 0
         return bits / 8.0 + 0.5 * span + 48.0
     if book is not None:
-        from .engine.floatpack import pack_nbytes  # noqa: PLC0415
+        from .engine.blob import codebook_nbytes  # noqa: PLC0415
 
-        return bits / 8.0 + pack_nbytes(np.unique(book[counts > 0])) + 48.0
+        return bits / 8.0 + codebook_nbytes(np.unique(book[counts > 0])) + 48.0
     return bits / 8.0 + 4.0 * used + 48.0
 
 

@@ -1,9 +1,9 @@
-"""The compressed file: versioned HDF5, format ``caffecompress`` 2.2 (1.x read forever).
+"""The compressed file: versioned HDF5, format ``caffecompress`` 2.3 (1.x read forever).
 
 Layout: one dataset, three root attributes, nothing else::
 
     /          attrs: format = "caffecompress"   (fixed-length string)
-                      format_version = "2.2"      (fixed-length string: the
+                      format_version = "2.3"      (fixed-length string: the
                                                    lowest 2.x its blobs need)
                       index = uint64[3]           (offset, length, CRC32 of the index block)
     /payload   uint8[N], contiguous: every blob's streams, concatenated
@@ -97,6 +97,17 @@ constants), not the class of the index before it (``ctx`` absent or 0).
 A 1.x file never holds it: ``save(..., format_major=1)`` recodes such
 labels with the older rule.
 
+Since 2.3 a packed codebook (``cb_n``) may be stored as Rice-coded gaps
+between its sorted levels on a power-of-two grid
+(:mod:`caffecompress.engine.levelpack`): meta ``cb_lexp`` (the grid's
+exponent), ``cb_lbase`` (the first level over the grid step) and
+``cb_lrice`` (the Rice parameter) in place of ``cb_ebase``, ``cb_ebits``
+and ``cb_mbits``; the ``codebook`` part is the uint8 bit string. The
+writer takes it where it is shorter than the float fields; the
+fidelity-targeted default puts its k-means levels on the grid of
+``2**-10`` of their mean spacing, where it is about half of them. A 1.x
+file stores such codebooks as float fields.
+
 Since 1.3 a ``lossless`` blob of float32 values may use codec ``fpack``
 (:mod:`caffecompress.engine.floatpack`; at most 2**20 values): meta
 ``ebase`` (0..255), ``ebits`` (0..8), ``mbits`` (0..23), stream ``data``:
@@ -120,10 +131,13 @@ default rounds its k-means levels to ``bits + 10`` mantissa bits
 A file is written with the lowest version its blobs need (1.x: 1.0 without
 ``grid``, 1.1 with plain ``grid`` blobs only, 1.2 without ``fpack``, 1.3
 without packed codebooks; 2.x: 2.0 without packed codebooks, 2.1 without
-``ctx``), so older readers keep reading what they can. 2.0 holds every
+``ctx``, 2.2 without level-gap codebooks), so older readers keep reading
+what they can. 2.0 holds every
 method of 1.3. A 2.1 reader given a 2.2 file fails on its first ``ctx``
 blob with :class:`~caffecompress.errors.CorruptDataError` (the stream does
-not end in its start state), never with other weights.
+not end in its start state), and a 2.2 reader given a 2.3 file on its first
+level-gap codebook (the float-field meta is missing), never with other
+weights.
 
 A reader accepts any 1.x and 2.x file and refuses a newer major version.
 """
@@ -155,7 +169,7 @@ from .errors import (
 )
 from .fileio import atomic_write, same_file
 from .indexschema import check_index, check_layout, check_skeleton, layout_crc
-from .engine.blob import legacy_label_coder
+from .engine.blob import legacy_parts
 from .model import Model
 from .pipeline import _MAX_ELEMENTS, BlobRecord, CompressedModel, restore
 
@@ -174,7 +188,7 @@ __all__ = [
 ]
 
 FORMAT = "caffecompress"
-FORMAT_VERSION = (2, 2)
+FORMAT_VERSION = (2, 3)
 #: The minor version each method first appeared in (a file is written with
 #: the lowest version its blobs need).
 _METHOD_MINOR = {"grid": 1}
@@ -184,6 +198,8 @@ def _record_minor(r, major: int = 1) -> int:
     """The format minor version a record needs (in a file of ``major``)."""
     packed_book = "cb_n" in r.meta
     if major >= 2:
+        if "cb_lexp" in r.meta:
+            return 3
         if r.method == "grid" and r.meta.get("ctx"):
             return 2
         return 1 if packed_book else 0
@@ -314,8 +330,8 @@ def _build(cm: CompressedModel, major: int = FORMAT_VERSION[0]) -> np.ndarray:
             streams["prototxt"] = add(np.frombuffer(zlib.compress(cm.prototxt.encode("utf-8"), 9), np.uint8))
     blobs = []
     for r in cm.records:
-        if major < 2 and r.method == "grid":  # 1.x readers know one rANS context rule
-            r = dataclasses.replace(r, **dict(zip(("meta", "parts"), legacy_label_coder(r.meta, r.parts))))
+        if major < 2:  # 1.x readers know one rANS context rule and the float-field codebooks
+            r = dataclasses.replace(r, **dict(zip(("meta", "parts"), legacy_parts(r.meta, r.parts))))
         blobs.append({
             "layer": r.layer, "blob": r.index, "method": r.method, "kind": r.kind,
             "dtype": r.dtype, "shape": [int(d) for d in r.shape], "crc32": int(r.crc32),

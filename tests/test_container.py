@@ -339,7 +339,7 @@ GOLDEN_1_0_SHA256 = {
 }
 
 
-#: The 1.1, 1.2, 1.3, 2.0, 2.1 and 2.2 golden files, byte for byte, likewise.
+#: The 1.1, 1.2, 1.3, 2.0, 2.1, 2.2 and 2.3 golden files, byte for byte, likewise.
 GOLDEN_LATER_SHA256 = {
     "example.grid.ccz.h5": ("1.1", "9ffaac42c160796698b11db03ff44d93e82555484cf262ff014fcadf74413253"),
     "example.grid-step.ccz.h5": ("1.1", "8936f22bee44bc11daa95dcfa7ce72d5be5694c347e5ead92db8d98686732de7"),
@@ -354,6 +354,8 @@ GOLDEN_LATER_SHA256 = {
     "example.v21-bits6.ccz.h5": ("2.1", "b6e072028277bc916cbe709a184f02eb5c444fdc87378e18db2a7f2acabc72ae"),
     "example.v21-fidelity.ccz.h5": ("2.1", "1f5c8c40fe41381c518079311cc9cf1296d5894de41011040c18e5e8a4956a1a"),
     "example.v22-fidelity.ccz.h5": ("2.2", "33c80719d4c60adeca4c63110bfdee18417374ec965aa98c12a04cd82c0d7891"),
+    "example.v23-fidelity.ccz.h5": ("2.3", "495275413147821e47fe519a0a2664f71e002fd8cd512849c105ad8e66de16f5"),
+    "example.v23-bits6.ccz.h5": ("2.3", "d848c06c1dedce65e4c4aa14a33944660a5102e780104dabd9055896ab34efdf"),
 }
 
 
@@ -417,6 +419,25 @@ def test_golden_2_2_files_hold_running_magnitude_contexts():
     assert recs and any(r.meta.get("ctx") == 1 and not r.meta.get("tok") for r in recs)
     # the 1.2 files keep the previous-index rule (no ctx), and still read
     assert not any("ctx" in r.meta for r in cc.open_compressed(GOLDEN / "example.dq-rans.ccz.h5").records)
+
+
+def test_golden_2_3_files_hold_level_gap_codebooks():
+    """Every k-means codebook of the 2.3 files is stored as level gaps, and
+    the 2.1 files' float-field codebooks still read beside them."""
+    for name in ("example.v23-fidelity.ccz.h5", "example.v23-bits6.ccz.h5"):
+        books = [r for r in cc.open_compressed(GOLDEN / name).records if r.method in ("exact", "shared")]
+        assert books and all("cb_lexp" in r.meta and "cb_ebits" not in r.meta for r in books), name
+    old = [r for r in cc.open_compressed(GOLDEN / "example.v21-fidelity.ccz.h5").records if "cb_n" in r.meta]
+    assert old and not any("cb_lexp" in r.meta for r in old)
+
+
+def test_2_3_codebooks_go_to_1x_files_as_float_fields(tmp_path):
+    cm = cc.open_compressed(GOLDEN / "example.v23-bits6.ccz.h5")
+    p = cc.save(cm, tmp_path / "v1.ccz.h5", format_major=1)
+    assert container.file_info(p)["format_version"] == "1.4"
+    recs = [r for r in cc.open_compressed(p).records if r.method in ("exact", "shared")]
+    assert recs and all("cb_ebits" in r.meta and "cb_lexp" not in r.meta for r in recs)
+    assert _blob_hashes(cc.decompress(p)) == _blob_hashes(cc.decompress(cm))
 
 
 def test_golden_2_0_files_hold_the_block_layout():

@@ -149,16 +149,43 @@ def _kept_labels(labels: np.ndarray, m: PackedMask) -> np.ndarray:
     return out
 
 
-def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
-    """Store a codebook (float32): as packed fields
-    (:mod:`~caffecompress.engine.floatpack`, meta ``cb_n``, ``cb_ebase``,
-    ``cb_ebits``, ``cb_mbits``; format 2.1) where that is shorter than the
-    floats, which it is for the sorted levels of one blob (few exponents),
-    and much shorter where the levels were rounded (the fidelity pass's)."""
+def codebook_nbytes(book: np.ndarray) -> int:
+    """Bytes :func:`_put_codebook` stores ``book`` (float32 levels) in."""
     from . import floatpack as F  # noqa: PLC0415
+    from . import levelpack as LP  # noqa: PLC0415
 
     book = np.ascontiguousarray(book, np.float32).reshape(-1)
-    if 0 < book.size <= EXACT_MAX and F.pack_nbytes(book) < book.nbytes:
+    sizes = [book.nbytes]
+    if 0 < book.size <= EXACT_MAX:
+        sizes.append(F.pack_nbytes(book))
+        lp = LP.pack_nbytes(book)
+        if lp is not None:
+            sizes.append(lp)
+    return int(min(sizes))
+
+
+def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
+    """Store a codebook (float32) in the fewest bytes: the floats; packed
+    fields (:mod:`~caffecompress.engine.floatpack`, meta ``cb_n``,
+    ``cb_ebase``, ``cb_ebits``, ``cb_mbits``; format 2.1), short for the
+    sorted levels of one blob (few exponents) and shorter where the levels
+    were rounded; or Rice-coded gaps on a power-of-two grid
+    (:mod:`~caffecompress.engine.levelpack`, meta ``cb_n``, ``cb_lexp``,
+    ``cb_lbase``, ``cb_lrice``; format 2.3), about half of those where the
+    levels were put on their grid (the fidelity pass's)."""
+    from . import floatpack as F  # noqa: PLC0415
+    from . import levelpack as LP  # noqa: PLC0415
+
+    book = np.ascontiguousarray(book, np.float32).reshape(-1)
+    if not 0 < book.size <= EXACT_MAX:
+        parts["codebook"] = book
+        return
+    fp, lp = F.pack_nbytes(book), LP.pack_nbytes(book)
+    if lp is not None and lp < min(fp, book.nbytes):
+        m, stream = LP.pack(book)
+        meta.update(cb_n=int(book.size), cb_lexp=m["lexp"], cb_lbase=m["lbase"], cb_lrice=m["lrice"])
+        parts["codebook"] = stream
+    elif fp < book.nbytes:
         m, stream = F.pack(book)
         meta.update(cb_n=int(book.size), cb_ebase=m["ebase"], cb_ebits=m["ebits"], cb_mbits=m["mbits"])
         parts["codebook"] = stream
@@ -185,7 +212,14 @@ def codebook_of(meta: dict, parts: dict) -> np.ndarray:
     b = np.asarray(book)
     if b.dtype != np.uint8 or b.ndim != 1:
         raise CorruptDataError("a packed codebook is a uint8 stream")
+    lev = [k for k in ("cb_lexp", "cb_lbase", "cb_lrice") if k in meta]
+    if lev and any(k in meta for k in ("cb_ebase", "cb_ebits", "cb_mbits")):
+        raise CorruptDataError("a codebook packed both as float fields and as level gaps")
     try:
+        if lev:
+            from . import levelpack as LP  # noqa: PLC0415
+
+            return LP.unpack({k: meta.get("cb_" + k) for k in ("lexp", "lbase", "lrice")}, b, n)
         return F.unpack({k: meta.get("cb_" + k) for k in ("ebase", "ebits", "mbits")}, b, n)
     except ValueError as exc:
         raise CorruptDataError(f"packed codebook damaged: {exc}") from None
@@ -303,11 +337,24 @@ def _rans_parts(lab: np.ndarray, nsym: int, qmin: int, meta: dict, parts: dict) 
     return True
 
 
-def legacy_label_coder(meta: dict, parts: dict) -> tuple[dict, dict]:
-    """A grid blob's meta and parts as format 1.x readers decode them: labels
-    of the running-magnitude rANS context (meta ``ctx``, format 2.2) recoded
-    with the previous-index context those readers know; any other blob as
-    it is."""
+def legacy_parts(meta: dict, parts: dict) -> tuple[dict, dict]:
+    """A blob's meta and parts as format 1.x readers decode them: labels of
+    the running-magnitude rANS context (meta ``ctx``, format 2.2) recoded
+    with the previous-index context those readers know, a codebook of level
+    gaps (``cb_lexp``, format 2.3) stored as packed float fields; any other
+    blob as it is."""
+    if "cb_lexp" in meta:
+        book = codebook_of(meta, parts)
+        meta = {k: v for k, v in meta.items() if k not in ("cb_n", "cb_lexp", "cb_lbase", "cb_lrice")}
+        parts = {k: v for k, v in parts.items() if k != "codebook"}
+        from . import floatpack as F  # noqa: PLC0415
+
+        if F.pack_nbytes(book) < book.nbytes:
+            m, stream = F.pack(book)
+            meta.update(cb_n=int(book.size), cb_ebase=m["ebase"], cb_ebits=m["ebits"], cb_mbits=m["mbits"])
+            parts["codebook"] = stream
+        else:
+            parts["codebook"] = book
     if meta.get("coder") != "rans" or not meta.get("ctx"):
         return meta, parts
     from . import rans as R  # noqa: PLC0415

@@ -251,9 +251,9 @@ def build_seeds(folder) -> dict:
             seeds["ccz"].append({"path": str(p), "prototxt": None})
     # the golden files of the example model: 1.1's five grid blobs (alphabets
     # up to 3116), 1.2's DQ and rANS blobs (token mode and a 241-symbol alphabet),
-    # 1.3's packed float fields, 2.2's running-magnitude rANS contexts
+    # 1.3's packed float fields, 2.2's running-magnitude rANS contexts, 2.3's level-gap codebooks
     for name in ("example.grid.ccz.h5", "example.dq-rans.ccz.h5", "example.rans-step.ccz.h5",
-                 "example.fpack.ccz.h5", "example.v22-fidelity.ccz.h5"):
+                 "example.fpack.ccz.h5", "example.v22-fidelity.ccz.h5", "example.v23-bits6.ccz.h5"):
         golden = GOLDEN / name
         if golden.exists():
             p = folder / f"golden.{name.removeprefix('example.')}"
@@ -699,11 +699,13 @@ _FPACK_KEYS = ("ebase", "ebits", "mbits")
 def _mutate_lossless(ix, rng) -> str:
     """Edit a ``lossless`` record's codec: 1.3's ``fpack`` switched on over an
     LZMA stream (or off, over packed fields), its meta hostile or off by one;
-    or a packed codebook's meta (2.1)."""
+    or a packed codebook's meta (2.1, 2.3)."""
     books = [b for b in ix["blobs"] if isinstance(b.get("meta"), dict) and "cb_n" in b["meta"]]
-    if books and rng.random() < 0.4:  # 2.1's packed codebook: its count and widths
+    if books and rng.random() < 0.4:  # 2.1's packed codebook (its count and widths), 2.3's level gaps
         meta = _pick(rng, books)["meta"]
-        key = str(_pick(rng, ["cb_n", "cb_ebase", "cb_ebits", "cb_mbits"]))
+        keys = ["cb_n", "cb_lexp", "cb_lbase", "cb_lrice"] if "cb_lexp" in meta else \
+            ["cb_n", "cb_ebase", "cb_ebits", "cb_mbits"]
+        key = str(_pick(rng, keys + ["cb_lexp" if "cb_lexp" not in meta else "cb_ebits"]))
         v = meta.get(key, 0)
         n = v if type(v) is int else 0  # noqa: E721
         meta[key] = _pick(rng, [n + 1, n - 1, -1, 0, 8, 24, 256, 4097, 2**31, float(n), str(n), True, None])

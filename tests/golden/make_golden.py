@@ -10,6 +10,7 @@ files are what old caffecompress versions wrote, and must be read forever):
     .venv/bin/python tests/golden/make_golden.py --version 2.0   # the 2.x layout (index block)
     .venv/bin/python tests/golden/make_golden.py --version 2.1   # packed codebooks (needs OpenCV)
     .venv/bin/python tests/golden/make_golden.py --version 2.2   # running-magnitude rANS contexts (needs OpenCV, numba)
+    .venv/bin/python tests/golden/make_golden.py --version 2.3   # codebooks as level gaps (needs OpenCV)
 
 Each version writes only its own presets and refuses to overwrite a file
 that exists (``--force`` to regenerate on purpose, which is never right for
@@ -85,8 +86,15 @@ PRESETS_2_1 = {
 PRESETS_2_2 = {
     "v22-fidelity": {"preset": "default"},
 }
+#: Format 2.3: k-means codebooks as Rice-coded gaps between levels on a
+#: power-of-two grid (meta ``cb_lexp``): the fidelity-targeted default, and
+#: a fixed width with compensation (needs OpenCV).
+PRESETS_2_3 = {
+    "v23-fidelity": {"preset": "default"},
+    "v23-bits6": {"preset": "default", "bits": 6},
+}
 VERSIONS = {"1.0": PRESETS, "1.1": PRESETS_1_1, "1.2": PRESETS_1_2, "1.3": PRESETS_1_3, "2.0": PRESETS_2_0,
-            "2.1": PRESETS_2_1, "2.2": PRESETS_2_2}
+            "2.1": PRESETS_2_1, "2.2": PRESETS_2_2, "2.3": PRESETS_2_3}
 
 
 def manifest(model) -> dict:
