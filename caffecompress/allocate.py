@@ -42,7 +42,6 @@ from .engine import compensate as C
 from .engine import uniform as U
 from .engine.floatpack import round_mantissa
 from .engine.grid import max_abs
-from .engine.levelpack import round_levels
 from .headnet import Levels
 from .engine.kmeans import _sqnr  # the engine's SQNR from signal and error sums
 from .model import Model
@@ -243,19 +242,14 @@ def _sq(a: np.ndarray) -> float:
 
 def _levels(sw, bits: int) -> np.ndarray:
     """A k-means result's levels (float32): exact ones as found, the others
-    on the grid of ``2**-levelpack.EXTRA`` of their mean spacing
-    (:func:`~caffecompress.engine.levelpack.round_levels`: a level moves by
-    at most 1/2048 of it), which the pipeline stores as Rice-coded gaps of
-    ~11-12 bits a level instead of 32; where that grid does not apply, rounded
-    to ``bits`` + :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa bits
-    (packed fields of ~``bits + 15`` bits a level; a level moves by <
-    2**-(bits + 11) of its magnitude). The labels are made on the rounded
-    levels."""
+    rounded to ``bits`` + :data:`config.CODEBOOK_MANTISSA_EXTRA` mantissa
+    bits, so the pipeline stores them in ~``bits + 15`` bits a level as
+    packed fields, or in ~11-14 as gaps between their float keys
+    (:mod:`~caffecompress.engine.levelpack`), instead of 32 (their rounding
+    moves a level by < 2**-(bits + 11) of its magnitude, ~1/1000 of the
+    level spacing). The labels are made on the rounded levels."""
     cb = np.asarray(sw.codebook, np.float32)
-    if sw.exact:
-        return cb
-    on_grid = round_levels(cb)
-    return on_grid if on_grid is not None else round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
+    return cb if sw.exact else round_mantissa(cb, min(23, bits + config.CODEBOOK_MANTISSA_EXTRA))
 
 
 def _coded_bytes(labels: np.ndarray, k: int, book: np.ndarray | None = None) -> float:
@@ -283,10 +277,25 @@ def _counts_bytes(counts: np.ndarray, codebook: bool = True, book: np.ndarray | 
         span = int(nz[-1] - nz[0] + 1) if nz.size else 0
         return bits / 8.0 + 0.5 * span + 48.0
     if book is not None:
-        from .engine.blob import codebook_nbytes  # noqa: PLC0415
+        levels = np.unique(book[counts > 0])
+        if PRICE_STORED_CODEBOOKS:
+            from .engine.blob import codebook_nbytes  # noqa: PLC0415
 
-        return bits / 8.0 + codebook_nbytes(np.unique(book[counts > 0])) + 48.0
+            return bits / 8.0 + codebook_nbytes(levels) + 48.0
+        from .engine.floatpack import pack_nbytes  # noqa: PLC0415
+
+        return bits / 8.0 + pack_nbytes(levels) + 48.0
     return bits / 8.0 + 4.0 * used + 48.0
+
+
+#: Price a candidate's codebook at the bytes it is stored in (the shorter
+#: of float fields and key gaps, format 2.3) rather than as float fields
+#: (format 2.1's store, which the allocation was tuned with). Off: with
+#: cheaper codebooks the budget search lands elsewhere, and on the
+#: development images lenet-mnist's allocation moved from 6.8x at 1.32x the
+#: 0.02 target to 7.6x at 1.8-2.65x (benchmarks/README.md, "Codebooks as
+#: key gaps"). Off, every weight the default writes is what it was.
+PRICE_STORED_CODEBOOKS = False
 
 
 def _row_blocks(M: np.ndarray):

@@ -97,16 +97,15 @@ constants), not the class of the index before it (``ctx`` absent or 0).
 A 1.x file never holds it: ``save(..., format_major=1)`` recodes such
 labels with the older rule.
 
-Since 2.3 a packed codebook (``cb_n``) may be stored as Rice-coded gaps
-between its sorted levels on a power-of-two grid
-(:mod:`caffecompress.engine.levelpack`): meta ``cb_lexp`` (the grid's
-exponent), ``cb_lbase`` (the first level over the grid step) and
-``cb_lrice`` (the Rice parameter) in place of ``cb_ebase``, ``cb_ebits``
-and ``cb_mbits``; the ``codebook`` part is the uint8 bit string. The
-writer takes it where it is shorter than the float fields; the
-fidelity-targeted default puts its k-means levels on the grid of
-``2**-10`` of their mean spacing, where it is about half of them. A 1.x
-file stores such codebooks as float fields.
+Since 2.3 a packed codebook (``cb_n``) may be stored as exp-Golomb-coded
+gaps between the float keys of its sorted levels
+(:mod:`caffecompress.engine.levelpack`): meta ``cb_lmbits`` (the mantissa
+bits every level fits in), ``cb_lbase`` (the first key) and ``cb_lk`` (the
+code's order) in place of ``cb_ebase``, ``cb_ebits`` and ``cb_mbits``; the
+``codebook`` part is the uint8 bit string. The writer takes it where it is
+shorter than the float fields, which it is for the fidelity-targeted
+default's rounded k-means levels (about half). A 1.x file stores such
+codebooks as float fields.
 
 Since 1.3 a ``lossless`` blob of float32 values may use codec ``fpack``
 (:mod:`caffecompress.engine.floatpack`; at most 2**20 values): meta
@@ -131,12 +130,12 @@ default rounds its k-means levels to ``bits + 10`` mantissa bits
 A file is written with the lowest version its blobs need (1.x: 1.0 without
 ``grid``, 1.1 with plain ``grid`` blobs only, 1.2 without ``fpack``, 1.3
 without packed codebooks; 2.x: 2.0 without packed codebooks, 2.1 without
-``ctx``, 2.2 without level-gap codebooks), so older readers keep reading
+``ctx``, 2.2 without key-gap codebooks), so older readers keep reading
 what they can. 2.0 holds every
 method of 1.3. A 2.1 reader given a 2.2 file fails on its first ``ctx``
 blob with :class:`~caffecompress.errors.CorruptDataError` (the stream does
 not end in its start state), and a 2.2 reader given a 2.3 file on its first
-level-gap codebook (the float-field meta is missing), never with other
+key-gap codebook (the float-field meta is missing), never with other
 weights.
 
 A reader accepts any 1.x and 2.x file and refuses a newer major version.
@@ -198,7 +197,7 @@ def _record_minor(r, major: int = 1) -> int:
     """The format minor version a record needs (in a file of ``major``)."""
     packed_book = "cb_n" in r.meta
     if major >= 2:
-        if "cb_lexp" in r.meta:
+        if "cb_lk" in r.meta:
             return 3
         if r.method == "grid" and r.meta.get("ctx"):
             return 2

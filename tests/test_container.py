@@ -354,8 +354,8 @@ GOLDEN_LATER_SHA256 = {
     "example.v21-bits6.ccz.h5": ("2.1", "b6e072028277bc916cbe709a184f02eb5c444fdc87378e18db2a7f2acabc72ae"),
     "example.v21-fidelity.ccz.h5": ("2.1", "1f5c8c40fe41381c518079311cc9cf1296d5894de41011040c18e5e8a4956a1a"),
     "example.v22-fidelity.ccz.h5": ("2.2", "33c80719d4c60adeca4c63110bfdee18417374ec965aa98c12a04cd82c0d7891"),
-    "example.v23-fidelity.ccz.h5": ("2.3", "495275413147821e47fe519a0a2664f71e002fd8cd512849c105ad8e66de16f5"),
-    "example.v23-bits6.ccz.h5": ("2.3", "d848c06c1dedce65e4c4aa14a33944660a5102e780104dabd9055896ab34efdf"),
+    "example.v23-fidelity.ccz.h5": ("2.3", "8fa410761874d1ff22d555bb9b481b457ee9bd7d13150f1a923ee367fb2661ae"),
+    "example.v23-bits6.ccz.h5": ("2.3", "b299c407c335fe0665c57c90518be2686cab9a18754f487e650b4949c74f5abb"),
 }
 
 
@@ -422,13 +422,13 @@ def test_golden_2_2_files_hold_running_magnitude_contexts():
 
 
 def test_golden_2_3_files_hold_level_gap_codebooks():
-    """Every k-means codebook of the 2.3 files is stored as level gaps, and
+    """Every k-means codebook of the 2.3 files is stored as key gaps, and
     the 2.1 files' float-field codebooks still read beside them."""
     for name in ("example.v23-fidelity.ccz.h5", "example.v23-bits6.ccz.h5"):
         books = [r for r in cc.open_compressed(GOLDEN / name).records if r.method in ("exact", "shared")]
-        assert books and all("cb_lexp" in r.meta and "cb_ebits" not in r.meta for r in books), name
+        assert books and all("cb_lk" in r.meta and "cb_ebits" not in r.meta for r in books), name
     old = [r for r in cc.open_compressed(GOLDEN / "example.v21-fidelity.ccz.h5").records if "cb_n" in r.meta]
-    assert old and not any("cb_lexp" in r.meta for r in old)
+    assert old and not any("cb_lk" in r.meta for r in old)
 
 
 def test_2_3_codebooks_go_to_1x_files_as_float_fields(tmp_path):
@@ -436,7 +436,7 @@ def test_2_3_codebooks_go_to_1x_files_as_float_fields(tmp_path):
     p = cc.save(cm, tmp_path / "v1.ccz.h5", format_major=1)
     assert container.file_info(p)["format_version"] == "1.4"
     recs = [r for r in cc.open_compressed(p).records if r.method in ("exact", "shared")]
-    assert recs and all("cb_ebits" in r.meta and "cb_lexp" not in r.meta for r in recs)
+    assert recs and all("cb_ebits" in r.meta and "cb_lk" not in r.meta for r in recs)
     assert _blob_hashes(cc.decompress(p)) == _blob_hashes(cc.decompress(cm))
 
 

@@ -169,10 +169,10 @@ def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
     fields (:mod:`~caffecompress.engine.floatpack`, meta ``cb_n``,
     ``cb_ebase``, ``cb_ebits``, ``cb_mbits``; format 2.1), short for the
     sorted levels of one blob (few exponents) and shorter where the levels
-    were rounded; or Rice-coded gaps on a power-of-two grid
-    (:mod:`~caffecompress.engine.levelpack`, meta ``cb_n``, ``cb_lexp``,
-    ``cb_lbase``, ``cb_lrice``; format 2.3), about half of those where the
-    levels were put on their grid (the fidelity pass's)."""
+    were rounded; or exp-Golomb-coded gaps between the sorted levels' float
+    keys (:mod:`~caffecompress.engine.levelpack`, meta ``cb_n``,
+    ``cb_lmbits``, ``cb_lbase``, ``cb_lk``; format 2.3), about half of
+    those where the levels were rounded (the fidelity pass's)."""
     from . import floatpack as F  # noqa: PLC0415
     from . import levelpack as LP  # noqa: PLC0415
 
@@ -183,7 +183,7 @@ def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
     fp, lp = F.pack_nbytes(book), LP.pack_nbytes(book)
     if lp is not None and lp < min(fp, book.nbytes):
         m, stream = LP.pack(book)
-        meta.update(cb_n=int(book.size), cb_lexp=m["lexp"], cb_lbase=m["lbase"], cb_lrice=m["lrice"])
+        meta.update(cb_n=int(book.size), cb_lmbits=m["lmbits"], cb_lbase=m["lbase"], cb_lk=m["lk"])
         parts["codebook"] = stream
     elif fp < book.nbytes:
         m, stream = F.pack(book)
@@ -212,14 +212,14 @@ def codebook_of(meta: dict, parts: dict) -> np.ndarray:
     b = np.asarray(book)
     if b.dtype != np.uint8 or b.ndim != 1:
         raise CorruptDataError("a packed codebook is a uint8 stream")
-    lev = [k for k in ("cb_lexp", "cb_lbase", "cb_lrice") if k in meta]
+    lev = [k for k in ("cb_lmbits", "cb_lbase", "cb_lk") if k in meta]
     if lev and any(k in meta for k in ("cb_ebase", "cb_ebits", "cb_mbits")):
         raise CorruptDataError("a codebook packed both as float fields and as level gaps")
     try:
         if lev:
             from . import levelpack as LP  # noqa: PLC0415
 
-            return LP.unpack({k: meta.get("cb_" + k) for k in ("lexp", "lbase", "lrice")}, b, n)
+            return LP.unpack({k: meta.get("cb_" + k) for k in ("lmbits", "lbase", "lk")}, b, n)
         return F.unpack({k: meta.get("cb_" + k) for k in ("ebase", "ebits", "mbits")}, b, n)
     except ValueError as exc:
         raise CorruptDataError(f"packed codebook damaged: {exc}") from None
@@ -340,12 +340,12 @@ def _rans_parts(lab: np.ndarray, nsym: int, qmin: int, meta: dict, parts: dict) 
 def legacy_parts(meta: dict, parts: dict) -> tuple[dict, dict]:
     """A blob's meta and parts as format 1.x readers decode them: labels of
     the running-magnitude rANS context (meta ``ctx``, format 2.2) recoded
-    with the previous-index context those readers know, a codebook of level
-    gaps (``cb_lexp``, format 2.3) stored as packed float fields; any other
+    with the previous-index context those readers know, a codebook of key
+    gaps (``cb_lk``, format 2.3) stored as packed float fields; any other
     blob as it is."""
-    if "cb_lexp" in meta:
+    if "cb_lk" in meta:
         book = codebook_of(meta, parts)
-        meta = {k: v for k, v in meta.items() if k not in ("cb_n", "cb_lexp", "cb_lbase", "cb_lrice")}
+        meta = {k: v for k, v in meta.items() if k not in ("cb_n", "cb_lmbits", "cb_lbase", "cb_lk")}
         parts = {k: v for k, v in parts.items() if k != "codebook"}
         from . import floatpack as F  # noqa: PLC0415
 

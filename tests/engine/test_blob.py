@@ -221,17 +221,17 @@ def test_codebooks_are_stored_packed_where_shorter_and_forged_ones_refused():
     assert enc.parts["codebook"].nbytes < 4 * book.size
     y = B.decode_blob(enc.method, enc.meta, enc.parts)
     assert np.isin(y, book).all()
-    # levels already rounded to 12 mantissa bits: the packed fields are short
-    # (levels spread over 2**20 in magnitude: no 24-bit grid holds them as gaps)
-    wide = np.unique(round_mantissa((np.exp(rng.uniform(-10, 4, 64)) * rng.choice([-1, 1], 64)).astype(np.float32), 12))
-    q = wide[rng.integers(0, wide.size, 4096)]
+    # levels already rounded (the fidelity pass's): the packed levels are short,
+    # as float fields or as gaps between their keys (format 2.3), whichever is shorter
+    q = round_mantissa(book, 12)[rng.integers(0, book.size, 4096)]
     ex = B.encode_blob(q, bits=6)
-    assert ex.method == "exact" and "cb_lexp" not in ex.meta and ex.meta["cb_mbits"] <= 12
+    assert ex.method == "exact" and ex.meta.get("cb_mbits", ex.meta.get("cb_lmbits")) <= 12
     assert ex.parts["codebook"].nbytes <= (1 + 8 + 12) * ex.meta["cb_n"] / 8 + 1
     assert np.array_equal(B.decode_blob(ex.method, ex.meta, ex.parts).view(np.uint32), q.view(np.uint32))
+    width = "cb_mbits" if "cb_mbits" in ex.meta else "cb_lmbits"
     for meta, parts in [({**ex.meta, "cb_n": ex.meta["cb_n"] + 1}, ex.parts),
                         ({**ex.meta, "cb_n": 0}, ex.parts), ({**ex.meta, "cb_n": True}, ex.parts),
-                        ({**ex.meta, "cb_mbits": 24}, ex.parts), ({**ex.meta, "cb_ebits": -1}, ex.parts),
+                        ({**ex.meta, width: 24}, ex.parts), ({**ex.meta, width: -1}, ex.parts),
                         (ex.meta, {**ex.parts, "codebook": ex.parts["codebook"][:-1]}),
                         (ex.meta, {**ex.parts, "codebook": B.codebook_of(ex.meta, ex.parts)})]:
         with pytest.raises(CorruptDataError):

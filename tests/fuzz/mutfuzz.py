@@ -703,9 +703,9 @@ def _mutate_lossless(ix, rng) -> str:
     books = [b for b in ix["blobs"] if isinstance(b.get("meta"), dict) and "cb_n" in b["meta"]]
     if books and rng.random() < 0.4:  # 2.1's packed codebook (its count and widths), 2.3's level gaps
         meta = _pick(rng, books)["meta"]
-        keys = ["cb_n", "cb_lexp", "cb_lbase", "cb_lrice"] if "cb_lexp" in meta else \
+        keys = ["cb_n", "cb_lmbits", "cb_lbase", "cb_lk"] if "cb_lk" in meta else \
             ["cb_n", "cb_ebase", "cb_ebits", "cb_mbits"]
-        key = str(_pick(rng, keys + ["cb_lexp" if "cb_lexp" not in meta else "cb_ebits"]))
+        key = str(_pick(rng, keys + ["cb_lk" if "cb_lk" not in meta else "cb_ebits"]))
         v = meta.get(key, 0)
         n = v if type(v) is int else 0  # noqa: E721
         meta[key] = _pick(rng, [n + 1, n - 1, -1, 0, 8, 24, 256, 4097, 2**31, float(n), str(n), True, None])

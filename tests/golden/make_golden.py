@@ -86,9 +86,9 @@ PRESETS_2_1 = {
 PRESETS_2_2 = {
     "v22-fidelity": {"preset": "default"},
 }
-#: Format 2.3: k-means codebooks as Rice-coded gaps between levels on a
-#: power-of-two grid (meta ``cb_lexp``): the fidelity-targeted default, and
-#: a fixed width with compensation (needs OpenCV).
+#: Format 2.3: k-means codebooks as exp-Golomb-coded gaps between the float
+#: keys of their rounded levels (meta ``cb_lk``): the fidelity-targeted
+#: default, and a fixed width with compensation (needs OpenCV).
 PRESETS_2_3 = {
     "v23-fidelity": {"preset": "default"},
     "v23-bits6": {"preset": "default", "bits": 6},
