@@ -214,7 +214,7 @@ def codebook_of(meta: dict, parts: dict) -> np.ndarray:
         raise CorruptDataError("a packed codebook is a uint8 stream")
     lev = [k for k in ("cb_lmbits", "cb_lbase", "cb_lk") if k in meta]
     if lev and any(k in meta for k in ("cb_ebase", "cb_ebits", "cb_mbits")):
-        raise CorruptDataError("a codebook packed both as float fields and as level gaps")
+        raise CorruptDataError("a codebook packed both as float fields and as key gaps")
     try:
         if lev:
             from . import levelpack as LP  # noqa: PLC0415
