@@ -155,42 +155,46 @@ def codebook_nbytes(book: np.ndarray) -> int:
     from . import levelpack as LP  # noqa: PLC0415
 
     book = np.ascontiguousarray(book, np.float32).reshape(-1)
-    sizes = [book.nbytes]
-    if 0 < book.size <= EXACT_MAX:
-        sizes.append(F.pack_nbytes(book))
-        lp = LP.pack_nbytes(book)
-        if lp is not None:
-            sizes.append(lp)
-    return int(min(sizes))
-
-
-def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
-    """Store a codebook (float32) in the fewest bytes: the floats; packed
-    fields (:mod:`~caffecompress.engine.floatpack`, meta ``cb_n``,
-    ``cb_ebase``, ``cb_ebits``, ``cb_mbits``; format 2.1), short for the
-    sorted levels of one blob (few exponents) and shorter where the levels
-    were rounded; or exp-Golomb-coded gaps between the sorted levels' float
-    keys (:mod:`~caffecompress.engine.levelpack`, meta ``cb_n``,
-    ``cb_lmbits``, ``cb_lbase``, ``cb_lk``; format 2.3), about half of
-    those where the levels were rounded (the fidelity pass's)."""
-    from . import floatpack as F  # noqa: PLC0415
-    from . import levelpack as LP  # noqa: PLC0415
-
-    book = np.ascontiguousarray(book, np.float32).reshape(-1)
     if not 0 < book.size <= EXACT_MAX:
-        parts["codebook"] = book
-        return
-    fp, lp = F.pack_nbytes(book), LP.pack_nbytes(book)
-    if lp is not None and lp < min(fp, book.nbytes):
-        m, stream = LP.pack(book)
-        meta.update(cb_n=int(book.size), cb_lmbits=m["lmbits"], cb_lbase=m["lbase"], cb_lk=m["lk"])
-        parts["codebook"] = stream
-    elif fp < book.nbytes:
+        return int(book.nbytes)
+    lp = LP.pack_nbytes(book)
+    return int(min(book.nbytes, F.pack_nbytes(book), book.nbytes if lp is None else lp))
+
+
+def _put_fields(book: np.ndarray, meta: dict, parts: dict) -> None:
+    """Store a codebook (float32, 1-D) as packed float fields
+    (:mod:`~caffecompress.engine.floatpack`, meta ``cb_n``, ``cb_ebase``,
+    ``cb_ebits``, ``cb_mbits``; format 2.1) where that is shorter than the
+    floats, else as the floats."""
+    from . import floatpack as F  # noqa: PLC0415
+
+    if 0 < book.size <= EXACT_MAX and F.pack_nbytes(book) < book.nbytes:
         m, stream = F.pack(book)
         meta.update(cb_n=int(book.size), cb_ebase=m["ebase"], cb_ebits=m["ebits"], cb_mbits=m["mbits"])
         parts["codebook"] = stream
     else:
         parts["codebook"] = book
+
+
+def _put_codebook(book: np.ndarray, meta: dict, parts: dict) -> None:
+    """Store a codebook (float32) in the fewest bytes: the floats; packed
+    fields (:func:`_put_fields`), short for the sorted levels of one blob
+    (few exponents) and shorter where the levels were rounded; or
+    exp-Golomb-coded gaps between the sorted levels' float keys
+    (:mod:`~caffecompress.engine.levelpack`, meta ``cb_n``, ``cb_lmbits``,
+    ``cb_lbase``, ``cb_lk``; format 2.3), about half of those where the
+    levels were rounded (the fidelity pass's)."""
+    from . import floatpack as F  # noqa: PLC0415
+    from . import levelpack as LP  # noqa: PLC0415
+
+    book = np.ascontiguousarray(book, np.float32).reshape(-1)
+    gaps = LP.pack(book) if 0 < book.size <= EXACT_MAX else None
+    if gaps is not None and gaps[1].size < min(F.pack_nbytes(book), book.nbytes):
+        m, stream = gaps
+        meta.update(cb_n=int(book.size), cb_lmbits=m["lmbits"], cb_lbase=m["lbase"], cb_lk=m["lk"])
+        parts["codebook"] = stream
+    else:
+        _put_fields(book, meta, parts)
 
 
 def codebook_of(meta: dict, parts: dict) -> np.ndarray:
@@ -347,14 +351,7 @@ def legacy_parts(meta: dict, parts: dict) -> tuple[dict, dict]:
         book = codebook_of(meta, parts)
         meta = {k: v for k, v in meta.items() if k not in ("cb_n", "cb_lmbits", "cb_lbase", "cb_lk")}
         parts = {k: v for k, v in parts.items() if k != "codebook"}
-        from . import floatpack as F  # noqa: PLC0415
-
-        if F.pack_nbytes(book) < book.nbytes:
-            m, stream = F.pack(book)
-            meta.update(cb_n=int(book.size), cb_ebase=m["ebase"], cb_ebits=m["ebits"], cb_mbits=m["mbits"])
-            parts["codebook"] = stream
-        else:
-            parts["codebook"] = book
+        _put_fields(book, meta, parts)
     if meta.get("coder") != "rans" or not meta.get("ctx"):
         return meta, parts
     from . import rans as R  # noqa: PLC0415

@@ -393,12 +393,13 @@ def _lanes(labels, n, ls):
 TOKEN_NSYM = 256
 
 
-def _token_geometry(nsym: int, qmin: int) -> tuple[int, np.ndarray]:
-    """``(ntok, ctxof)`` of the token alphabet of indices ``qmin .. qmin+nsym-1``."""
-    cmax = max(abs(int(qmin)), abs(int(qmin) + nsym - 1)).bit_length()
-    ntok = 2 * cmax + 1
-    ctxof = np.minimum((np.arange(ntok, dtype=np.int64) + 1) // 2, NCTX - 1)
-    return ntok, ctxof
+def _coded_symbols(nsym: int, qmin: int) -> int:
+    """Size of the alphabet the coder sees for indices ``qmin .. qmin+nsym-1``:
+    ``nsym``, or over :data:`TOKEN_NSYM` the magnitude-class tokens (two per
+    class and one for zero)."""
+    if nsym <= TOKEN_NSYM:
+        return nsym
+    return 2 * max(abs(int(qmin)), abs(int(qmin) + nsym - 1)).bit_length() + 1
 
 
 def _tokens(lab, qmin: int, group: int):
@@ -487,7 +488,7 @@ def estimate_nbytes(labels, nsym: int, qmin: int, *, block: int = 1 << 20) -> fl
     filter in NumPy."""
     lab = np.asarray(labels).reshape(-1)
     tok = nsym > TOKEN_NSYM
-    nc = _token_geometry(nsym, qmin)[0] if tok else nsym
+    nc = _coded_symbols(nsym, qmin)
     _, stab, lut, _ = _model(nc, qmin, tok, CTX_EMA)
     fn = _twins.get("ctx_counts")
     counts = np.zeros(NCTX_EMA * nc, np.int64)
@@ -548,7 +549,7 @@ def encode(labels, nsym: int, qmin: int, *, seg: int = SEG, engine: str = "auto"
     if ctx not in (0, CTX_EMA):
         raise ValueError(f"unknown context rule {ctx!r}")
     tok = nsym > TOKEN_NSYM
-    nsym_c = _token_geometry(nsym, qmin)[0] if tok else nsym
+    nsym_c = _coded_symbols(nsym, qmin)
     model = _model(nsym_c, qmin, tok, ctx)
     lanes, ls = lane_shape(n, seg)
     ng = -(-lanes // GROUP_LANES)
@@ -639,11 +640,9 @@ def check(meta: dict, parts: dict, n: int, nsym: int, prefix: str = "a_", *, qmi
             raise CorruptDataError(f"rANS raw bits must be uint8 bytes with {ng} uint32 byte counts")
         if int(m.astype(np.int64).sum()) != e.size:
             raise CorruptDataError("rANS raw byte counts do not add up to the raw stream")
-        coded = _token_geometry(nsym, qmin)[0]
-    else:
-        if prefix + "e" in parts or prefix + "m" in parts:
-            raise CorruptDataError("rANS raw bits without the token flag")
-        coded = nsym
+    elif prefix + "e" in parts or prefix + "m" in parts:
+        raise CorruptDataError("rANS raw bits without the token flag")
+    coded = _coded_symbols(nsym, qmin)
     # every value costs at least -log2(1 - (coded - 1) / M) bits (no frequency
     # exceeds M - coded + 1), and the words and final states hold 16 bits each
     least = n * -np.log2(1.0 - (coded - 1) / M)
@@ -668,9 +667,8 @@ def decode_groups(meta: dict, parts: dict, n: int, nsym: int, qmin: int, *, engi
     lanes, ls = lane_shape(n, seg)
     ng = per.size
     tok = bool(meta.get("tok", 0))
-    nsym_c = nsym
+    nsym_c = _coded_symbols(nsym, qmin)
     if tok:
-        nsym_c = _token_geometry(nsym, qmin)[0]
         raw = np.asarray(parts[prefix + "e"])
         rstart = np.concatenate([[0], np.cumsum(np.asarray(parts[prefix + "m"]).astype(np.int64))])
     model = _model(nsym_c, qmin, tok, int(meta.get("ctx", 0)))
